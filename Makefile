@@ -1,0 +1,41 @@
+# Two commands matter: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench lint deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Debian's prometheus and prometheus-pushgateway (real servers for tests and the demo)
+deps:
+	@bash hack/install-deps.sh
+
+## The whole test suite (starts real Prometheus/Pushgateway servers on loopback)
+test: venv deps
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check extender tests benchmarks
+	$(BIN)/lint-imports
+
+## The self-contained demo: emulated nodes -> real Prometheus -> extender -> recorded requests
+demo: venv deps
+	$(BIN)/extender demo
+
+## Benchmarks: refresh benchmarks/RESULTS.md
+bench: venv deps
+	$(BIN)/python -m benchmarks.run_all
+
+lint: venv
+	$(BIN)/ruff check extender tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis out .demo

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and refreshes its own section of benchmarks/RESULTS.md."""

@@ -1,0 +1,40 @@
+"""The project's exception tree, one branch per boundary.
+
+    ExtenderError
+    ├── ConfigError            a settings or catalog file is invalid (file, key, reason)
+    ├── ProtocolError          a kube-scheduler request body cannot be decoded
+    │   └── BodyTooLarge       the body exceeds server.max_body_bytes
+    └── MetricsError           Prometheus could not answer a query
+        ├── PrometheusUnreachable   connection refused, DNS, timeout
+        └── QueryFailed             Prometheus answered with an error (bad PromQL, 4xx/5xx)
+
+`extender.server` is the one place that maps these to HTTP answers.
+"""
+
+
+class ExtenderError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ExtenderError):
+    """A configuration file or value is invalid; the message names file, key and reason."""
+
+
+class ProtocolError(ExtenderError):
+    """A request body does not match the kube-scheduler extender wire types."""
+
+
+class BodyTooLarge(ProtocolError):
+    """The request body is larger than the configured limit."""
+
+
+class MetricsError(ExtenderError):
+    """Prometheus could not answer."""
+
+
+class PrometheusUnreachable(MetricsError):
+    """No HTTP answer from Prometheus (refused, timed out, DNS)."""
+
+
+class QueryFailed(MetricsError):
+    """Prometheus answered, but with an error for this query."""

@@ -1,0 +1,375 @@
+"""One frozen, validated settings tree: the only module that reads YAML files and the environment.
+
+Design decisions:
+- Every section is a frozen msgspec Struct with documented defaults; `config/extender.yaml` shows
+  the same defaults with comments. Unknown keys are errors (a typo must not silently fall back to a
+  default).
+- Environment variables override the file: `EXTENDER_<SECTION>__<KEY>=value`, e.g.
+  `EXTENDER_PROMETHEUS__URL=http://prometheus:9090`. Values are parsed as YAML scalars.
+- Errors name the file, the key path and the reason, e.g.
+  `config/extender.yaml: profiles.metrics-aware.weights.cpu_utilisation: Expected `float`, got `str``.
+
+Other parts (partition controller, sidecar) define their own sections with `load_section()`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from extender.errors import ConfigError
+
+T = TypeVar("T")
+
+ENV_PREFIX = "EXTENDER_"
+DEFAULT_CONFIG = Path("config/extender.yaml")
+
+Direction = Literal["lower_is_better", "higher_is_better", "info"]
+MissingData = Literal["neutral", "reject"]
+UnknownNodes = Literal["neutral", "reject"]
+
+
+class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for settings sections: immutable, keyword-only, unknown keys rejected."""
+
+
+# --- metrics catalog --------------------------------------------------------------------------
+
+
+class CatalogEntry(Struct):
+    """One per-node signal: a PromQL instant vector with one series per node."""
+
+    name: str
+    query: str
+    """PromQL returning one series per node (aggregate per node in the query itself)."""
+    node_labels: tuple[str, ...] = ("node", "instance")
+    """Labels that may carry the node identity, first present wins. A `host:port` value loses its
+    port; a value that is no node name is looked up among the node aliases (kube_node_info IPs)."""
+    unit: str = "ratio"
+    """`ratio` values are 0..1 and shown as percentages in reasons; other units are shown as is."""
+    direction: Direction = "lower_is_better"
+    """How the value turns into a score term; `info` values are shown but never scored."""
+    range: tuple[float, float] = (0.0, 1.0)
+    """Values are normalised linearly from this range to 0..1 (clipped) before weighting."""
+    scale: float = 1.0
+    """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
+    gpu_only: bool = False
+    """Scored only for pods that request `nvidia.com/gpu`."""
+    description: str = ""
+
+
+class NodeAliasSettings(Struct):
+    """Maps exporter identities (IP addresses) to node names, from kube-state-metrics."""
+
+    query: str = "kube_node_info"
+    node_label: str = "node"
+    alias_labels: tuple[str, ...] = ("internal_ip",)
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+class ServerSettings(Struct):
+    url_prefix: str = ""
+    """Path prefix of the verbs, the path part of kube-scheduler's `urlPrefix` (e.g. `/scheduler`)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Larger bodies get 413. A full-Nodes (nodeCacheCapable: false) body is ~4 kB per node."""
+    unknown_nodes: UnknownNodes = "neutral"
+    """A node missing from the cache: `neutral` passes filter and gets the missing-data score,
+    `reject` fails it with a reason. It is never dropped silently."""
+    shadow: bool = False
+    """Compute and record decisions, but answer neutrally (all nodes pass, equal scores)."""
+    bind_enabled: bool = False
+    """Serve the bind verb (creates the Binding through the API). `ignorable` does not cover bind."""
+    decision_log_size: int = 1000
+    """Decisions kept, with their per-node explanation, for /api/v1/decisions."""
+    pod_events: bool = False
+    """Also write each decision's summary as a Kubernetes Event on the pod (needs RBAC)."""
+
+
+class PrometheusSettings(Struct):
+    url: str = "http://prometheus-operated.monitoring:9090"
+    query_timeout_s: float = 2.0
+    """Per query. Refreshes run off the request path, so this may exceed the scheduler's
+    httpTimeout, but it never waits forever (the client library's default)."""
+    retries: int = 1
+    """Extra attempts per query on connection errors (the library's default is 3 with backoff)."""
+    bearer_token_file: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    headers: dict[str, str] = {}
+
+
+class CacheSettings(Struct):
+    refresh_interval_s: float = 15.0
+    """One query per catalog entry per interval, for all nodes at once."""
+    max_staleness_s: float = 90.0
+    """Older values count as missing: scrape (30 s for dcgm) + refresh + two misses of margin."""
+    missing_data: MissingData = "neutral"
+    """`neutral`: a missing or stale term is dropped and the remaining weights renormalised; a node
+    with no fresh term gets `missing_score`. `reject`: filter fails a node missing a filtered or
+    weighted metric."""
+    missing_score: int = 0
+    """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+
+
+class FilterRule(Struct):
+    """Reject a node when `metric` is above `above` or below `below`."""
+
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    label: str | None = None
+    """Short name used in the reason (default: the metric name)."""
+
+
+class HotspotSettings(Struct):
+    """Counts recent placements as load until the node's metrics can show them."""
+
+    enabled: bool = True
+    window_s: float = 60.0
+    """A placement is forgotten after this long, whatever the metrics say."""
+    settle_s: float = 30.0
+    """A sample taken this long after a placement is assumed to include it (scrape + rate window)."""
+    cpu_metric: str = "cpu_utilisation"
+    memory_metric: str = "memory_available_ratio"
+    cores_metric: str = "cpu_cores"
+    memory_total_metric: str = "memory_total_bytes"
+
+
+class Profile(Struct):
+    """A named policy: filter thresholds and score weights."""
+
+    description: str = ""
+    filters: tuple[FilterRule, ...] = ()
+    weights: dict[str, float] = {}
+    """Catalog metric (or derived term) -> weight >= 0. GPU-only metrics count for GPU pods only."""
+    hotspot: HotspotSettings = HotspotSettings()
+
+
+class PolicySettings(Struct):
+    default: str = "metrics-aware"
+    policy_annotation: str = "extract.io/policy"
+    """Pod annotation naming a profile for that pod."""
+    weights_annotation: str = "extract.io/weights"
+    """Pod annotation overriding weights, e.g. `cpu_utilisation=3,gpu_utilisation=0`."""
+    profiles: dict[str, Profile] = {}
+
+
+class Settings(Struct):
+    """The extender's whole configuration."""
+
+    server: ServerSettings = ServerSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    cache: CacheSettings = CacheSettings()
+    node_aliases: NodeAliasSettings = NodeAliasSettings()
+    catalog_file: str = "catalog.yaml"
+    """Relative to the settings file."""
+    catalog: tuple[CatalogEntry, ...] = ()
+    """Filled from `catalog_file` by load_settings()."""
+    policy: PolicySettings = PolicySettings()
+    source: str = "<defaults>"
+    """The file these settings came from (for messages)."""
+
+    def metric(self, name: str) -> CatalogEntry:
+        """The catalog entry called `name` (KeyError if absent)."""
+        for entry in self.catalog:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def profile(self, name: str | None = None) -> Profile:
+        """The profile called `name`, or the default one."""
+        return self.policy.profiles[name or self.policy.default]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping from `path`; ConfigError on I/O or syntax errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """Nested overrides from `PREFIX<KEY>__<KEY>=value` variables (keys lower-cased)."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(prefix) or key == prefix + "CONFIG":
+            continue
+        path = [part.lower() for part in key[len(prefix) :].split("__") if part]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return tree
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def convert(data: Any, type_: type[T], source: str) -> T:
+    """Validate plain data into `type_`; ConfigError naming `source` and the key path."""
+    try:
+        return msgspec.convert(data, type=type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from exc
+
+
+def _readable(message: str) -> str:
+    # msgspec says "Expected `float`, got `str` - at `$.cache.max_staleness_s`"; put the key first.
+    if " - at `$" in message:
+        reason, _, where = message.partition(" - at `$")
+        key = where.rstrip("`").lstrip(".")
+        key = key.replace("[", ".").replace("]", "")
+        return f"{key}: {reason}"
+    return message
+
+
+def load_section(path: Path | str, type_: type[T], *, environ: Mapping[str, str] | None = None,
+                 env_prefix: str | None = None) -> T:
+    """Load one YAML file into a settings Struct, with optional env overrides under `env_prefix`."""
+    path = Path(path)
+    data = read_yaml(path)
+    if env_prefix:
+        data = merge(data, env_overrides(os.environ if environ is None else environ, env_prefix))
+    return convert(data, type_, str(path))
+
+
+def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Load and validate the extender settings.
+
+    `path` defaults to `$EXTENDER_CONFIG`, then `config/extender.yaml`. The catalog is read from
+    `catalog_file` next to it. `overrides` (e.g. from CLI flags) win over the environment, which
+    wins over the file. Raises ConfigError with file, key and reason.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+    data = merge(read_yaml(path), env_overrides(environ))
+    if overrides:
+        data = merge(data, overrides)
+    if "catalog" in data or "source" in data:
+        raise ConfigError(f"{path}: catalog: set `catalog_file` to a catalog YAML, not `catalog`")
+    settings = convert(data, Settings, str(path))
+    catalog_path = (path.parent / settings.catalog_file).resolve()
+    catalog = _load_catalog(catalog_path)
+    settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
+    validate(settings)
+    return settings
+
+
+class _CatalogFile(Struct):
+    metrics: tuple[CatalogEntry, ...]
+
+
+def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
+    data = read_yaml(path)
+    # The monitoring API reads its own sections of the same file.
+    data = {"metrics": data.get("metrics", [])}
+    catalog = convert(data, _CatalogFile, str(path)).metrics
+    names = [entry.name for entry in catalog]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: metrics: duplicate names {', '.join(duplicates)}")
+    for i, entry in enumerate(catalog):
+        low, high = entry.range
+        if not high > low:
+            raise ConfigError(f"{path}: metrics.{i}.range: expected min < max, got {entry.range}")
+        if not entry.node_labels:
+            raise ConfigError(f"{path}: metrics.{i}.node_labels: must name at least one label")
+    return catalog
+
+
+DERIVED_TERMS = frozenset({"gpu_fragmentation"})
+"""Score terms computed from allocation state rather than read from the catalog."""
+
+
+def validate(settings: Settings) -> None:
+    """Cross-field checks that types alone cannot express; ConfigError on the first problem."""
+    src = settings.source
+    known = {entry.name for entry in settings.catalog}
+    profiles = settings.policy.profiles
+    if settings.policy.default not in profiles:
+        raise ConfigError(
+            f"{src}: policy.default: no profile named {settings.policy.default!r} "
+            f"(profiles: {', '.join(sorted(profiles)) or 'none'})"
+        )
+    for pname, profile in profiles.items():
+        where = f"{src}: policy.profiles.{pname}"
+        for metric, weight in profile.weights.items():
+            if metric not in known and metric not in DERIVED_TERMS:
+                raise ConfigError(f"{where}.weights.{metric}: not in the catalog")
+            if not weight >= 0:
+                raise ConfigError(f"{where}.weights.{metric}: expected a number >= 0, got {weight}")
+        for i, rule in enumerate(profile.filters):
+            if rule.metric not in known:
+                raise ConfigError(f"{where}.filters.{i}.metric: {rule.metric!r} is not in the catalog")
+            if rule.above is None and rule.below is None:
+                raise ConfigError(f"{where}.filters.{i}: set `above` or `below`")
+        hot = profile.hotspot
+        if hot.enabled:
+            for field in ("cpu_metric", "memory_metric", "cores_metric", "memory_total_metric"):
+                if getattr(hot, field) not in known:
+                    raise ConfigError(
+                        f"{where}.hotspot.{field}: {getattr(hot, field)!r} is not in the catalog"
+                    )
+    positive = {
+        "cache.refresh_interval_s": settings.cache.refresh_interval_s,
+        "cache.max_staleness_s": settings.cache.max_staleness_s,
+        "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
+        "server.max_body_bytes": settings.server.max_body_bytes,
+        "server.decision_log_size": settings.server.decision_log_size,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{src}: {key}: expected a number > 0, got {value}")
+    if not 0 <= settings.cache.missing_score <= 10:
+        raise ConfigError(f"{src}: cache.missing_score: expected 0..10, got {settings.cache.missing_score}")
+    if settings.prometheus.retries < 0:
+        raise ConfigError(f"{src}: prometheus.retries: expected >= 0")
+    prefix = settings.server.url_prefix
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with secrets replaced (for /api/v1/config)."""
+    data: dict[str, Any] = msgspec.to_builtins(settings)
+    prom = data["prometheus"]
+    prom["headers"] = {key: "<redacted>" for key in prom.get("headers", {})}
+    # Credentials may sit in the URL (`https://user:pass@host`); the token file is only a path.
+    scheme, sep, rest = prom["url"].partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        prom["url"] = f"{scheme}://<redacted>@{rest.split('@', 1)[1]}"
+    return data

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs Debian's prometheus and prometheus-pushgateway when missing (tests and the demo start
+# real servers on loopback). Exits non-zero with a clear message when that is impossible.
+set -euo pipefail
+
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
+command -v promtool >/dev/null 2>&1 || { [[ " ${missing[*]-} " == *" prometheus "* ]] || missing+=(prometheus); }
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${missing[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "error: ${missing[*]} missing and cannot install them (not root, no passwordless sudo)." >&2
+  echo "       Install them yourself: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: ${missing[*]} missing and this system has no apt-get; install them from your" >&2
+  echo "       distribution or https://prometheus.io/download/ and put them on PATH." >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's packages start their services where an init system runs; the tests start their own.
+for svc in prometheus prometheus-pushgateway; do
+  "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
+done
+command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null || {
+  echo "error: installation finished but the binaries are not on PATH" >&2; exit 1; }
