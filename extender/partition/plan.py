@@ -1,0 +1,356 @@
+"""Pure planning: observed nodes and workers + settings -> actions. No I/O.
+
+Design decisions:
+- One worker per node under a name derived only from the node's name. The API server refuses a
+  second object with the same name, so no race, restart or second replica can ever create two
+  workers for one node: the loser of a race gets 409, which the reconciler treats as success.
+- A replacement is delete-then-create under that same name, never a surge: a worker sized to a
+  fraction of its node would not fit next to its predecessor anyway. `max_unavailable` bounds how
+  many ready workers are taken down at once for replacements.
+- Change detection without reading pod specs back: each worker carries an annotation with a hash
+  of (template digest, node, computed size). A config change alters the digest (every worker is
+  replaced, one by one), an allocatable change alters one node's size (that worker is replaced).
+- The plan also says when to look again (a NotReady grace period or a recreate backoff expiring),
+  so the reconciler needs no timers of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from extender.partition.settings import (
+    EligibilitySettings,
+    PartitionSettings,
+    RolloutSettings,
+    SizingSettings,
+)
+
+PARTITION_LABEL = "extract.io/partition"
+"""Label selecting the controller's own workers; its value is `settings.partition`."""
+NODE_ANNOTATION = "extract.io/partition-node"
+"""The node a worker belongs to (an annotation: node names may exceed label-value limits)."""
+HASH_ANNOTATION = "extract.io/partition-spec-hash"
+GPU_RESOURCE = "nvidia.com/gpu"
+MAX_POD_NAME = 63
+"""Pod names end up as host names: keep them a valid DNS label length."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """An amount of the three resources the partition is sized on."""
+
+    cpu_millis: int
+    memory_bytes: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the plan needs to know about a node; equal views mean nothing relevant changed."""
+
+    name: str
+    allocatable: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+    ready: bool = True
+    ready_since: float | None = None
+    """Epoch seconds of the Ready condition's last transition (start of a NotReady spell)."""
+    taints: tuple[tuple[str, str], ...] = ()
+    """(key, effect) pairs."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """What the plan needs to know about one of the controller's worker pods."""
+
+    name: str
+    node: str
+    spec_hash: str
+    phase: str = "Pending"
+    ready: bool = False
+    deleting: bool = False
+    ip: str | None = None
+
+
+ActionKind = Literal["create", "delete", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change to make. `replace` deletes now; the create follows once the old pod is gone."""
+
+    kind: ActionKind
+    node: str
+    pod: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The actions to take now, those held back (budget or backoff), and when to look again."""
+
+    actions: tuple[Action, ...]
+    held: tuple[Action, ...]
+    eligible: frozenset[str]
+    excluded: Mapping[str, str]
+    """Node -> why it gets no worker."""
+    wake_at: float | None
+    """Epoch seconds at which a grace period or backoff ends (re-plan then), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionEntry:
+    """One line of the published partition."""
+
+    node: str
+    pod: str
+    ip: str | None
+    cpu_millis: int
+    memory_bytes: int
+    gpus: int
+    ready: bool
+
+
+def worker_name(node: str, prefix: str) -> str:
+    """The one pod name a node's worker may have: `<prefix>-<node>`, hashed when too long."""
+    name = f"{prefix}-{node}"
+    if len(name) <= MAX_POD_NAME:
+        return name
+    digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+    return f"{name[: MAX_POD_NAME - 11].rstrip('.-')}-{digest}"
+
+
+def size(allocatable: Resources, sizing: SizingSettings) -> Resources:
+    """The worker's share of a node's allocatable resources (rounded down)."""
+    return Resources(
+        cpu_millis=int(allocatable.cpu_millis * sizing.cpu_fraction),
+        memory_bytes=int(allocatable.memory_bytes * sizing.memory_fraction),
+        gpus=int(allocatable.gpus * sizing.gpu_fraction),
+    )
+
+
+def template_digest(settings: PartitionSettings) -> str:
+    """A digest of everything in the settings that shapes a worker pod."""
+    shaping = {
+        "template": settings.pod_template,
+        "sizing": [settings.sizing.container, settings.sizing.set_limits],
+        "namespace": settings.namespace,
+        "partition": settings.partition,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def spec_hash(digest: str, node: str, resources: Resources) -> str:
+    """The annotation value a worker for `node` must carry to be current."""
+    key = f"{digest}|{node}|{resources.cpu_millis}|{resources.memory_bytes}|{resources.gpus}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def exclusion(
+    node: NodeView, rules: EligibilitySettings, now: float
+) -> tuple[str | None, float | None]:
+    """Why `node` gets no worker (None if it does), and when that answer may change by itself.
+
+    The second value is the end of a running NotReady grace period, else None.
+    """
+    for key, value in rules.node_selector.items():
+        if node.labels.get(key) != value:
+            return f"label {key}={value} missing", None
+    if rules.exclude_control_plane and any(k in node.labels for k in rules.control_plane_labels):
+        return "control-plane node", None
+    if rules.exclude_cordoned and node.unschedulable:
+        return "cordoned", None
+    for key, effect in node.taints:
+        if key in rules.exclude_taints and effect in ("NoSchedule", "NoExecute"):
+            return f"tainted {key}:{effect}", None
+    if not node.ready:
+        since = node.ready_since if node.ready_since is not None else now
+        grace_end = since + rules.not_ready_grace_s
+        if now >= grace_end:
+            return f"NotReady for {now - since:.0f}s", None
+        return None, grace_end
+    return None, None
+
+
+def plan(
+    nodes: Mapping[str, NodeView],
+    workers: Iterable[WorkerView],
+    settings: PartitionSettings,
+    *,
+    now: float,
+    not_before: Mapping[str, float] | None = None,
+) -> Plan:
+    """Compare the observed cluster with the desired partition.
+
+    `nodes` maps node name -> view; `workers` are the controller's pods (label-selected);
+    `not_before` maps node -> epoch seconds before which its worker must not be recreated
+    (backoff after a failure). Runs in O(nodes + workers); touches nothing.
+    """
+    not_before = not_before or {}
+    digest = template_digest(settings)
+    prefix = settings.name_prefix
+    wakes: list[float] = []
+    expected: dict[str, str] = {}
+    excluded: dict[str, str] = {}
+    for node in nodes.values():
+        reason, until = exclusion(node, settings.eligibility, now)
+        if until is not None:
+            wakes.append(until)
+        if reason is None:
+            expected[node.name] = spec_hash(
+                digest, node.name, size(node.allocatable, settings.sizing)
+            )
+        else:
+            excluded[node.name] = reason
+
+    actions: list[Action] = []
+    held: list[Action] = []
+    present: set[str] = set()
+    available: set[str] = set()
+    stale: list[WorkerView] = []
+    for worker in workers:
+        own_name = worker.name == worker_name(worker.node, prefix)
+        if own_name:
+            present.add(worker.node)
+        if worker.deleting:
+            continue
+        if worker.node not in expected:
+            reason = excluded.get(worker.node, "node removed")
+            actions.append(Action("delete", worker.node, worker.name, reason))
+        elif not own_name:
+            actions.append(Action("delete", worker.node, worker.name, "not the node's worker name"))
+        elif worker.phase in ("Failed", "Succeeded"):
+            actions.append(Action("delete", worker.node, worker.name, f"worker {worker.phase}"))
+        elif worker.spec_hash != expected[worker.node]:
+            stale.append(worker)
+        elif worker.ready:
+            available.add(worker.node)
+
+    for node_name in sorted(expected.keys() - present):
+        pod = worker_name(node_name, prefix)
+        ready_at = not_before.get(node_name)
+        if ready_at is not None and ready_at > now:
+            held.append(Action("create", node_name, pod, f"backoff for {ready_at - now:.0f}s"))
+            wakes.append(ready_at)
+        else:
+            actions.append(Action("create", node_name, pod, "no worker"))
+
+    # Stale workers that are not ready cost no availability; ready ones share the budget.
+    budget = settings.rollout.max_unavailable - (
+        len(expected) - len(available) - sum(1 for w in stale if w.ready)
+    )
+    for worker in sorted(stale, key=lambda w: w.node):
+        action = Action("replace", worker.node, worker.name, "spec or allocatable changed")
+        if not worker.ready:
+            actions.append(action)
+        elif budget > 0:
+            actions.append(action)
+            budget -= 1
+        else:
+            held.append(action)
+
+    return Plan(
+        actions=tuple(actions),
+        held=tuple(held),
+        eligible=frozenset(expected),
+        excluded=excluded,
+        wake_at=min(wakes) if wakes else None,
+    )
+
+
+def backoff_delay(failures: int, rollout: RolloutSettings) -> float:
+    """Seconds to wait before recreating after `failures` consecutive failures (>= 1)."""
+    delay: float = rollout.backoff_initial_s * 2 ** max(failures - 1, 0)
+    return min(delay, rollout.backoff_max_s)
+
+
+def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]:
+    """The Pod manifest of `node`'s worker: the template, named, labelled, pinned and sized."""
+    resources = size(node.allocatable, settings.sizing)
+    manifest = {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(settings.pod_template)}
+    meta = manifest.setdefault("metadata", {})
+    meta["name"] = worker_name(node.name, settings.name_prefix)
+    meta["namespace"] = settings.namespace
+    meta.setdefault("labels", {})[PARTITION_LABEL] = settings.partition
+    meta.setdefault("annotations", {}).update(
+        {
+            NODE_ANNOTATION: node.name,
+            HASH_ANNOTATION: spec_hash(template_digest(settings), node.name, resources),
+        }
+    )
+    spec = manifest["spec"]
+    # matchFields on metadata.name is exact; the hostname label can differ from the node name.
+    spec.setdefault("affinity", {})["nodeAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node.name]}]}
+            ]
+        }
+    }
+    amounts = {"cpu": f"{resources.cpu_millis}m", "memory": str(resources.memory_bytes)}
+    gpus = {GPU_RESOURCE: str(resources.gpus)} if resources.gpus else {}
+    for container in spec["containers"]:
+        if container.get("name") != settings.sizing.container:
+            continue
+        block = container.setdefault("resources", {})
+        block.setdefault("requests", {}).update(amounts | gpus)
+        # Extended resources such as GPUs must have limit == request.
+        block.setdefault("limits", {}).update(
+            (amounts if settings.sizing.set_limits else {}) | gpus
+        )
+    return manifest
+
+
+def partition_entries(
+    nodes: Mapping[str, NodeView], workers: Iterable[WorkerView], settings: PartitionSettings
+) -> list[PartitionEntry]:
+    """The published partition: one entry per live worker on a known node, sorted by node."""
+    entries = []
+    for worker in workers:
+        node = nodes.get(worker.node)
+        if (
+            node is None
+            or worker.deleting
+            or worker.name != worker_name(node.name, settings.name_prefix)
+        ):
+            continue
+        share = size(node.allocatable, settings.sizing)
+        entries.append(
+            PartitionEntry(
+                node=node.name,
+                pod=worker.name,
+                ip=worker.ip,
+                cpu_millis=share.cpu_millis,
+                memory_bytes=share.memory_bytes,
+                gpus=share.gpus,
+                ready=worker.ready,
+            )
+        )
+    return sorted(entries, key=lambda e: e.node)
+
+
+def partition_document(entries: Iterable[PartitionEntry]) -> dict[str, str]:
+    """ConfigMap data for the runtime: `partition.yaml` and `resources.json`, same content."""
+    workers = [
+        {
+            "node": e.node,
+            "pod": e.pod,
+            "ip": e.ip,
+            "cpus": e.cpu_millis / 1000,
+            "memory_bytes": e.memory_bytes,
+            "gpus": e.gpus,
+            "ready": e.ready,
+        }
+        for e in entries
+    ]
+    return {
+        "partition.yaml": yaml.safe_dump({"workers": workers}, sort_keys=False),
+        "resources.json": json.dumps({"workers": workers}, indent=1),
+    }
