@@ -90,6 +90,9 @@ class ServerSettings(Struct):
     """Decisions kept, with their per-node explanation, for /api/v1/decisions."""
     pod_events: bool = False
     """Also write each decision's summary as a Kubernetes Event on the pod (needs RBAC)."""
+    tls_cert_file: str | None = None
+    """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`)."""
+    tls_key_file: str | None = None
 
 
 class PrometheusSettings(Struct):
@@ -125,7 +128,9 @@ class FilterRule(Struct):
     above: float | None = None
     below: float | None = None
     label: str | None = None
-    """Short name used in the reason (default: the metric name)."""
+    """Short name used in the reason and the rejection counter (default: the metric name)."""
+    reason: str | None = None
+    """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
 
 
 class HotspotSettings(Struct):
@@ -161,6 +166,18 @@ class PolicySettings(Struct):
     profiles: dict[str, Profile] = {}
 
 
+class ReferencePod(Struct):
+    """The pod whose score /api/v1/nodes shows for every node."""
+
+    cpu_cores: float = 1.0
+    memory_bytes: float = 2.0**30
+    gpus: int = 0
+
+
+class MonitoringSettings(Struct):
+    reference_pod: ReferencePod = ReferencePod()
+
+
 class Settings(Struct):
     """The extender's whole configuration."""
 
@@ -173,6 +190,7 @@ class Settings(Struct):
     catalog: tuple[CatalogEntry, ...] = ()
     """Filled from `catalog_file` by load_settings()."""
     policy: PolicySettings = PolicySettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     source: str = "<defaults>"
     """The file these settings came from (for messages)."""
 
@@ -358,6 +376,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"{src}: cache.missing_score: expected 0..10, got {settings.cache.missing_score}")
     if settings.prometheus.retries < 0:
         raise ConfigError(f"{src}: prometheus.retries: expected >= 0")
+    tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
+    if (tls[0] is None) != (tls[1] is None):
+        raise ConfigError(f"{src}: server.tls_cert_file, tls_key_file: set both or neither")
     prefix = settings.server.url_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")

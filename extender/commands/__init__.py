@@ -1,0 +1,1 @@
+"""Subcommands of the `extender` CLI that drive the webhook itself."""

@@ -1,0 +1,20 @@
+"""Validate a configuration file (and its catalog); print errors with file, key and reason."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="settings file, e.g. config/extender.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    from extender.settings import load_settings
+
+    settings = load_settings(args.file)  # ConfigError -> exit 2 with the message (cli.py)
+    profiles = ", ".join(settings.policy.profiles)
+    print(f"{args.file}: ok ({len(settings.catalog)} catalog metrics; profiles: {profiles}; "
+          f"default: {settings.policy.default})")
+    return 0

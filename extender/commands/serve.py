@@ -1,0 +1,79 @@
+"""Run the extender webhook under gunicorn.
+
+Worker arrangement: one gthread worker with several threads by default. Every gunicorn worker
+process holds its own metrics cache and refresher (memory is not shared across processes), so
+more workers multiply the Prometheus query load and memory; threads share one cache. gthread keeps
+connections alive, which kube-scheduler's Go client reuses. The app (and so the refresher thread)
+is created in the worker after fork, never under --preload, because threads do not survive fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from extender.errors import ConfigError
+
+KEEPALIVE_S = 75  # above kube-scheduler's idle-connection reuse, below typical LB idle timeouts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="settings file (default: $EXTENDER_CONFIG "
+                        "or config/extender.yaml)")
+    parser.add_argument("--bind", default="0.0.0.0:8888", help="HOST:PORT to listen on")
+    parser.add_argument("--prometheus-url", help="overrides prometheus.url")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gunicorn worker processes; each has its own cache (default 1)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings overrides from command-line flags (flags win over the file and env)."""
+    out: dict[str, Any] = {}
+    if args.prometheus_url:
+        out["prometheus"] = {"url": args.prometheus_url}
+    return out
+
+
+def gunicorn_options(args: argparse.Namespace, tls: tuple[str | None, str | None]) -> dict[str, Any]:
+    """The gunicorn settings for `extender serve`."""
+    if args.workers < 1 or args.threads < 1:
+        raise ConfigError("--workers and --threads must be >= 1")
+    options: dict[str, Any] = {
+        "bind": args.bind,
+        "workers": args.workers,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "keepalive": KEEPALIVE_S,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "graceful_timeout": 20,
+        "timeout": 30,
+    }
+    if tls[0] and tls[1]:
+        options.update(certfile=tls[0], keyfile=tls[1])
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from extender.server import create_app
+    from extender.settings import load_settings
+
+    settings = load_settings(args.config, overrides=overrides(args))
+    options = gunicorn_options(args, (settings.server.tls_cert_file, settings.server.tls_key_file))
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Runs in each worker after fork: the refresher thread starts there.
+            return create_app(settings)
+
+    Application().run()
+    return 0

@@ -1,0 +1,238 @@
+"""When we ask, and what we know: a background refresher that swaps whole immutable snapshots.
+
+Design (after the Trimaran load-watcher collector):
+- One refresher thread per process issues one query per catalog entry per interval, for all
+  nodes at once, all evaluated at the same instant. The request path only reads `current()`: it
+  never waits on Prometheus, so the Prometheus load does not grow with the request rate.
+- Fetch outside the lock, build a new `NodeTable`, swap it in one assignment.
+- A failed query keeps the previous values of that metric with their old timestamps: they go
+  stale after `max_staleness_s` and then count as missing. A dead Prometheus therefore degrades
+  the answers step by step and visibly (status, /readyz body, /metrics), and recovery is automatic.
+- Each value's time is the evaluation time of the last refresh that returned its series.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from extender.errors import MetricsError, PrometheusUnreachable
+from extender.metrics.catalog import NodeResolver
+from extender.metrics.prometheus import MetricsSource, Sample
+from extender.policies.model import NodeTable
+from extender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORGET_AFTER_STALENESS = 10  # a node unseen for 10 x max_staleness is taken to be deleted
+
+
+@dataclass(frozen=True)
+class RefreshStatus:
+    """What the last refresh found (served by /readyz, /api/v1/selfcheck and /metrics)."""
+
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    prometheus_up: bool = False
+    errors: Mapping[str, str] = field(default_factory=dict)
+    """Catalog entry -> error of its query in the last refresh."""
+    series: Mapping[str, int] = field(default_factory=dict)
+    """Catalog entry -> number of series returned."""
+    unmatched: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Catalog entry -> exporter identities that match no Kubernetes node."""
+    kubernetes_nodes: int = 0
+    """Nodes known from the alias query (kube_node_info); 0 when it returned nothing."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of everything the cache knows."""
+
+    table: NodeTable
+    status: RefreshStatus
+    last_success: float | None = None
+    """Time of the last refresh in which Prometheus answered."""
+    refreshes: int = 0
+
+    def age_s(self, now: float) -> float | None:
+        """Seconds since the last successful refresh (None before the first)."""
+        return None if self.last_success is None else max(0.0, now - self.last_success)
+
+
+def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolver: NodeResolver,
+                at: float, previous: NodeTable | None) -> tuple[NodeTable, dict[str, tuple[str, ...]]]:
+    """A new table from this refresh's results; entries absent from `results` keep `previous`.
+
+    Returns the table and, per entry, the identities that matched no node.
+    """
+    metrics = tuple(entry.name for entry in settings.catalog)
+    names: set[str] = set(resolver.known)
+    resolved: dict[str, dict[str, float]] = {}
+    unmatched: dict[str, tuple[str, ...]] = {}
+    for entry in settings.catalog:
+        samples = results.get(entry.name)
+        if samples is None:
+            continue
+        per_node: dict[str, float] = {}
+        misses: list[str] = []
+        for sample in samples:
+            node, identity = resolver.resolve(sample.labels, entry.node_labels)
+            if node is None:
+                misses.append(identity or "<no node label>")
+                continue
+            # Several series for one node (e.g. old and new dcgm labels): keep the largest, the
+            # conservative choice for load signals.
+            value = sample.value * entry.scale
+            per_node[node] = max(per_node.get(node, value), value)
+        resolved[entry.name] = per_node
+        names.update(per_node)
+        if misses:
+            unmatched[entry.name] = tuple(sorted(set(misses))[:50])
+    if previous is not None and len(previous.names):
+        # Keep nodes absent from this refresh until their newest sample is long stale, then
+        # forget them (deleted nodes must not accumulate).
+        horizon = at - FORGET_AFTER_STALENESS * settings.cache.max_staleness_s
+        with np.errstate(invalid="ignore"):
+            newest = np.nanmax(np.where(np.isnan(previous.sampled_at), -np.inf,
+                                        previous.sampled_at), axis=1)
+        names.update(n for n, t in zip(previous.names, newest, strict=True) if t >= horizon)
+    ordered = tuple(sorted(names))
+    values = np.full((len(ordered), len(metrics)), np.nan)
+    sampled = np.full_like(values, np.nan)
+    if previous is not None and previous.metrics == metrics and len(previous.names):
+        rows = previous.rows(ordered)
+        keep = rows >= 0
+        values[keep] = previous.values[rows[keep]]
+        sampled[keep] = previous.sampled_at[rows[keep]]
+    index = {name: i for i, name in enumerate(ordered)}
+    for j, metric in enumerate(metrics):
+        per_node = resolved.get(metric)
+        if per_node is None:
+            continue
+        values[:, j] = np.nan  # this refresh answered: series not returned are gone
+        sampled[:, j] = np.nan
+        for node, value in per_node.items():
+            i = index[node]
+            values[i, j] = value
+            sampled[i, j] = at
+    return NodeTable(names=ordered, metrics=metrics, values=values, sampled_at=sampled,
+                     built_at=at, index=index), unmatched
+
+
+class MetricsCache:
+    """Holds the current Snapshot and refreshes it in a background thread."""
+
+    def __init__(self, settings: Settings, source: MetricsSource, *,
+                 clock: Callable[[], float] = time.time,
+                 on_refresh: Callable[[Snapshot], None] | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.clock = clock
+        self.on_refresh = on_refresh
+        metrics = [entry.name for entry in settings.catalog]
+        self._snapshot = Snapshot(NodeTable.empty(metrics), RefreshStatus())
+        self._lock = threading.Lock()  # serialises refreshes; readers never take it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage_logged = False
+
+    def current(self) -> Snapshot:
+        """The latest snapshot (an atomic read; never blocks)."""
+        return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        """Query every catalog entry once and swap in the new snapshot. Never raises MetricsError."""
+        with self._lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> Snapshot:
+        started = self.clock()
+        at = started
+        previous = self._snapshot
+        errors: dict[str, str] = {}
+        results: dict[str, list[Sample]] = {}
+        reachable = True
+        aliases: dict[str, str] = {}
+        known: set[str] = set()
+        alias_cfg = self.settings.node_aliases
+        try:
+            for sample in self.source.query(alias_cfg.query, at):
+                node = sample.labels.get(alias_cfg.node_label)
+                if not node:
+                    continue
+                known.add(node)
+                for label in alias_cfg.alias_labels:
+                    if sample.labels.get(label):
+                        aliases[sample.labels[label]] = node
+        except PrometheusUnreachable as exc:
+            reachable = False
+            errors["node_aliases"] = str(exc)
+        except MetricsError as exc:
+            errors["node_aliases"] = str(exc)
+        if not known and previous.status.kubernetes_nodes and "node_aliases" in errors:
+            known = set(previous.table.names)  # keep mapping stable through a failed alias query
+        resolver = NodeResolver(frozenset(known), aliases)
+        for entry in self.settings.catalog:
+            if not reachable:
+                errors[entry.name] = "skipped: Prometheus unreachable"
+                continue
+            try:
+                results[entry.name] = self.source.query(entry.query, at)
+            except PrometheusUnreachable as exc:
+                reachable = False
+                errors[entry.name] = str(exc)
+            except MetricsError as exc:
+                errors[entry.name] = str(exc)
+        table, unmatched = build_table(self.settings, results, resolver, at, previous.table)
+        status = RefreshStatus(
+            started_at=started, duration_s=max(0.0, self.clock() - started),
+            prometheus_up=reachable, errors=errors,
+            series={name: len(samples) for name, samples in results.items()},
+            unmatched=unmatched, kubernetes_nodes=len(known),
+        )
+        snapshot = Snapshot(table, status, at if reachable else previous.last_success,
+                            previous.refreshes + 1)
+        self._snapshot = snapshot
+        self._log_outage(status)
+        if self.on_refresh is not None:
+            self.on_refresh(snapshot)
+        return snapshot
+
+    def _log_outage(self, status: RefreshStatus) -> None:
+        # Once per outage, not once per refresh.
+        if not status.prometheus_up and not self._outage_logged:
+            log.warning("Prometheus unreachable, serving cached values until they go stale: %s",
+                        next(iter(status.errors.values()), ""))
+            self._outage_logged = True
+        elif status.prometheus_up and self._outage_logged:
+            log.warning("Prometheus reachable again")
+            self._outage_logged = False
+
+    def start(self) -> None:
+        """Start the refresher thread (idempotent). The first refresh runs in the thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="metrics-refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the refresher thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        interval = self.settings.cache.refresh_interval_s
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the refresher must outlive any bug in one refresh
+                log.exception("metrics refresh failed")
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,192 @@
+"""The values every policy works on: what a pod asks for, and a columnar table of node metrics.
+
+Design decision: node data is columnar (numpy arrays, one row per node, one column per catalog
+metric) rather than one object per node. The extender builds a `NodeTable` once per refresh, off
+the request path; a request then selects its candidate rows and every policy step is a handful of
+vectorised operations, whether there are 5 candidates or 5000. The simulator builds the same
+table from its (lagged) usage model, so both run exactly the same policy code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from extender.protocol import Container, Pod
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60,
+}
+
+
+def parse_quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity ("500m", "1Gi", "2", 3) as a float in base units.
+
+    Raises ValueError on anything Kubernetes would not accept.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid quantity {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    match = _QUANTITY.match(value.strip())
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"invalid quantity {value!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodDemand:
+    """What a pod asks for, as kube-scheduler computes it (max of init containers vs the sum of
+    app containers, plus overhead), and its per-pod policy overrides."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    cpu_cores: float = 0.0
+    memory_bytes: float = 0.0
+    gpus: int = 0
+    gpu_milli: int = 0
+    """Share of one GPU (0..1000) for GPU-sharing pods; 1000 * gpus for whole GPUs."""
+    gpu_models: tuple[str, ...] = ()
+    """Allowed GPU models; empty means any."""
+    policy: str | None = None
+    """Profile requested by annotation."""
+    weights: Mapping[str, float] | None = None
+    """Weight overrides requested by annotation."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpus > 0 or self.gpu_milli > 0
+
+
+def _requests(container: Container) -> dict[str, float]:
+    res = container.resources
+    if res is None:
+        return {}
+    raw = res.requests if res.requests is not None else (res.limits or {})
+    out = {key: parse_quantity(val) for key, val in raw.items()}
+    # Extended resources such as GPUs are often given as limits only (requests default to them).
+    for key, val in (res.limits or {}).items():
+        out.setdefault(key, parse_quantity(val))
+    return out
+
+
+def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
+               weights_annotation: str = "extract.io/weights") -> PodDemand:
+    """The PodDemand of a wire Pod. Raises ValueError on unparsable quantities or annotations."""
+    total: dict[str, float] = {}
+    for container in pod.spec.containers:
+        for key, val in _requests(container).items():
+            total[key] = total.get(key, 0.0) + val
+    for container in pod.spec.initContainers or []:
+        for key, val in _requests(container).items():
+            total[key] = max(total.get(key, 0.0), val)
+    for key, val in (pod.spec.overhead or {}).items():
+        total[key] = total.get(key, 0.0) + parse_quantity(val)
+    annotations = pod.metadata.annotations or {}
+    gpus = int(total.get(GPU_RESOURCE, 0.0))
+    return PodDemand(
+        namespace=pod.metadata.namespace,
+        name=pod.metadata.name,
+        uid=pod.metadata.uid,
+        cpu_cores=total.get("cpu", 0.0),
+        memory_bytes=total.get("memory", 0.0),
+        gpus=gpus,
+        gpu_milli=1000 * gpus,
+        policy=annotations.get(policy_annotation) or None,
+        weights=parse_weights(annotations[weights_annotation])
+        if annotations.get(weights_annotation) else None,
+    )
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`"cpu_utilisation=3, gpu_utilisation=0"` -> {name: weight}; ValueError when malformed."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or not weight >= 0:
+            raise ValueError(f"invalid weight {part.strip()!r}: expected name=number >= 0")
+        out[name.strip()] = weight
+    return out
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Allocation:
+    """Request-based allocation state per node (what kube-scheduler would count).
+
+    Used by allocation-aware score terms such as GPU fragmentation. Arrays are indexed like the
+    table's rows; `gpu_free_milli` has one column per GPU slot, -1 where the node has no such GPU.
+    """
+
+    cpu_free_milli: FloatArray
+    memory_free_mib: FloatArray
+    gpu_free_milli: FloatArray
+    gpu_model: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class NodeTable:
+    """Per-node metric values, one row per node and one column per catalog metric.
+
+    `values` holds NaN where a node has no sample; `sampled_at` the sample's Unix time (NaN when
+    none). Immutable by convention: the cache swaps whole tables and never writes into one.
+    """
+
+    names: tuple[str, ...]
+    metrics: tuple[str, ...]
+    values: FloatArray
+    sampled_at: FloatArray
+    built_at: float = 0.0
+    allocation: Allocation | None = None
+    index: Mapping[str, int] = field(default_factory=dict)
+    column: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.names), len(self.metrics))
+        if self.values.shape != shape or self.sampled_at.shape != shape:
+            raise ValueError(f"table arrays must have shape {shape}")
+        if not self.index:
+            object.__setattr__(self, "index", {name: i for i, name in enumerate(self.names)})
+        if not self.column:
+            object.__setattr__(self, "column", {name: j for j, name in enumerate(self.metrics)})
+
+    @classmethod
+    def empty(cls, metrics: Sequence[str] = (), built_at: float = 0.0) -> NodeTable:
+        """A table with no nodes (before the first refresh)."""
+        shape = (0, len(metrics))
+        return cls(names=(), metrics=tuple(metrics), values=np.full(shape, np.nan),
+                   sampled_at=np.full(shape, np.nan), built_at=built_at)
+
+    def rows(self, names: Sequence[str]) -> IntArray:
+        """Row index of each name, -1 for names not in the table."""
+        get = self.index.get
+        return np.fromiter((get(name, -1) for name in names), dtype=np.intp, count=len(names))
+
+    def value(self, node: str, metric: str) -> float:
+        """One value (NaN when absent)."""
+        i, j = self.index.get(node), self.column.get(metric)
+        if i is None or j is None:
+            return float("nan")
+        return float(self.values[i, j])

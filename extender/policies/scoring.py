@@ -1,0 +1,226 @@
+"""The metrics-aware policy: threshold filters and a weighted, normalised score.
+
+Formula (per candidate node i, per catalog metric j of the profile):
+
+    v_ij  = value, plus the pending load of recent placements (see hotspot.py) for CPU and memory
+    g_ij  = clip((v_ij - min_j) / (max_j - min_j), 0, 1), flipped (1 - g) when lower is better
+    f_ij  = 1 if v_ij exists and is at most `max_staleness_s` old, else 0
+    w_j   = the profile's weight (0 for GPU-only metrics when the pod asks for no GPU)
+    score = round(10 * sum_j w_j f_ij g_ij / sum_j w_j f_ij)
+
+Scores are proportional to the normalised values, never ranks (with 500 candidates a rank scale
+collapses). A missing or stale term is dropped and the remaining weights renormalised, so missing
+data is never rewarded nor silently counted as zero; a node with no fresh term at all gets
+`cache.missing_score`. Under `cache.missing_data: reject` such nodes fail the filter instead.
+
+Derived terms (`gpu_fragmentation`) are computed from the table's allocation state, when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from extender.policies.hotspot import Pending
+from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
+from extender.settings import DERIVED_TERMS, FilterRule, Profile, Settings
+
+BoolArray = npt.NDArray[np.bool_]
+MAX_SCORE = 10  # k8s.io/kube-scheduler/extender/v1 MaxExtenderPriority
+
+DerivedTerm = Callable[[PodDemand, NodeTable, IntArray], FloatArray | None]
+"""(pod, table, rows) -> goodness 0..1 per row, or None when it does not apply."""
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledProfile:
+    """A profile resolved against a table's metric columns, ready for vectorised evaluation."""
+
+    name: str
+    weights: FloatArray
+    gpu_only: BoolArray
+    lower_is_better: BoolArray
+    low: FloatArray
+    span: FloatArray
+    derived: Mapping[str, float]
+    rules: tuple[tuple[FilterRule, int], ...]
+    """Filter rules with their column (-1 when the table lacks the metric)."""
+    hotspot_cols: tuple[int, int, int, int] | None
+    """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
+
+
+def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Sequence[str],
+                    weights: Mapping[str, float] | None = None) -> CompiledProfile:
+    """Resolve `profile` (with optional weight overrides) against the metric columns."""
+    column = {metric: j for j, metric in enumerate(metrics)}
+    merged = dict(profile.weights)
+    if weights:
+        merged.update(weights)
+    m = len(metrics)
+    w, gpu_only, lower = np.zeros(m), np.zeros(m, bool), np.zeros(m, bool)
+    low, span = np.zeros(m), np.ones(m)
+    for entry in settings.catalog:
+        j = column.get(entry.name)
+        if j is None:
+            continue
+        low[j], span[j] = entry.range[0], entry.range[1] - entry.range[0]
+        gpu_only[j] = entry.gpu_only
+        lower[j] = entry.direction == "lower_is_better"
+        if entry.direction != "info":
+            w[j] = merged.get(entry.name, 0.0)
+    derived = {term: merged[term] for term in DERIVED_TERMS if merged.get(term, 0.0) > 0}
+    rules = tuple((rule, column.get(rule.metric, -1)) for rule in profile.filters)
+    hot = profile.hotspot
+    hot_cols = None
+    if hot.enabled:
+        cols = tuple(column.get(n, -1) for n in
+                     (hot.cpu_metric, hot.memory_metric, hot.cores_metric, hot.memory_total_metric))
+        if min(cols) >= 0:
+            hot_cols = (cols[0], cols[1], cols[2], cols[3])
+    return CompiledProfile(name, w, gpu_only, lower, low, span, derived, rules, hot_cols)
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Everything computed for one pod against its candidate rows (kept for explanations)."""
+
+    rows: IntArray
+    """Row of each candidate in the table, -1 for nodes the table does not know."""
+    values: FloatArray
+    """(k, m) values after hot-spot compensation."""
+    age_s: FloatArray
+    """(k, m) seconds since the sample (NaN when none)."""
+    fresh: BoolArray
+    goodness: FloatArray
+    weights: FloatArray
+    """(m,) effective weights for this pod."""
+    derived: Mapping[str, FloatArray]
+    """Derived term -> goodness per candidate."""
+    derived_weights: Mapping[str, float]
+    scores: npt.NDArray[np.int64]
+    pending: Pending | None
+
+
+def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile, *,
+             now: float, max_staleness_s: float, missing_score: int,
+             pending: Pending | None = None,
+             derived_terms: Mapping[str, DerivedTerm] | None = None) -> Evaluation:
+    """Compute values, freshness, goodness and the 0..10 score of each candidate row."""
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    if len(table.names):
+        values = table.values[safe]
+        sampled = table.sampled_at[safe]
+    else:
+        values = np.full((len(rows), len(table.metrics)), np.nan)
+        sampled = values.copy()
+    values[~known] = np.nan
+    sampled[~known] = np.nan
+    if pending is not None and compiled.hotspot_cols is not None and pending.any:
+        cpu, mem, cores, total = compiled.hotspot_cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            extra_cpu = np.where(values[:, cores] > 0, pending.cpu_cores / values[:, cores], 0.0)
+            extra_mem = np.where(values[:, total] > 0, pending.memory_bytes / values[:, total], 0.0)
+        values[:, cpu] += np.nan_to_num(extra_cpu)
+        values[:, mem] -= np.nan_to_num(extra_mem)
+    age = now - sampled
+    fresh = ~np.isnan(values) & (age <= max_staleness_s)
+    goodness = np.clip((values - compiled.low) / compiled.span, 0.0, 1.0)
+    goodness = np.where(compiled.lower_is_better, 1.0 - goodness, goodness)
+    goodness = np.nan_to_num(goodness, nan=0.0)
+    weights = compiled.weights if pod.wants_gpu else np.where(compiled.gpu_only, 0.0,
+                                                              compiled.weights)
+    counted = fresh * weights
+    numerator = (counted * goodness).sum(axis=1)
+    denominator = counted.sum(axis=1)
+    derived: dict[str, FloatArray] = {}
+    derived_weights: dict[str, float] = {}
+    for term, weight in compiled.derived.items():
+        fn = (derived_terms or {}).get(term)
+        term_goodness = fn(pod, table, rows) if fn is not None else None
+        if term_goodness is None:
+            continue
+        term_goodness = np.where(known, term_goodness, np.nan)
+        derived[term], derived_weights[term] = term_goodness, weight
+        ok = ~np.isnan(term_goodness)
+        numerator += np.where(ok, weight * np.nan_to_num(term_goodness), 0.0)
+        denominator += np.where(ok, weight, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = numerator / denominator
+    scores = np.where(denominator > 0, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
+    return Evaluation(rows, values, age, fresh, goodness, weights, derived, derived_weights,
+                      scores.astype(np.int64), pending)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a node failed the filter: a short code (metric label, `stale`, `missing`, `unknown`)
+    for counters, and the sentence kube-scheduler shows in the pod's events."""
+
+    code: str
+    message: str
+
+
+def format_value(value: float, unit: str) -> str:
+    """`0.93, ratio` -> `93%`; other units keep their name (`1.2e+03 W`)."""
+    if unit == "ratio":
+        return f"{value * 100:.0f}%"
+    if unit in ("", "bool", "count"):
+        return f"{value:g}"
+    return f"{value:.3g} {unit}"
+
+
+def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
+               settings: Settings, metrics: Sequence[str]) -> dict[str, Rejection]:
+    """The filter verdict for each candidate that fails, by node name (passing nodes absent)."""
+    out: dict[str, Rejection] = {}
+    cache = settings.cache
+    units = {entry.name: entry.unit for entry in settings.catalog}
+    unknown = np.flatnonzero(ev.rows < 0)
+    if settings.server.unknown_nodes == "reject":
+        for i in unknown:
+            out[names[i]] = Rejection("unknown", "not in the metrics cache: no exporter series "
+                                      "match this node (see /api/v1/selfcheck)")
+    for rule, j in compiled.rules:
+        label = rule.label or rule.metric
+        if j < 0:
+            continue
+        col, ok = ev.values[:, j], ev.fresh[:, j]
+        bad = np.zeros(len(col), bool)
+        with np.errstate(invalid="ignore"):
+            if rule.above is not None:
+                bad |= ok & (col > rule.above)
+            if rule.below is not None:
+                bad |= ok & (col < rule.below)
+        unit = units.get(rule.metric, "")
+        for i in np.flatnonzero(bad):
+            if names[i] in out:
+                continue
+            if rule.reason:
+                out[names[i]] = Rejection(label, rule.reason)
+                continue
+            if rule.above is not None and col[i] > rule.above:
+                limit, op = rule.above, ">"
+            else:
+                limit, op = rule.below if rule.below is not None else 0.0, "<"
+            out[names[i]] = Rejection(label, f"{label} {format_value(col[i], unit)} {op} "
+                                      f"{format_value(limit, unit)}")
+        if cache.missing_data == "reject":
+            for i in np.flatnonzero(~ok & (ev.rows >= 0)):
+                if names[i] in out:
+                    continue
+                age = ev.age_s[i, j]
+                if np.isnan(ev.values[i, j]) or np.isnan(age):
+                    out[names[i]] = Rejection("missing", f"no {metrics[j]} data")
+                else:
+                    out[names[i]] = Rejection("stale", f"{metrics[j]} data {age:.0f}s old > "
+                                              f"{cache.max_staleness_s:.0f}s")
+    if cache.missing_data == "reject":
+        weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
+        if ev.weights.any():
+            for i in np.flatnonzero(~weighted & (ev.rows >= 0)):
+                out.setdefault(names[i], Rejection("missing", "no fresh metric data"))
+    return out

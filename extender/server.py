@@ -1,0 +1,226 @@
+"""Flask app factory: HTTP in -> protocol -> service -> HTTP out. Nothing else lives here.
+
+Errors map to HTTP in one place (`_error_response`):
+    BodyTooLarge   -> 413, ProtocolError -> 400   (body `{"Error": "..."}`, the verb's result type)
+    anything else  -> 500 (logged with its traceback)
+kube-scheduler treats any non-200 as an error of the extender (ignored when `ignorable: true`).
+
+Readiness (`/readyz`) fails only while the extender cannot answer at all: a dead Prometheus makes
+answers degrade (reported in the body), but never takes every replica out of the Service at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from flask import Blueprint, Flask, Response, request
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from extender import protocol as wire
+from extender.errors import BodyTooLarge, ProtocolError
+from extender.metrics.cache import MetricsCache, Snapshot
+from extender.metrics.prometheus import MetricsSource, PrometheusSource
+from extender.policies.engine import Engine
+from extender.service import Binder, EventSink, Extender
+from extender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Telemetry:
+    """Our own Prometheus metrics, in a registry per app (tests create many apps)."""
+
+    def __init__(self, cache: MetricsCache, clock: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("extender_requests", "Requests by verb and HTTP code",
+                                ["verb", "code"], registry=r)
+        self.latency = Histogram("extender_request_duration_seconds", "Request latency by verb",
+                                 ["verb"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rejections = Counter("extender_nodes_rejected", "Nodes rejected by filter, by reason",
+                                  ["reason"], registry=r)
+        self.placements = Counter("extender_placements", "Placements recorded for hot-spot "
+                                  "compensation, by source", ["source"], registry=r)
+        self.refresh_duration = Histogram("extender_refresh_duration_seconds",
+                                          "Duration of a metrics refresh", registry=r)
+        self.refresh_errors = Counter("extender_refresh_errors", "Failed catalog queries",
+                                      ["metric"], registry=r)
+        self.node_score = Gauge("extender_node_score", "Score of the reference pod per node",
+                                ["node"], registry=r)
+        Gauge("extender_cache_age_seconds", "Seconds since the last successful refresh "
+              "(+Inf before the first)", registry=r).set_function(
+            lambda: _or_inf(cache.current().age_s(clock())))
+        Gauge("extender_prometheus_up", "1 when the last refresh reached Prometheus",
+              registry=r).set_function(lambda: float(cache.current().status.prometheus_up))
+        Gauge("extender_cache_nodes", "Nodes in the metrics cache",
+              registry=r).set_function(lambda: float(len(cache.current().table.names)))
+
+    def rejected(self, code: str) -> None:
+        self.rejections.labels(code).inc()
+
+    def placement(self, source: str) -> None:
+        self.placements.labels(source).inc()
+
+    def set_node_scores(self, names: Sequence[str], scores: Sequence[int]) -> None:
+        # Replace the whole label set so deleted nodes disappear.
+        self.node_score.clear()
+        for name, score in zip(names, scores, strict=True):
+            self.node_score.labels(name).set(score)
+
+    def refreshed(self, snapshot: Snapshot) -> None:
+        self.refresh_duration.observe(snapshot.status.duration_s)
+        for metric in snapshot.status.errors:
+            self.refresh_errors.labels(metric).inc()
+
+
+def _or_inf(value: float | None) -> float:
+    return float("inf") if value is None else value
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(payload), status=status, mimetype=JSON)
+
+
+def create_app(settings: Settings, *, source: MetricsSource | None = None,
+               binder: Binder | None = None, events: EventSink | None = None,
+               clock: Callable[[], float] = time.time, start_refresher: bool = True,
+               blueprints: list[Blueprint] | None = None) -> Flask:
+    """Build the WSGI app. Starts the metrics refresher (in this process) unless told not to.
+
+    `source` defaults to the Prometheus of `settings`; `binder` is required for bind when
+    `server.bind_enabled` is set (the default binder uses the in-cluster Kubernetes API).
+    """
+    from extender.api import monitoring_api, score_reference
+
+    disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
+    app = Flask("extender")
+    app.config["MAX_CONTENT_LENGTH"] = None  # we check the size ourselves, to answer in wire form
+    source = source or PrometheusSource(settings.prometheus)
+    cache = MetricsCache(settings, source, clock=clock)
+    telemetry = Telemetry(cache, clock)
+    if settings.server.bind_enabled and binder is None:
+        from extender.kube import ApiBinder
+
+        binder = ApiBinder()
+    if settings.server.pod_events and events is None:
+        from extender.kube import ApiEventSink
+
+        events = ApiEventSink()
+    extender = Extender(settings, cache, Engine(settings, derived_terms=_derived_terms()),
+                        binder=binder if settings.server.bind_enabled else None,
+                        events=events, observer=telemetry, clock=clock)
+    app.extensions["extender"] = extender
+
+    def on_refresh(snapshot: Snapshot) -> None:
+        telemetry.refreshed(snapshot)
+        outcome = score_reference(extender, snapshot, clock())
+        telemetry.set_node_scores(outcome.names, outcome.scores)
+
+    cache.on_refresh = on_refresh
+    app.extensions["telemetry"] = telemetry
+    max_body = settings.server.max_body_bytes
+
+    def body() -> bytes:
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise BodyTooLarge(f"request body is {length} bytes, the limit is {max_body}")
+        data = request.stream.read(max_body + 1)
+        if len(data) > max_body:
+            raise BodyTooLarge(f"request body exceeds the limit of {max_body} bytes")
+        return data
+
+    def verb(name: str, handler: Callable[[bytes], Any]) -> Callable[[], Response]:
+        latency = telemetry.latency.labels(name)
+
+        def view() -> Response:
+            started = time.perf_counter()
+            code = 200
+            try:
+                response = Response(wire.encode(handler(body())), mimetype=JSON)
+            except BodyTooLarge as exc:
+                code, response = 413, _error_response(exc)
+            except ProtocolError as exc:
+                code, response = 400, _error_response(exc)
+            except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into 500s
+                log.exception("%s failed", name)
+                code, response = 500, _error_response(exc)
+            response.status_code = code
+            latency.observe(time.perf_counter() - started)
+            telemetry.requests.labels(name, str(code)).inc()
+            return response
+
+        view.__name__ = f"verb_{name}"
+        return view
+
+    prefix = settings.server.url_prefix
+    app.add_url_rule(f"{prefix}/filter", view_func=verb("filter", lambda b: extender.filter(
+        wire.decode(b, wire.ExtenderArgs))), methods=["POST"])
+    app.add_url_rule(f"{prefix}/prioritize", view_func=verb("prioritize", lambda b: extender.prioritize(
+        wire.decode(b, wire.ExtenderArgs))), methods=["POST"])
+    app.add_url_rule(f"{prefix}/bind", view_func=verb("bind", lambda b: extender.bind(
+        wire.decode(b, wire.ExtenderBindingArgs))), methods=["POST"])
+    app.add_url_rule(f"{prefix}/preempt", view_func=verb("preempt", lambda b: extender.preempt(
+        wire.decode(b, wire.ExtenderPreemptionArgs))), methods=["POST"])
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        snapshot = cache.current()
+        age = snapshot.age_s(clock())
+        degraded = not snapshot.status.prometheus_up or age is None \
+            or age > settings.cache.max_staleness_s
+        return _json({
+            "status": "degraded" if degraded else "ok",
+            "answering": True,
+            "prometheus_up": snapshot.status.prometheus_up,
+            "cache_age_s": age,
+            "nodes": len(snapshot.table.names),
+            "refreshes": snapshot.refreshes,
+            "errors": dict(snapshot.status.errors),
+        })
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(telemetry.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    app.register_blueprint(monitoring_api(extender, clock))
+    for blueprint in blueprints or []:
+        app.register_blueprint(blueprint)
+
+    if start_refresher:
+        cache.start()
+    return app
+
+
+def _error_response(exc: Exception) -> Response:
+    # Every verb's result type has an `Error` field except prioritize's list; kube-scheduler only
+    # reads it on 200s, operators read it in logs either way.
+    message = str(exc) if isinstance(exc, ProtocolError) else f"internal error: {type(exc).__name__}"
+    return _json({"Error": message})
+
+
+def _derived_terms() -> dict[str, Any]:
+    """Allocation-derived score terms available to profiles (see extender.policies)."""
+    try:
+        from extender.policies.fragmentation import DERIVED_TERMS
+    except ImportError:
+        return {}
+    return dict(DERIVED_TERMS)

@@ -1,0 +1,181 @@
+"""The extender's verbs, without HTTP: wire args in, wire results out.
+
+Ties together the cache (what we know), the policy engine (what we think), the decision log (why)
+and the Kubernetes edge (bind, events). `server.py` only maps HTTP onto these methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from cachetools import TTLCache
+
+from extender import protocol as wire
+from extender.errors import ProtocolError
+from extender.metrics.cache import MetricsCache
+from extender.policies.engine import Engine, Outcome
+from extender.policies.explain import (
+    Decision,
+    DecisionLog,
+    explain_nodes,
+    rejected_summary,
+    top_indices,
+)
+from extender.policies.model import PodDemand, pod_demand
+from extender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Binder(Protocol):
+    """Creates the Binding of a pod to a node (the Kubernetes API edge)."""
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+
+
+class EventSink(Protocol):
+    """Writes a decision summary as a Kubernetes Event on the pod (best effort, asynchronous)."""
+
+    def decision(self, decision: Decision) -> None: ...
+
+
+class Observer(Protocol):
+    """Receives per-decision facts for our own /metrics."""
+
+    def rejected(self, code: str) -> None: ...
+
+    def placement(self, source: str) -> None: ...
+
+
+class Extender:
+    """filter / prioritize / bind / preempt over the current snapshot."""
+
+    def __init__(self, settings: Settings, cache: MetricsCache, engine: Engine, *,
+                 binder: Binder | None = None, events: EventSink | None = None,
+                 observer: Observer | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.engine = engine
+        self.binder = binder
+        self.events = events
+        self.observer = observer
+        self.clock = clock
+        self.decisions = DecisionLog(settings.server.decision_log_size)
+        # Pods seen by filter/prioritize, for bind (which carries no resources). Bounded.
+        self._demands: TTLCache[str, PodDemand] = TTLCache(maxsize=10_000, ttl=600)
+        self._demands_lock = threading.Lock()
+
+    def _pod(self, pod: wire.Pod | None) -> PodDemand:
+        if pod is None:
+            raise ProtocolError("Pod is required")
+        policy = self.settings.policy
+        try:
+            return pod_demand(pod, policy_annotation=policy.policy_annotation,
+                              weights_annotation=policy.weights_annotation)
+        except ValueError as exc:
+            raise ProtocolError(f"pod {pod.metadata.namespace}/{pod.metadata.name}: {exc}") from exc
+
+    def _evaluate(self, args: wire.ExtenderArgs) -> tuple[PodDemand, list[str], Outcome, float]:
+        pod = self._pod(args.Pod)
+        names = wire.node_names(args)
+        now = self.clock()
+        outcome = self.engine.evaluate(pod, self.cache.current().table, names, now)
+        if pod.uid:
+            with self._demands_lock:
+                self._demands[pod.uid] = pod
+        return pod, names, outcome, now
+
+    def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
+                now: float, started: float) -> Decision:
+        decision = Decision(
+            id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
+            profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
+            candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
+            nodes=explain_nodes(outcome, self.cache.current().table, top_indices(outcome)),
+            duration_ms=round((time.perf_counter() - started) * 1e3, 3),
+        )
+        self.decisions.add(decision)
+        if self.events is not None:
+            self.events.decision(decision)
+        return decision
+
+    def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
+        """Drop nodes that fail a threshold, with a readable reason for each."""
+        started = time.perf_counter()
+        pod, names, outcome, now = self._evaluate(args)
+        if self.observer is not None:
+            for rejection in outcome.rejected.values():
+                self.observer.rejected(rejection.code)
+        if self.settings.server.shadow:
+            passed, failed = list(names), {}
+        else:
+            passed = outcome.passed
+            failed = {node: r.message for node, r in outcome.rejected.items()}
+        chosen = None
+        if len(passed) == 1 and not self.settings.server.shadow:
+            # kube-scheduler skips prioritize when one node is feasible: this is the placement.
+            chosen = passed[0]
+            self._placed(chosen, pod, now, "filter")
+        self._record("filter", pod, outcome, chosen, now, started)
+        return wire.filter_result(args, names, passed, failed)
+
+    def prioritize(self, args: wire.ExtenderArgs) -> list[wire.HostPriority]:
+        """Score every candidate 0..10; the winner is remembered as a recent placement."""
+        started = time.perf_counter()
+        pod, names, outcome, now = self._evaluate(args)
+        if self.settings.server.shadow:
+            result = [wire.HostPriority(Host=name, Score=0) for name in names]
+            chosen = outcome.best()
+        else:
+            result = [wire.HostPriority(Host=name, Score=int(score))
+                      for name, score in zip(names, outcome.evaluation.scores, strict=True)]
+            chosen = outcome.best()
+            if chosen is not None and not self.settings.server.bind_enabled:
+                # Without bind we do not learn the final node; our favourite is the best guess
+                # (kube-scheduler adds its own plugin scores). With bind, bind records it.
+                self._placed(chosen, pod, now, "prioritize")
+        self._record("prioritize", pod, outcome, chosen, now, started)
+        return result
+
+    def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:
+        """Create the Binding through the API and record the placement."""
+        if self.binder is None:
+            return wire.ExtenderBindingResult(Error="bind is not enabled on this extender")
+        if not (args.PodName and args.PodNamespace and args.Node):
+            raise ProtocolError("PodName, PodNamespace and Node are required")
+        try:
+            self.binder.bind(args.PodNamespace, args.PodName, args.PodUID, args.Node)
+        except Exception as exc:  # noqa: BLE001 - any API failure is reported to kube-scheduler
+            log.warning("bind %s/%s -> %s failed: %s", args.PodNamespace, args.PodName,
+                        args.Node, exc)
+            return wire.ExtenderBindingResult(Error=f"binding failed: {exc}")
+        # The bind call carries no resources: take them from this pod's filter/prioritize call.
+        with self._demands_lock:
+            known = self._demands.get(args.PodUID)
+        pod = known or PodDemand(namespace=args.PodNamespace, name=args.PodName, uid=args.PodUID)
+        self._placed(args.Node, pod, self.clock(), "bind")
+        return wire.ExtenderBindingResult()
+
+    def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
+        """Accept kube-scheduler's candidates unchanged, minus nodes our filter rejects."""
+        victims = wire.meta_victims(args)
+        if args.Pod is None or not victims:
+            return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=victims)
+        pod = self._pod(args.Pod)
+        names = sorted(victims)
+        outcome = self.engine.evaluate(pod, self.cache.current().table, names, self.clock())
+        if self.settings.server.shadow:
+            return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=victims)
+        # Evicting pods to land on a node our filter would reject gains nothing.
+        kept = {node: v for node, v in victims.items() if node not in outcome.rejected}
+        return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=kept)
+
+    def _placed(self, node: str, pod: PodDemand, now: float, source: str) -> None:
+        self.engine.record_placement(node, pod, now)
+        if self.observer is not None:
+            self.observer.placement(source)
