@@ -175,7 +175,20 @@ class ReferencePod(Struct):
 
 
 class MonitoringSettings(Struct):
+    """The Monitoring API (/api/v1)."""
+
     reference_pod: ReferencePod = ReferencePod()
+    catalog_file: str = "monitoring.yaml"
+    """Named metrics by level (cluster, node, namespace, pod, container, process), relative to
+    the settings file."""
+    query_timeout_s: float = 5.0
+    """Per Prometheus query of the Monitoring API (history, pod-level); never on the scheduling path."""
+    max_points_per_series: int = 11000
+    """Range queries asking for more points per series get 400 (Prometheus' own limit is 11000)."""
+    max_series: int = 1000
+    """Answers with more series get 422: narrow the selector."""
+    result_cache_ttl_s: float = 10.0
+    result_cache_size: int = 256
 
 
 class Settings(Struct):
