@@ -126,8 +126,8 @@ def expect(task_type: str, event_expected_s: float | None, *, profile: Mapping[s
 class SlidingWindow:
     """Miss ratio of the verdicts of the last `seconds`, kept as `buckets` time buckets.
 
-    Memory is at most buckets + 1 entries whatever the task rate; a verdict leaves the window
-    between `seconds` and `seconds * (1 + 1/buckets)` after it was added. A time earlier than the
+    Memory is at most `buckets` entries whatever the task rate; a verdict leaves the window
+    between `seconds * (1 - 1/buckets)` and `seconds` after it was added. A time earlier than the
     newest bucket (clock stepped back) is added to the newest bucket.
     """
 

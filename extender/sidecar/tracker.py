@@ -131,7 +131,6 @@ class Tracker:
                 heapq.heappush(self._deadlines,
                                (started + expectation.limit_s, next(self._seq), task))
                 self._compact()
-            self._expire(now)
             return expectation
 
     def end(self, event: TaskEnd) -> Verdict:
@@ -197,10 +196,12 @@ class Tracker:
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] < now:
-            limit_at, _, task = heapq.heappop(self._deadlines)
+            _, _, task = heapq.heappop(self._deadlines)
             if self._running.get(task.id) is task and not task.overdue:
                 task.overdue = True
-                self._verdict(limit_at, True)
+                # Counted in the window when found (within a push interval of passing its
+                # limit), so that a long-hung task is not already outside the window.
+                self._verdict(now, True)
 
     def _compact(self) -> None:
         # Ended tasks stay in the heap until their limit passes; rebuild before they dominate.

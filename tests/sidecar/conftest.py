@@ -1,0 +1,93 @@
+"""Shared fixtures of the sidecar tests: a manual clock, settings, real Pushgateway helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import requests
+
+from extender import localstack
+from extender.sidecar.settings import (
+    EstimatorSettings,
+    JitterSettings,
+    PushSettings,
+    SidecarSettings,
+    WindowSettings,
+)
+from extender.sidecar.tracker import Tracker
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def make_settings(**changes: Any) -> SidecarSettings:
+    """Settings with round test numbers: limit = expected * 1.5 + 1; 60 s window."""
+    base = SidecarSettings(
+        jitter=JitterSettings(relative=0.5, absolute_s=1.0),
+        estimator=EstimatorSettings(alpha=0.1, min_samples=5, clamp=3.0, max_types=100),
+        window=WindowSettings(seconds=60.0, buckets=60),
+        push=PushSettings(interval_s=0.2, timeout_s=1.0, backoff_initial_s=0.05,
+                          backoff_max_s=0.2),
+    )
+    return msgspec.structs.replace(base, **changes)
+
+
+@pytest.fixture
+def settings() -> SidecarSettings:
+    return make_settings()
+
+
+@pytest.fixture
+def tracker(settings: SidecarSettings, clock: ManualClock) -> Tracker:
+    return Tracker(settings, profile={"profiled": 10.0}, clock=clock)
+
+
+@pytest.fixture(scope="session")
+def shared_gateway() -> Iterator[localstack.LocalServer]:
+    """One real Pushgateway for the tests that do not stop it (each uses its own group)."""
+    with localstack.pushgateway().start() as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def own_gateway() -> Iterator[localstack.LocalServer]:
+    """A real Pushgateway this test may stop and restart."""
+    with localstack.pushgateway().start() as gateway:
+        yield gateway
+
+
+def gateway_values(url: str, node: str, worker: str) -> dict[str, float] | None:
+    """Metric values of the group (job=extract-deadline, node, worker), None if no group."""
+    data = requests.get(url + "/api/v1/metrics", timeout=5).json()["data"]
+    for group in data:
+        labels = group["labels"]
+        if (labels.get("job"), labels.get("node"), labels.get("worker")) != (
+                "extract-deadline", node, worker):
+            continue
+        values: dict[str, float] = {}
+        for name, family in group.items():
+            if isinstance(family, dict) and "metrics" in family:
+                # Labelled families (bad events by reason) are summed; histograms give counts.
+                values[name] = sum(float(m.get("value", m.get("count", "nan")))
+                                   for m in family["metrics"])
+        return values
+    return None
