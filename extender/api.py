@@ -113,7 +113,7 @@ def node_views(extender: Extender, snapshot: Snapshot, now: float,
             value, at = table.values[i, j], table.sampled_at[i, j]
             if value != value and at != at:  # NaN: no sample ever
                 continue
-            age = None if at != at else round(now - at, 1)
+            age = None if at != at else round(float(now - at), 1)
             readings[metric] = Reading(
                 value=None if value != value else float(value), unit=units.get(metric, ""),
                 sampled_at=None if at != at else float(at), age_s=age,
@@ -141,7 +141,7 @@ def selfcheck(extender: Extender, snapshot: Snapshot) -> SelfCheck:
                        if table.sampled_at[i, j] != table.sampled_at[i, j]]
             if missing:
                 without[metric] = missing[:50]
-    failed = {k: v for k, v in status.errors.items()}
+    failed = dict(status.errors)
     ok = status.prometheus_up and not empty and not failed and not status.unmatched
     return SelfCheck(ok=ok, prometheus_up=status.prometheus_up,
                      kubernetes_nodes=status.kubernetes_nodes, empty_entries=empty,
