@@ -117,7 +117,7 @@ def node_views(extender: Extender, snapshot: Snapshot, now: float,
             readings[metric] = Reading(
                 value=None if value != value else float(value), unit=units.get(metric, ""),
                 sampled_at=None if at != at else float(at), age_s=age,
-                fresh=age is not None and age <= staleness and value == value)
+                fresh=bool(age is not None and age <= staleness and value == value))
         fresh_ages = [r.age_s for r in readings.values() if r.fresh and r.age_s is not None]
         rejection = outcome.rejected.get(name)
         views.append(NodeView(
