@@ -131,6 +131,9 @@ class FilterRule(Struct):
     """Short name used in the reason and the rejection counter (default: the metric name)."""
     reason: str | None = None
     """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
+    on_missing: MissingData | None = None
+    """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
+    Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
 
 
 class HotspotSettings(Struct):

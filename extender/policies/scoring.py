@@ -208,7 +208,7 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
                 limit, op = rule.below if rule.below is not None else 0.0, "<"
             out[names[i]] = Rejection(label, f"{label} {format_value(col[i], unit)} {op} "
                                       f"{format_value(limit, unit)}")
-        if cache.missing_data == "reject":
+        if (rule.on_missing or cache.missing_data) == "reject":
             for i in np.flatnonzero(~ok & (ev.rows >= 0)):
                 if names[i] in out:
                     continue

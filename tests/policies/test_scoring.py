@@ -1,0 +1,193 @@
+"""The metrics-aware policy on hand-made tables where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from extender.policies.engine import Engine
+from extender.policies.model import NodeTable, PodDemand, parse_quantity, parse_weights
+from extender.settings import Settings
+from tests.support import settings
+
+NOW = 1_000_000.0
+POD = PodDemand(namespace="ns", name="p", uid="u1", cpu_cores=1, memory_bytes=2**30)
+GPU_POD = PodDemand(namespace="ns", name="g", uid="u2", cpu_cores=1, memory_bytes=2**30, gpus=1,
+                    gpu_milli=1000)
+
+
+def table(s: Settings, rows: dict[str, dict[str, float]], *, age: float = 0.0,
+          ages: dict[tuple[str, str], float] | None = None) -> NodeTable:
+    metrics = tuple(e.name for e in s.catalog)
+    names = tuple(rows)
+    values = np.full((len(names), len(metrics)), np.nan)
+    sampled = np.full_like(values, np.nan)
+    defaults = {"cpu_cores": 32, "memory_total_bytes": 128 * 2**30, "node_ready": 1,
+                "node_pressure": 0}
+    for i, name in enumerate(names):
+        for j, metric in enumerate(metrics):
+            value = rows[name].get(metric, defaults.get(metric, np.nan))
+            if value is None:
+                continue
+            values[i, j] = value
+            sampled[i, j] = NOW - (ages or {}).get((name, metric), age)
+    return NodeTable(names=names, metrics=metrics, values=values, sampled_at=sampled, built_at=NOW)
+
+
+def cpu_only(s: Settings) -> Settings:
+    return settings(policy={"profiles": {"metrics-aware": {
+        "filters": [{"metric": "cpu_utilisation", "above": 0.9, "label": "cpu"}],
+        "weights": {"cpu_utilisation": 1}}}})
+
+
+def test_scores_are_proportional_to_the_metric_not_ranks() -> None:
+    s = cpu_only(settings())
+    rows = {f"n{i:03d}": {"cpu_utilisation": i / 500} for i in range(450)}
+    out = Engine(s).evaluate(POD, table(s, rows), list(rows), NOW)
+    scores = np.array(out.scores)
+    # 10 * (1 - u), rounded: a rank scale would give most of 450 nodes the same 0.
+    expected = np.floor(10 * (1 - np.arange(450) / 500) + 0.5)
+    assert (scores == expected).all()
+    assert len(set(out.scores)) == 10
+
+
+def test_filter_reason_is_human_readable() -> None:
+    s = settings()
+    rows = {"busy": {"cpu_utilisation": 0.93, "memory_available_ratio": 0.5},
+            "full": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.04},
+            "sick": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5, "node_ready": 0},
+            "ok": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5}}
+    out = Engine(s).evaluate(POD, table(s, rows), list(rows), NOW)
+    assert {n: r.message for n, r in out.rejected.items()} == {
+        "busy": "cpu 93% > 90%",
+        "full": "memory available 4% < 10%",
+        "sick": "node is NotReady (kube-state-metrics)",
+    }
+    assert out.passed == ["ok"]
+    assert out.rejected["busy"].code == "cpu"
+
+
+def test_stale_term_is_dropped_and_weights_renormalised() -> None:
+    s = settings(policy={"profiles": {"metrics-aware": {
+        "weights": {"cpu_utilisation": 1, "memory_available_ratio": 1}}}})
+    rows = {"a": {"cpu_utilisation": 0.0, "memory_available_ratio": 0.0},
+            "b": {"cpu_utilisation": 0.0, "memory_available_ratio": 0.0}}
+    t = table(s, rows, ages={("b", "memory_available_ratio"): 1000})  # b's memory is stale
+    out = Engine(s).evaluate(POD, t, ["a", "b"], NOW)
+    # a: (1*1 + 1*0)/2 -> 5; b: memory dropped, cpu alone -> 10. A stale value never counts as 0.
+    assert out.scores == [5, 10]
+    assert not out.evaluation.fresh[1, t.column["memory_available_ratio"]]
+
+
+def test_node_without_fresh_data_gets_missing_score_and_never_beats_a_known_node() -> None:
+    s = cpu_only(settings())
+    rows = {"known-busy": {"cpu_utilisation": 0.85}, "silent": {"cpu_utilisation": 0.0}}
+    t = table(s, rows, ages={("silent", "cpu_utilisation"): 10_000})
+    out = Engine(s).evaluate(POD, t, ["known-busy", "silent", "ghost"], NOW)
+    assert out.scores == [2, 0, 0]
+    assert out.best() == "known-busy"
+
+
+def test_missing_data_reject_fails_nodes_with_stale_filtered_metric() -> None:
+    s = settings(cache={"missing_data": "reject"})
+    rows = {"fresh": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5},
+            "stale": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5}}
+    t = table(s, rows, ages={("stale", "cpu_utilisation"): 500})
+    out = Engine(s).evaluate(POD, t, ["fresh", "stale"], NOW)
+    assert out.passed == ["fresh"]
+    assert out.rejected["stale"].message == "cpu_utilisation data 500s old > 90s"
+
+
+def test_gpu_metrics_count_only_for_gpu_pods() -> None:
+    s = settings(policy={"profiles": {"metrics-aware": {
+        "weights": {"cpu_utilisation": 1, "gpu_utilisation": 1}}}})
+    rows = {"hot-gpu": {"cpu_utilisation": 0.0, "gpu_utilisation": 1.0},
+            "cool-gpu": {"cpu_utilisation": 0.5, "gpu_utilisation": 0.0}}
+    engine = Engine(s)
+    t = table(s, rows)
+    assert engine.evaluate(POD, t, list(rows), NOW).best() == "hot-gpu"
+    assert engine.evaluate(GPU_POD, t, list(rows), NOW).best() == "cool-gpu"
+
+
+def test_annotation_selects_profile_and_unknown_profile_falls_back_with_note() -> None:
+    s = settings()
+    engine = Engine(s)
+    rows = {"a": {"cpu_utilisation": 0.3, "memory_available_ratio": 0.5}}
+    t = table(s, rows)
+    power = PodDemand(name="x", policy="power")
+    assert engine.evaluate(power, t, ["a"], NOW).profile == "power"
+    unknown = engine.evaluate(PodDemand(name="x", policy="nope"), t, ["a"], NOW)
+    assert unknown.profile == "metrics-aware"
+    assert "unknown policy 'nope'" in unknown.note
+
+
+def test_weights_annotation_overrides_profile_weights() -> None:
+    s = settings()
+    rows = {"cpu-busy": {"cpu_utilisation": 0.8, "memory_available_ratio": 0.9},
+            "mem-busy": {"cpu_utilisation": 0.1, "memory_available_ratio": 0.2}}
+    t = table(s, rows)
+    engine = Engine(s)
+    memory_first = PodDemand(name="m", weights=parse_weights("cpu_utilisation=0,memory_available_ratio=5"))
+    assert engine.evaluate(memory_first, t, list(rows), NOW).best() == "cpu-busy"
+    assert engine.evaluate(POD, t, list(rows), NOW).best() == "mem-busy"
+
+
+def test_ties_are_broken_by_name_deterministically() -> None:
+    s = cpu_only(settings())
+    rows = {name: {"cpu_utilisation": 0.5} for name in ["c", "a", "b"]}
+    out = Engine(s).evaluate(POD, table(s, rows), ["c", "a", "b"], NOW)
+    assert out.best() == "a"
+
+
+def test_burst_spreads_over_nodes_thanks_to_placement_compensation() -> None:
+    s = cpu_only(settings())
+    rows = {f"n{i}": {"cpu_utilisation": 0.30 + 0.01 * i} for i in range(4)}
+    t = table(s, rows)
+    engine = Engine(s)
+    big = PodDemand(namespace="ns", cpu_cores=8, memory_bytes=2**30)
+    chosen = []
+    for k in range(4):
+        pod = PodDemand(namespace="ns", name=f"p{k}", cpu_cores=8, memory_bytes=2**30)
+        best = engine.evaluate(pod, t, list(rows), NOW + k).best()
+        assert best is not None
+        engine.record_placement(best, pod, NOW + k)
+        chosen.append(best)
+    assert len(set(chosen)) >= 3, chosen
+    # Without compensation every pod would go to the idlest node.
+    plain = Engine(s)
+    assert {plain.evaluate(big, t, list(rows), NOW, pending=False).best() for _ in range(4)} == {"n0"}
+
+
+def test_placement_counts_until_a_newer_sample_shows_it_or_the_window_ends() -> None:
+    s = settings(cache={"max_staleness_s": 1000},
+                 policy={"profiles": {"metrics-aware": {"weights": {"cpu_utilisation": 1}}}})
+    engine = Engine(s)
+    pod = PodDemand(namespace="ns", name="p", cpu_cores=16)
+    engine.record_placement("n0", pod, NOW - 40)
+    rows = {"n0": {"cpu_utilisation": 0.2}}
+    before = table(s, rows, age=50)  # sampled 10 s before the placement
+    after = table(s, rows, age=5)  # sampled 35 s after it (> settle_s = 30): includes the pod
+    col = before.column["cpu_utilisation"]
+    assert engine.evaluate(pod, before, ["n0"], NOW).evaluation.values[0, col] == pytest.approx(0.7)
+    assert engine.evaluate(pod, after, ["n0"], NOW).evaluation.values[0, col] == pytest.approx(0.2)
+    # window_s = 60: at NOW + 30 the placement is 70 s old and forgotten, whatever the sample.
+    later = engine.evaluate(pod, before, ["n0"], NOW + 30).evaluation.values[0, col]
+    assert later == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("text", "value"), [("100m", 0.1), ("2", 2.0), ("1Gi", 2**30),
+                                             ("1.5G", 1.5e9), ("1e3", 1000.0), (3, 3.0)])
+def test_quantities_parse_like_kubernetes(text: str | int, value: float) -> None:
+    assert parse_quantity(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["x", "1Qi", "", "--1"])
+def test_bad_quantities_raise(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid quantity"):
+        parse_quantity(text)
+
+
+@pytest.mark.parametrize("text", ["cpu", "cpu=-1", "=2", "cpu=fast"])
+def test_bad_weight_annotations_raise(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid weight"):
+        parse_weights(text)

@@ -1,0 +1,79 @@
+"""Shared test helpers: settings, a static MetricsSource, fixture loading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from extender.metrics.prometheus import Sample
+from extender.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "extender.yaml"
+FIXTURES = REPO.parent / "shared" / "fixtures" / "kube-scheduler"
+
+
+def settings(**sections: Mapping[str, Any]) -> Settings:
+    """The shipped default settings with `sections` deep-merged over them."""
+    return load_settings(CONFIG, environ={}, overrides=sections)
+
+
+def replace(s: Settings, **fields: Any) -> Settings:
+    return msgspec.structs.replace(s, **fields)
+
+
+class StaticSource:
+    """A MetricsSource answering each catalog query from a {metric: {node: value}} table.
+
+    Node-level series carry a `node` label; the alias query answers kube_node_info for `nodes`.
+    Set `down = True` to simulate an unreachable Prometheus.
+    """
+
+    def __init__(self, s: Settings, values: Mapping[str, Mapping[str, float]],
+                 nodes: list[str] | None = None) -> None:
+        self.by_query = {entry.query: entry.name for entry in s.catalog}
+        self.alias_query = s.node_aliases.query
+        self.values = {k: dict(v) for k, v in values.items()}
+        self.nodes = nodes if nodes is not None else sorted({n for v in values.values() for n in v})
+        self.down = False
+        self.queries: list[str] = []
+
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+        from extender.errors import PrometheusUnreachable
+
+        self.queries.append(promql)
+        if self.down:
+            raise PrometheusUnreachable("connection refused (simulated)")
+        t = at or 0.0
+        if promql == self.alias_query:
+            return [Sample({"node": n, "internal_ip": f"10.0.0.{i}"}, 1.0, t)
+                    for i, n in enumerate(self.nodes)]
+        metric = self.by_query[promql]
+        return [Sample({"node": n}, v, t) for n, v in self.values.get(metric, {}).items()]
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def all_fixtures() -> list[Path]:
+    return sorted(FIXTURES.glob("*.json"))
+
+
+def healthy(nodes: list[str], **overrides: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Catalog values for healthy, half-idle nodes; `overrides` replace per metric and node."""
+    base = {
+        "cpu_utilisation": 0.5, "cpu_cores": 32, "memory_available_ratio": 0.5,
+        "memory_total_bytes": 128 * 2**30, "network_receive_bytes": 1e7,
+        "network_transmit_bytes": 1e7, "disk_io_now": 1, "disk_throughput": 1e7,
+        "node_ready": 1, "node_pressure": 0, "node_unschedulable": 0,
+        "deadline_miss_ratio": 0.0,
+    }
+    values = {metric: {n: v for n in nodes} for metric, v in base.items()}
+    for metric, per_node in overrides.items():
+        values.setdefault(metric, {}).update(per_node)
+    return values
