@@ -436,6 +436,8 @@ class Reconciler:
         ]
         for thread in watchers:
             thread.start()
+        # Stopping must also end the wait for changes below.
+        threading.Thread(target=lambda: stop.wait() and self.changed.set(), daemon=True).start()
         try:
             while not stop.is_set() and not (
                 self.nodes.synced.is_set() and self.workers.synced.is_set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,10 @@ def api_client(api: FakeKubernetes) -> Iterator[ApiClient]:
 class Running:
     """A reconciler running in a thread, with its own metrics registry."""
 
-    def __init__(self, settings: PartitionSettings, api_client: ApiClient) -> None:
+    def __init__(self, settings: PartitionSettings, api_client: ApiClient,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry()
-        self.reconciler = Reconciler(settings, CoreV1Api(api_client),
+        self.reconciler = Reconciler(settings, CoreV1Api(api_client), clock=clock,
                                      metrics=PartitionMetrics(self.registry))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.reconciler.run, args=(self.stop,), daemon=True)

@@ -82,7 +82,7 @@ class FakeKubernetes:
         self._stopping = False
         self._ips = itertools.count(2)
         self._uids = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -291,6 +291,12 @@ class FakeKubernetes:
                     self.cond.wait(min(remaining, 0.5))
                     continue
             yield from batch
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-watch (shutdown of a stopped reconciler) are normal here.
+        pass
 
 
 class Conflict(Exception):
