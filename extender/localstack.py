@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 import yaml
@@ -72,6 +72,7 @@ class LocalServer:
     workdir: Path
     ready_path: str
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -79,8 +80,8 @@ class LocalServer:
 
     def start(self, timeout_s: float = 30.0) -> LocalServer:
         """Start the process and wait until its readiness URL answers 200."""
-        log = (self.workdir / f"{self.name}.log").open("wb")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+        self._log = (self.workdir / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
                                         cwd=self.workdir)
 
         def ready() -> bool:
@@ -97,14 +98,16 @@ class LocalServer:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server logged (for error messages)."""

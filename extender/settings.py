@@ -15,6 +15,7 @@ Other parts (partition controller, sidecar) define their own sections with `load
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -119,6 +120,8 @@ class CacheSettings(Struct):
     weighted metric."""
     missing_score: int = 0
     """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+    rate_window: str = "1m"
+    """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
 
 
 class FilterRule(Struct):
@@ -317,7 +320,12 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
         raise ConfigError(f"{path}: catalog: set `catalog_file` to a catalog YAML, not `catalog`")
     settings = convert(data, Settings, str(path))
     catalog_path = (path.parent / settings.catalog_file).resolve()
-    catalog = _load_catalog(catalog_path)
+    if not _DURATION.match(settings.cache.rate_window):
+        raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
+                          f"30s, got {settings.cache.rate_window!r}")
+    catalog = tuple(msgspec.structs.replace(e, query=e.query.replace("$rate_window",
+                                                                     settings.cache.rate_window))
+                    for e in _load_catalog(catalog_path))
     settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
     validate(settings)
     return settings
@@ -344,6 +352,8 @@ def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
             raise ConfigError(f"{path}: metrics.{i}.node_labels: must name at least one label")
     return catalog
 
+
+_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
 DERIVED_TERMS = frozenset({"gpu_fragmentation"})
 """Score terms computed from allocation state rather than read from the catalog."""

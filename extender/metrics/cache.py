@@ -171,7 +171,7 @@ class MetricsCache:
                         aliases[sample.labels[label]] = node
         except PrometheusUnreachable as exc:
             reachable = False
-            errors["node_aliases"] = str(exc)
+            errors["node_aliases"] = f"Prometheus unreachable: {exc}"
         except MetricsError as exc:
             errors["node_aliases"] = str(exc)
         if not known and previous.status.kubernetes_nodes and "node_aliases" in errors:
@@ -185,7 +185,7 @@ class MetricsCache:
                 results[entry.name] = self.source.query(entry.query, at)
             except PrometheusUnreachable as exc:
                 reachable = False
-                errors[entry.name] = str(exc)
+                errors[entry.name] = f"Prometheus unreachable: {exc}"
             except MetricsError as exc:
                 errors[entry.name] = str(exc)
         table, unmatched = build_table(self.settings, results, resolver, at, previous.table)

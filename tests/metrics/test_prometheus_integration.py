@@ -1,0 +1,159 @@
+"""The real chain: emulated exporters -> a real Prometheus -> the cache -> the webhook.
+
+One Prometheus per module, scraping every second; `$rate_window` is 5 s so rates settle fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from flask import Flask
+
+from extender import localstack
+from extender.emulator import GIB, Emulator, EmulatorServer, Pod, load_nodes
+from extender.metrics.cache import MetricsCache, Snapshot
+from extender.metrics.prometheus import PrometheusSource
+from extender.server import create_app
+from extender.settings import Settings
+from tests.support import REPO, fixture, settings
+
+pytestmark = pytest.mark.prometheus
+
+OPENB = REPO.parent / "shared" / "traces" / "openb" / "openb_node_list_all_node.csv"
+
+
+@dataclass
+class Stack:
+    emulator: Emulator
+    server: EmulatorServer
+    prometheus: localstack.LocalServer
+
+    def settings(self, **sections: object) -> Settings:
+        return settings(prometheus={"url": self.prometheus.url, "query_timeout_s": 2, "retries": 0},
+                        cache={"rate_window": "5s", "max_staleness_s": 20, "refresh_interval_s": 1},
+                        **sections)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    emulator = Emulator(load_nodes(OPENB, limit=10, seed=3), seed=3)
+    with EmulatorServer(emulator) as server:
+        prom = localstack.prometheus(server.scrape_targets(), scrape_interval_s=1).start()
+        try:
+            yield Stack(emulator, server, prom)
+        finally:
+            prom.stop()
+
+
+def warm(cache: MetricsCache, emulator: Emulator, names: list[str]) -> Snapshot:
+    """Refresh until every node's CPU utilisation matches the emulator's (rates need a full
+    window of scrapes after start-up or a load change)."""
+    def ready() -> Snapshot | None:
+        snap = cache.refresh()
+        table = snap.table
+        ok = all(abs(table.value(n, "cpu_utilisation") - emulator.reading(n).cpu_utilisation) < 0.02
+                 for n in names)
+        return snap if ok else None
+
+    return localstack.wait_until(ready, timeout_s=40, interval_s=0.5, what="CPU rates to settle")
+
+
+def test_emulated_series_reach_the_cache_with_the_right_per_node_values(stack: Stack) -> None:
+    s = stack.settings()
+    names = [n.name for n in stack.emulator.nodes]
+    cache = MetricsCache(s, PrometheusSource(s.prometheus))
+    snap = warm(cache, stack.emulator, names)
+    table = snap.table
+    assert set(names) <= set(table.names)
+    # node-exporter identifies nodes by instance="<ip>:9100": mapped through kube_node_info.
+    assert snap.status.unmatched == {}
+    assert snap.status.kubernetes_nodes == len(names)
+    gpu_nodes = [n.name for n in stack.emulator.nodes if n.gpus]
+    assert gpu_nodes, "the sample must include GPU nodes"
+    for name in names:
+        truth = stack.emulator.reading(name)
+        assert table.value(name, "cpu_cores") == truth.cores
+        assert table.value(name, "memory_available_ratio") == pytest.approx(
+            truth.memory_available_bytes / truth.memory_total_bytes, abs=0.01)
+        assert table.value(name, "host_power_watts") == pytest.approx(truth.host_power_w, rel=0.01)
+        assert table.value(name, "node_ready") == 1
+        assert table.value(name, "node_pressure") == 0
+    for name in gpu_nodes:  # both dcgm label spellings (Hostname / hostname) are read
+        truth = stack.emulator.reading(name)
+        mean = sum(g.utilisation for g in truth.gpus) / len(truth.gpus)
+        assert table.value(name, "gpu_utilisation") == pytest.approx(mean, abs=0.01)
+    assert {stack.emulator.dcgm_node_label(n) for n in gpu_nodes} == {"Hostname", "hostname"} or \
+        len(gpu_nodes) == 1
+
+
+def test_placed_load_shows_in_the_cache_and_moves_the_ranking(stack: Stack) -> None:
+    s = stack.settings()
+    names = [n.name for n in stack.emulator.nodes if not n.gpus][:3]
+    cache = MetricsCache(s, PrometheusSource(s.prometheus))
+    before = warm(cache, stack.emulator, names).table.value(names[0], "cpu_utilisation")
+    node = stack.emulator.nodes[[n.name for n in stack.emulator.nodes].index(names[0])]
+    stack.emulator.place(Pod.single("load", "hog", cpu_cores=node.cores * 0.9,
+                                    memory_bytes=GIB, usage_factor=1.0), names[0])
+    try:
+        def busy() -> bool:
+            return cache.refresh().table.value(names[0], "cpu_utilisation") > before + 0.5
+
+        localstack.wait_until(busy, timeout_s=30, interval_s=0.5, what="the hog to show")
+        app = create_app(s, start_refresher=False)
+        app.extensions["extender"].cache.refresh()
+        request = fixture("names-0001-prioritize-cache-plain.json")["request"]
+        request = {**request, "NodeNames": names}
+        scores = {h["Host"]: h["Score"] for h in
+                  app.test_client().post("/prioritize", json=request).get_json()}
+        assert scores[names[0]] < min(scores[n] for n in names[1:])
+    finally:
+        stack.emulator.remove("load", "hog")
+
+
+def test_prometheus_killed_and_restarted_no_failed_request_staleness_visible_recovery(
+        stack: Stack) -> None:
+    names = [n.name for n in stack.emulator.nodes]
+    # A second Prometheus we may kill, on a fixed port so it can come back at the same URL.
+    prom = localstack.prometheus(stack.server.scrape_targets(), scrape_interval_s=1).start()
+    offset = [0.0]
+    s = settings(prometheus={"url": prom.url, "query_timeout_s": 1, "retries": 0},
+                 cache={"rate_window": "5s", "max_staleness_s": 20})
+    app: Flask = create_app(s, start_refresher=False, clock=lambda: time.time() + offset[0])
+    extender = app.extensions["extender"]
+    client = app.test_client()
+    request = {**fixture("names-0001-prioritize-cache-plain.json")["request"], "NodeNames": names}
+    try:
+        warm(extender.cache, stack.emulator, names)
+        healthy = client.post("/prioritize", json=request).get_json()
+        assert any(h["Score"] > 0 for h in healthy)
+        prom.stop()
+        down = extender.cache.refresh()
+        assert not down.status.prometheus_up
+        # Still answering, from the cache, and saying so.
+        assert client.post("/prioritize", json=request).status_code == 200
+        assert client.post("/filter", json=request).status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+        assert "extender_prometheus_up 0.0" in client.get("/metrics").data.decode()
+        # Once the data is older than max_staleness it counts as missing: scores fall to the
+        # missing score, never to an error.
+        offset[0] = 60.0
+        stale = client.post("/prioritize", json=request).get_json()
+        assert all(h["Score"] == s.cache.missing_score for h in stale)
+        node = client.get(f"/api/v1/nodes/{names[0]}").get_json()["node"]
+        assert node["metrics"]["cpu_utilisation"]["fresh"] is False
+        assert node["metrics"]["cpu_utilisation"]["age_s"] >= 60
+        # Prometheus comes back at the same address: recovery without a restart.
+        offset[0] = 0.0
+        prom.start()
+        warm(extender.cache, stack.emulator, names)
+        assert extender.cache.current().status.prometheus_up
+        recovered = client.post("/prioritize", json=request).get_json()
+        assert any(h["Score"] > 0 for h in recovered)
+        assert json.loads(client.get("/readyz").data)["status"] == "ok"
+    finally:
+        prom.stop()
