@@ -1,0 +1,89 @@
+"""Serve the extender (or the floor) exactly as `extender serve` does, over a synthetic fleet.
+
+    python -m benchmarks.bench_app extender --bind 127.0.0.1:PORT --nodes 5000
+    python -m benchmarks.bench_app floor --bind 127.0.0.1:PORT
+
+The gunicorn options come from `extender.commands.serve.gunicorn_options` with that command's own
+flag defaults, so a change to the deployed worker class, threads or keep-alive changes the
+benchmark too. As in `extender serve`, the app is created in the worker after fork. The extender
+is the real `create_app`, with a `FleetSource` instead of Prometheus; its cache is filled once
+before the worker serves (`fleet.prime`) and the background refresher is not started, so the
+figures measure requests, not refreshes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from extender.commands import serve
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "extender.yaml"
+APPS = ("extender", "floor")
+
+
+def serve_args(bind: str, *, workers: int | None = None, threads: int | None = None) -> argparse.Namespace:
+    """The `extender serve` flags for `bind`, with that command's defaults for everything else."""
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    argv = ["--bind", bind]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    return parser.parse_args(argv)
+
+
+def build_app(kind: str, config: Path, nodes: int) -> Any:
+    """The WSGI app of `kind` (extender or floor); the extender's cache holds `nodes` nodes."""
+    from extender.settings import load_settings
+
+    settings = load_settings(config, environ={})
+    if kind == "floor":
+        from benchmarks.floor_app import create_floor_app
+
+        return create_floor_app(settings)
+    if kind != "extender":
+        raise ValueError(f"unknown app {kind!r}: expected one of {APPS}")
+    from benchmarks.fleet import FleetSource, OffsetClock, prime
+    from extender.server import create_app
+
+    source = FleetSource(settings, nodes)
+    clock = OffsetClock()
+    app = create_app(settings, source=source, clock=clock, start_refresher=False)
+    prime(app.extensions["extender"].cache, source, clock)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("app", choices=APPS)
+    parser.add_argument("--bind", required=True, help="HOST:PORT")
+    parser.add_argument("--nodes", type=int, default=5000, help="nodes in the extender's cache")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="extender settings file")
+    parser.add_argument("--workers", type=int, help="gunicorn workers (default: extender serve's)")
+    parser.add_argument("--threads", type=int, help="threads per worker (default: extender serve's)")
+    args = parser.parse_args(argv)
+    options = serve.gunicorn_options(serve_args(args.bind, workers=args.workers,
+                                                threads=args.threads), (None, None))
+
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return build_app(args.app, args.config, args.nodes)
+
+    Application().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
