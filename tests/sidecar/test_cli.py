@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import gateway_values
 
 from extender import localstack
 from extender.errors import ConfigError
 from extender.localstack import wait_until
 from extender.sidecar.cli import parse_listen
+from tests.sidecar.support import gateway_values
 
 pytestmark = pytest.mark.prometheus
 

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from urllib.parse import urlparse
-
 import pytest
-import requests
-from conftest import ManualClock, gateway_values, make_settings, start
 
 from extender import localstack
-from extender.localstack import ScrapeTarget, wait_until
+from extender.localstack import wait_until
 from extender.sidecar.events import TaskEnd, TaskStart
 from extender.sidecar.service import Sidecar, build_sidecar
+from tests.sidecar.support import ManualClock, by_node, gateway_values, make_settings
 
 pytestmark = pytest.mark.prometheus
 
 QUERY = "max by (node) (deadline_miss_ratio)"
-
-
-@pytest.fixture
-def prometheus(shared_gateway: localstack.LocalServer) -> Iterator[localstack.LocalServer]:
-    target = ScrapeTarget("pushgateway", (urlparse(shared_gateway.url).netloc,),
-                          honor_labels=True)
-    with start(localstack.prometheus([target], scrape_interval_s=1)) as server:
-        yield server
-
-
-def by_node(prometheus_url: str, query: str) -> dict[str, float]:
-    answer = requests.get(prometheus_url + "/api/v1/query", params={"query": query}, timeout=5)
-    answer.raise_for_status()
-    return {r["metric"].get("node", "?"): float(r["value"][1])
-            for r in answer.json()["data"]["result"]}
 
 
 def sidecar(gateway: str, node: str, worker: str, clock: ManualClock) -> Sidecar:
@@ -46,7 +27,8 @@ def finish(car: Sidecar, clock: ManualClock, task_id: str, seconds: float) -> No
 
 
 def test_miss_ratio_per_node_reaches_promql_with_the_node_label_and_the_worst_worker(
-        shared_gateway: localstack.LocalServer, prometheus: localstack.LocalServer) -> None:
+        shared_gateway: localstack.LocalServer,
+        gateway_prometheus: localstack.LocalServer) -> None:
     clock = ManualClock()
     slow = sidecar(shared_gateway.url, "e2e-slow", "w1", clock)
     slow_peer = sidecar(shared_gateway.url, "e2e-slow", "w2", clock)
@@ -58,14 +40,14 @@ def test_miss_ratio_per_node_reaches_promql_with_the_node_label_and_the_worst_wo
             finish(fast, clock, f"f{i}", 1.0)
 
         def both_nodes() -> dict[str, float] | None:
-            ratios = by_node(prometheus.url, QUERY)
+            ratios = by_node(gateway_prometheus.url, QUERY)
             wanted = {k: v for k, v in ratios.items() if k.startswith("e2e-")}
             return wanted if wanted.get("e2e-slow") == 0.75 and "e2e-fast" in wanted else None
 
         ratios = wait_until(both_nodes, timeout_s=30, what=f"{QUERY} for both nodes")
         assert ratios == {"e2e-slow": 0.75, "e2e-fast": 0.0}
         # honor_labels kept the sidecar's labels instead of prefixing them with exported_.
-        series = by_node(prometheus.url, 'deadline_tasks_total{job="extract-deadline"}')
+        series = by_node(gateway_prometheus.url, 'deadline_tasks_total{job="extract-deadline"}')
         assert "e2e-slow" in series
     finally:
         for car in (slow, slow_peer, fast):

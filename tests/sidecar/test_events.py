@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ManualClock, make_settings
 
 from extender.sidecar.events import (
     BadEvent,
@@ -14,6 +13,7 @@ from extender.sidecar.events import (
     decode_start,
 )
 from extender.sidecar.tracker import Tracker
+from tests.sidecar.support import ManualClock, make_settings
 
 
 @pytest.mark.parametrize(("body", "reason", "says"), [

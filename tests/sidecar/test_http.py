@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import ManualClock, make_settings
 from flask.testing import FlaskClient
 
 from extender import localstack
@@ -15,6 +14,7 @@ from extender.sidecar import api as deadline
 from extender.sidecar.http import HttpServer, create_app
 from extender.sidecar.metrics import deadline_registry
 from extender.sidecar.tracker import Tracker
+from tests.sidecar.support import ManualClock, make_settings
 
 
 @pytest.fixture

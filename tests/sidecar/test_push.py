@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import gateway_values, make_settings, start
 from prometheus_client import push_to_gateway
 
 from extender import localstack
@@ -19,6 +18,7 @@ from extender.sidecar.metrics import deadline_registry
 from extender.sidecar.push import Pusher
 from extender.sidecar.settings import PushSettings
 from extender.sidecar.tracker import Tracker
+from tests.sidecar.support import gateway_values, make_settings, start
 
 pytestmark = pytest.mark.prometheus
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ManualClock
 
 from extender.sidecar.tail import LOGGED_BAD_LINES, MAX_LINE_BYTES, EventFileTailer
 from extender.sidecar.tracker import Tracker
+from tests.sidecar.support import ManualClock
 
 
 def line(event: str, task_id: str, **fields: object) -> str:

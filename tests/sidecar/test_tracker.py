@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ManualClock, make_settings
 
 from extender.sidecar.events import TaskEnd, TaskStart
 from extender.sidecar.tracker import Tracker
+from tests.sidecar.support import ManualClock, make_settings
 
 
 def run(tracker: Tracker, clock: ManualClock, task_id: str, seconds: float, *,
