@@ -46,17 +46,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the controller (or one dry-run plan); returns the exit code."""
     import msgspec
     from kubernetes.client import CoreV1Api
+    from prometheus_client import CollectorRegistry
 
-    from extender.partition.reconcile import Reconciler
+    from extender.partition.reconcile import PartitionMetrics, Reconciler
     from extender.partition.settings import load_partition_settings
 
     settings = load_partition_settings(args.config)
     if args.namespace:
         settings = msgspec.structs.replace(settings, namespace=args.namespace)
     api_client = api_client_for(args.kubeconfig)
-    reconciler = Reconciler(settings, CoreV1Api(api_client))
     if args.dry_run:
-        return dry_run(reconciler, sys.stdout)
+        # Private registry: a dry run serves no metrics and must not claim the global names.
+        metrics = PartitionMetrics(CollectorRegistry())
+        return dry_run(Reconciler(settings, CoreV1Api(api_client), metrics=metrics), sys.stdout)
 
     from prometheus_client import start_http_server
 
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    reconciler = Reconciler(settings, CoreV1Api(api_client))
     if not settings.leader.enabled:
         reconciler.run(stop)
         return 0

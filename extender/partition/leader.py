@@ -31,7 +31,7 @@ from extender.partition.settings import LeaderSettings
 log = logging.getLogger(__name__)
 
 HANDOVER_TIMEOUT_S = 30.0
-"""How long shutdown waits for the running reconcile to finish before releasing the lease."""
+"""How long shutdown waits for the running reconcile to finish (then releases the lease anyway)."""
 
 
 class _Election(LeaderElection):
@@ -77,9 +77,10 @@ def run_elected(
 ) -> int:
     """Run `work(stop)` only while holding the lease; return the process exit code.
 
-    Blocks until `stop` is set (0: the lease is released after `work` returns) or leadership is
-    lost (1: `stop` is set so that `work` ends, and the caller must exit). `work` must return
-    soon after `stop` is set. Timings must have been validated (settings.validate).
+    Blocks until `stop` is set (returns 0 after `work` returned and the lease was released) or
+    leadership is lost (sets `stop`, waits for `work` to return, returns 1: the caller must exit).
+    `work` must return soon after `stop` is set. Timings must have been validated
+    (settings.validate).
     """
     lost = threading.Event()
     working = threading.Event()
@@ -110,11 +111,9 @@ def run_elected(
     election = _Election(config)
     threading.Thread(target=election.run, daemon=True, name="partition-leader").start()
     stop.wait()
+    if working.is_set() and not finished.wait(HANDOVER_TIMEOUT_S):
+        log.warning("reconcile still running after %.0fs", HANDOVER_TIMEOUT_S)
     if lost.is_set():
         return 1
-    if working.is_set() and not finished.wait(HANDOVER_TIMEOUT_S):
-        log.warning(
-            "reconcile still running after %.0fs: releasing the lease anyway", HANDOVER_TIMEOUT_S
-        )
     election.release()
     return 0
