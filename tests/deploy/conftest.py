@@ -1,0 +1,80 @@
+"""Rendering the kustomize overlays once per session, offline.
+
+kustomize comes from `kubectl kustomize` (kubectl ships kustomize v5) or a standalone `kustomize`
+binary, whichever is on PATH (hack/install-deps.sh installs kubectl when missing). Tests that
+need it are skipped, with the reason, only when neither can be found.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+OVERLAYS = ("dev", "production", "tls")
+"""Every overlay under manifests/overlays (test_overlay_list_is_complete keeps this honest)."""
+NAMESPACE = "extract"
+
+
+def kustomize_command() -> list[str] | None:
+    """The command that renders a kustomization directory given as last argument, or None."""
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return None
+
+
+@cache
+def render(path: str) -> tuple[dict[str, Any], ...]:
+    """The objects a kustomization directory (relative to the repo) renders to."""
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kubectl nor kustomize on PATH: run hack/install-deps.sh")
+    done = subprocess.run([*command, str(REPO / path)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} {path} failed:\n{done.stderr}")
+    return tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)
+
+
+def find(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    """The one object of `kind` named `name`; generated ConfigMaps match without their hash."""
+
+    def names(obj: dict[str, Any]) -> tuple[str, ...]:
+        full = obj["metadata"]["name"]
+        return (full, full.rsplit("-", 1)[0]) if kind == "ConfigMap" else (full,)
+
+    found = [o for o in objects if o["kind"] == kind and name in names(o)]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every workload object."""
+    out = []
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            out.append((f"{obj['kind']}/{obj['metadata']['name']}",
+                        obj["spec"]["template"]["spec"]))
+    return out
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ...]:
+    """The rendered objects of each overlay in turn."""
+    return render(f"manifests/overlays/{request.param}")
+
+
+@pytest.fixture
+def rendered() -> Callable[[str], tuple[dict[str, Any], ...]]:
+    """render(path) for tests that pick their own kustomization."""
+    return render
