@@ -19,11 +19,11 @@ from extender.errors import ProtocolError
 from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine, Outcome
 from extender.policies.explain import (
+    TOP_NODES,
     Decision,
     DecisionLog,
     explain_nodes,
     rejected_summary,
-    top_indices,
 )
 from extender.policies.model import PodDemand, pod_demand
 from extender.settings import Settings
@@ -91,12 +91,13 @@ class Extender:
         return pod, names, outcome, now
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
-                now: float, started: float) -> Decision:
+                now: float, started: float, top: list[int] | None = None) -> Decision:
         decision = Decision(
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
-            nodes=explain_nodes(outcome, self.cache.current().table, top_indices(outcome)),
+            nodes=explain_nodes(outcome, self.cache.current().table,
+                                top if top is not None else outcome.ranking(TOP_NODES)),
             duration_ms=round((time.perf_counter() - started) * 1e3, 3),
         )
         self.decisions.add(decision)
@@ -128,18 +129,18 @@ class Extender:
         """Score every candidate 0..10; the winner is remembered as a recent placement."""
         started = time.perf_counter()
         pod, names, outcome, now = self._evaluate(args)
+        top = outcome.ranking(TOP_NODES)
+        chosen = names[top[0]] if top else None
         if self.settings.server.shadow:
             result = [wire.HostPriority(Host=name, Score=0) for name in names]
-            chosen = outcome.best()
         else:
-            result = [wire.HostPriority(Host=name, Score=int(score))
-                      for name, score in zip(names, outcome.evaluation.scores, strict=True)]
-            chosen = outcome.best()
+            result = [wire.HostPriority(Host=name, Score=score)
+                      for name, score in zip(names, outcome.scores, strict=True)]
             if chosen is not None and not self.settings.server.bind_enabled:
                 # Without bind we do not learn the final node; our favourite is the best guess
                 # (kube-scheduler adds its own plugin scores). With bind, bind records it.
                 self._placed(chosen, pod, now, "prioritize")
-        self._record("prioritize", pod, outcome, chosen, now, started)
+        self._record("prioritize", pod, outcome, chosen, now, started, top)
         return result
 
     def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:

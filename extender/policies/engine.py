@@ -38,22 +38,36 @@ class Outcome:
 
     @property
     def passed(self) -> list[str]:
+        if not self.rejected:
+            return list(self.names)
         return [name for name in self.names if name not in self.rejected]
 
     @property
     def scores(self) -> list[int]:
-        return [int(s) for s in self.evaluation.scores]
+        return self.evaluation.scores.tolist()  # type: ignore[no-any-return]
+
+    def ranking(self, k: int) -> list[int]:
+        """Indices of the `k` best-scored candidates not rejected, best first; ties by name."""
+        scores = self.evaluation.scores
+        eligible = np.ones(len(scores), bool)
+        if self.rejected:
+            eligible = np.array([name not in self.rejected for name in self.names], bool)
+        candidates = np.flatnonzero(eligible)
+        if candidates.size == 0 or k <= 0:
+            return []
+        values = scores[candidates]
+        # Only candidates scoring at least the k-th best can be in the top k: sort just those.
+        threshold = np.partition(values, -min(k, values.size))[-min(k, values.size)]
+        top = candidates[values >= threshold].tolist()
+        # Two stable C-level sorts (by name, then by score descending) instead of a key lambda.
+        top.sort(key=self.names.__getitem__)
+        top.sort(key=scores.tolist().__getitem__, reverse=True)
+        return top[:k]
 
     def best(self) -> str | None:
         """The highest-scoring node not rejected; ties go to the first name in sorted order."""
-        best_name, best_score = None, -1
-        for name, score in zip(self.names, self.evaluation.scores, strict=True):
-            if name in self.rejected:
-                continue
-            if score > best_score or (score == best_score and best_name is not None
-                                      and name < best_name):
-                best_name, best_score = name, int(score)
-        return best_name
+        top = self.ranking(1)
+        return self.names[top[0]] if top else None
 
 
 class Engine:

@@ -67,25 +67,24 @@ def explain_nodes(outcome: Outcome, table: NodeTable, indices: Sequence[int]) ->
     """Per-metric breakdown of the candidates at `indices` of the outcome."""
     ev = outcome.evaluation
     out = []
+    all_weights = ev.weights.tolist()
     for i in indices:
-        weights = ev.weights * ev.fresh[i]
+        # Python lists: element access on numpy rows is slow and this runs on every request.
+        values, fresh_row = ev.values[i].tolist(), ev.fresh[i].tolist()
+        goodness, ages = ev.goodness[i].tolist(), ev.age_s[i].tolist()
         derived_total = sum(w for term, w in ev.derived_weights.items()
                             if not np.isnan(ev.derived[term][i]))
-        total = float(weights.sum()) + derived_total
+        total = sum(w for w, f in zip(all_weights, fresh_row, strict=True) if f) + derived_total
         terms = []
         for j, metric in enumerate(table.metrics):
-            if ev.weights[j] == 0 and np.isnan(ev.values[i, j]):
+            value, fresh, weight = values[j], fresh_row[j], all_weights[j]
+            if weight == 0 and value != value:
                 continue
-            value = ev.values[i, j]
-            fresh = bool(ev.fresh[i, j])
-            contribution = 10 * weights[j] * ev.goodness[i, j] / total if total and fresh else 0.0
+            contribution = 10 * weight * goodness[j] / total if total and fresh else 0.0
             terms.append(TermExplanation(
-                metric=metric, value=None if np.isnan(value) else float(value),
-                weight=float(ev.weights[j]),
-                goodness=float(ev.goodness[i, j]) if fresh else None,
-                contribution=round(float(contribution), 3),
-                age_s=None if np.isnan(ev.age_s[i, j]) else round(float(ev.age_s[i, j]), 1),
-                fresh=fresh))
+                metric=metric, value=None if value != value else value, weight=weight,
+                goodness=goodness[j] if fresh else None, contribution=round(contribution, 3),
+                age_s=None if ages[j] != ages[j] else round(ages[j], 1), fresh=fresh))
         for term, weight in ev.derived_weights.items():
             g = ev.derived[term][i]
             terms.append(TermExplanation(
@@ -93,26 +92,18 @@ def explain_nodes(outcome: Outcome, table: NodeTable, indices: Sequence[int]) ->
                 goodness=None if np.isnan(g) else float(g),
                 contribution=0.0 if np.isnan(g) or not total else round(10 * weight * g / total, 3),
                 age_s=0.0, fresh=not np.isnan(g)))
-        ages = ev.age_s[i][ev.fresh[i]]
+        fresh_ages = [a for a, f in zip(ages, fresh_row, strict=True) if f]
         name = outcome.names[i]
         rejection = outcome.rejected.get(name)
         pending = ev.pending
         out.append(NodeExplanation(
             node=name, score=int(ev.scores[i]), passed=rejection is None,
             reason=rejection.message if rejection else None,
-            data_age_s=round(float(ages.max()), 1) if ages.size else None,
+            data_age_s=round(max(fresh_ages), 1) if fresh_ages else None,
             pending_cpu_cores=float(pending.cpu_cores[i]) if pending is not None else 0.0,
             pending_memory_bytes=float(pending.memory_bytes[i]) if pending is not None else 0.0,
             terms=terms))
     return out
-
-
-def top_indices(outcome: Outcome, k: int = TOP_NODES) -> list[int]:
-    """Indices of the k best-scored passing candidates (ties by name), then the chosen one."""
-    ev = outcome.evaluation
-    order = sorted((i for i, n in enumerate(outcome.names) if n not in outcome.rejected),
-                   key=lambda i: (-int(ev.scores[i]), outcome.names[i]))
-    return order[:k]
 
 
 class DecisionLog:

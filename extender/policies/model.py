@@ -182,7 +182,7 @@ class NodeTable:
     def rows(self, names: Sequence[str]) -> IntArray:
         """Row index of each name, -1 for names not in the table."""
         get = self.index.get
-        return np.fromiter((get(name, -1) for name in names), dtype=np.intp, count=len(names))
+        return np.array([get(name, -1) for name in names], dtype=np.intp)
 
     def value(self, node: str, metric: str) -> float:
         """One value (NaN when absent)."""
