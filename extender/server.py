@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from flask import Blueprint, Flask, Response, request
@@ -34,6 +34,9 @@ from extender.metrics.cache import MetricsCache, Snapshot
 from extender.metrics.prometheus import MetricsSource, PrometheusSource
 from extender.policies.engine import Engine
 from extender.service import Binder, EventSink, Extender
+
+if TYPE_CHECKING:
+    from extender.api import SelfCheck
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +108,7 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
     `source` defaults to the Prometheus of `settings`; `binder` is required for bind when
     `server.bind_enabled` is set (the default binder uses the in-cluster Kubernetes API).
     """
-    from extender.api import monitoring_api, score_reference
+    from extender.api import monitoring_api, score_reference, selfcheck
 
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
@@ -130,6 +133,8 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
         telemetry.refreshed(snapshot)
         outcome = score_reference(extender, snapshot, clock())
         telemetry.set_node_scores(outcome.names, outcome.scores)
+        if snapshot.refreshes == 1:
+            log_selfcheck(selfcheck(extender, snapshot))
 
     cache.on_refresh = on_refresh
     app.extensions["telemetry"] = telemetry
@@ -208,6 +213,23 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
     if start_refresher:
         cache.start()
     return app
+
+
+def log_selfcheck(report: SelfCheck) -> None:
+    """Log the start-up self-check: one warning per problem, so operators see breakage early."""
+    if report.ok:
+        log.info("self-check ok: every catalog entry returned series for known nodes")
+        return
+    if not report.prometheus_up:
+        log.warning("self-check: Prometheus unreachable at start-up")
+    for entry in report.empty_entries:
+        log.warning("self-check: catalog entry %s returned no series (exporter missing, or "
+                    "query/labels wrong?)", entry)
+    for entry, error in report.failed_entries.items():
+        log.warning("self-check: catalog entry %s failed: %s", entry, error)
+    for entry, identities in report.unmatched_identities.items():
+        log.warning("self-check: %s series carry node identities matching no Kubernetes node: %s "
+                    "(check node_labels / relabelling)", entry, ", ".join(identities[:5]))
 
 
 def _error_response(exc: Exception) -> Response:

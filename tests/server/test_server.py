@@ -1,0 +1,151 @@
+"""Server surfaces: shadow mode, explanations, events, readiness, our own /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from extender import localstack
+from extender.kube import ApiBinder, ApiEventSink
+from extender.policies.explain import Decision
+from extender.server import create_app
+from tests.support import StaticSource, fixture, healthy, settings
+
+NODES = ["node-0", "node-1", "node-2", "node-3"]
+REQUEST = {**fixture("names-0001-prioritize-cache-plain.json")["request"], "NodeNames": NODES}
+
+
+def app_with(values: dict[str, dict[str, float]] | None = None, **sections: Any) -> Flask:
+    s = settings(**sections)
+    source = StaticSource(s, values or healthy(NODES, cpu_utilisation={
+        "node-0": 0.95, "node-1": 0.10, "node-2": 0.40, "node-3": 0.70}))
+    app = create_app(s, source=source, start_refresher=False)
+    app.extensions["extender"].cache.refresh()
+    return app
+
+
+def test_shadow_mode_answers_neutrally_but_records_the_real_decision() -> None:
+    app = app_with(server={"shadow": True})
+    client = app.test_client()
+    filtered = client.post("/filter", json=REQUEST).get_json()
+    assert filtered["NodeNames"] == NODES and filtered["FailedNodes"] == {}
+    scores = client.post("/prioritize", json=REQUEST).get_json()
+    assert {h["Score"] for h in scores} == {0}
+    decisions = client.get("/api/v1/decisions").get_json()["decisions"]
+    assert decisions[0]["verb"] == "prioritize" and decisions[0]["shadow"] is True
+    assert decisions[0]["chosen"] == "node-1"
+    assert decisions[1]["rejected"] == {"node-0": "cpu 95% > 90%"}
+
+
+def test_decision_explains_each_term_and_sums_to_the_score() -> None:
+    client = app_with().test_client()
+    client.post("/prioritize", json=REQUEST)
+    decision = client.get("/api/v1/decisions?pod=default/cache-plain&limit=1").get_json()["decisions"][0]
+    best = decision["nodes"][0]
+    assert best["node"] == decision["chosen"] == "node-1"
+    assert best["score"] == round(sum(t["contribution"] for t in best["terms"]))
+    cpu = next(t for t in best["terms"] if t["metric"] == "cpu_utilisation")
+    assert cpu["value"] == pytest.approx(0.10) and cpu["weight"] == 3 and cpu["fresh"] is True
+    assert best["data_age_s"] == 0.0
+
+
+def test_decisions_filter_by_pod_and_validate_limit() -> None:
+    client = app_with().test_client()
+    client.post("/filter", json=REQUEST)
+    assert client.get("/api/v1/decisions?pod=other/pod").get_json()["decisions"] == []
+    assert len(client.get("/api/v1/decisions?pod=cache-plain").get_json()["decisions"]) == 1
+    bad = client.get("/api/v1/decisions?limit=lots")
+    assert bad.status_code == 400 and "limit" in bad.get_json()["error"]
+
+
+def test_prioritize_winner_counts_as_load_for_the_next_pod() -> None:
+    client = app_with(values=healthy(NODES, cpu_utilisation={n: 0.5 for n in NODES})).test_client()
+    winners = []
+    for i in range(4):
+        pod = {**REQUEST["Pod"], "metadata": {**REQUEST["Pod"]["metadata"], "name": f"p{i}",
+                                               "uid": f"u{i}"}}
+        pod["spec"] = {**pod["spec"], "containers": [{"name": "c", "resources": {
+            "requests": {"cpu": "8", "memory": "1Gi"}}}]}
+        answer = client.post("/prioritize", json={**REQUEST, "Pod": pod}).get_json()
+        best = max(answer, key=lambda h: (h["Score"], [-ord(c) for c in h["Host"]]))
+        winners.append(best["Host"])
+    assert len(set(winners)) == 4  # a burst of four big pods spreads over four equal nodes
+    assert 'extender_placements_total{source="prioritize"} 4.0' in \
+        client.get("/metrics").data.decode()
+
+
+def test_metrics_count_rejections_by_reason_and_expose_reference_scores() -> None:
+    client = app_with().test_client()
+    client.post("/filter", json=REQUEST)
+    text = client.get("/metrics").data.decode()
+    assert 'extender_nodes_rejected_total{reason="cpu"} 1.0' in text
+    assert 'extender_node_score{node="node-1"}' in text
+    assert "extender_request_duration_seconds_bucket" in text
+    assert "extender_prometheus_up 1.0" in text
+
+
+def test_readyz_stays_ready_before_the_first_refresh_and_says_so() -> None:
+    s = settings()
+    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["status"] == "degraded" and ready.get_json()["refreshes"] == 0
+
+
+def test_selfcheck_reports_empty_entries() -> None:
+    report = app_with().test_client().get("/api/v1/selfcheck").get_json()
+    assert report["ok"] is False
+    assert "gpu_utilisation" in report["empty_entries"]  # no GPUs in this cluster
+    assert "cpu_utilisation" not in report["empty_entries"]
+
+
+class FakeCoreApi:
+    def __init__(self) -> None:
+        self.bindings: list[tuple[str, Any, dict[str, Any]]] = []
+        self.events: list[tuple[str, Any]] = []
+
+    def create_namespaced_binding(self, namespace: str, body: Any, **kwargs: Any) -> None:
+        self.bindings.append((namespace, body, kwargs))
+
+    def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> None:
+        self.events.append((namespace, body))
+
+
+def test_api_binder_posts_a_binding_to_the_node() -> None:
+    api = FakeCoreApi()
+    ApiBinder(api).bind("ns", "pod", "uid-1", "node-7")
+    namespace, body, kwargs = api.bindings[0]
+    assert namespace == "ns" and body.target.name == "node-7" and body.target.kind == "Node"
+    assert body.metadata.name == "pod" and body.metadata.uid == "uid-1"
+    assert kwargs["_request_timeout"] > 0
+
+
+def test_pod_events_are_written_off_the_request_path() -> None:
+    api = FakeCoreApi()
+    sink = ApiEventSink(api)
+    s = settings(server={"pod_events": True})
+    app = create_app(s, source=StaticSource(s, healthy(NODES)), events=sink, start_refresher=False)
+    app.extensions["extender"].cache.refresh()
+    app.test_client().post("/prioritize", json=REQUEST)
+    localstack.wait_until(lambda: api.events, timeout_s=10, what="an event")
+    namespace, event = api.events[0]
+    assert namespace == "default" and event.involved_object.name == "cache-plain"
+    assert event.reason == "MetricsAwareDecision" and "4 candidates" in event.message
+
+
+def test_event_sink_drops_when_full_instead_of_blocking() -> None:
+    class Blocked(FakeCoreApi):
+        def create_namespaced_event(self, namespace: str, body: Any, **kwargs: Any) -> None:
+            import threading
+
+            threading.Event().wait()  # never returns
+
+    sink = ApiEventSink(Blocked())
+    decision = Decision(id=1, time=0, verb="filter", pod="ns/p", uid="u", profile="x", note="",
+                        shadow=False, candidates=0, chosen=None, rejected={}, nodes=[],
+                        duration_ms=0)
+    for _ in range(1100):
+        sink.decision(decision)
+    assert sink.dropped >= 99
