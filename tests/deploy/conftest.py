@@ -58,6 +58,13 @@ def find(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str,
     return found[0]
 
 
+def write_config(objects: tuple[dict[str, Any], ...], directory: Path) -> Path:
+    """The rendered extender-config ConfigMap as files, as the pods see /etc/extender."""
+    for key, text in find(objects, "ConfigMap", "extender-config")["data"].items():
+        (directory / key).write_text(text)
+    return directory
+
+
 def pod_specs(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
     """(kind/name, pod spec) of every workload object."""
     out = []
