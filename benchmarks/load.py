@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ("wrk", "python")
 REQUEST_TIMEOUT_S = 30.0  # a 5000-node full-Nodes call takes well under this
 
@@ -111,7 +112,7 @@ def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> 
 
 def _run(cmd: list[str], duration_s: float, env: dict[str, str]) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=REPO,
                               timeout=duration_s + REQUEST_TIMEOUT_S + 10)
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"{cmd[0]} did not finish: {exc}") from exc
