@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag}: must not be empty")
     settings = load_sidecar_settings(args.config)
     profile = load_profile(args.profile) if args.profile else {}
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per event
     sidecar = build_sidecar(settings, node=args.node, worker=args.worker,
                             pushgateway=args.pushgateway, listen=parse_listen(args.listen),
                             profile=profile, events_file=args.events_file)

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from extender.sidecar.events import BadEvent, decode_end, decode_start
 from extender.sidecar.push import PushStatus
@@ -91,11 +91,20 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class _Handler(WSGIRequestHandler):
+    # Keep-alive: an application reports two requests per task, mostly over one connection.
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """No access log: one line per task event would drown the sidecar's own log."""
+
+
 class HttpServer:
     """A threaded werkzeug server for `app` on host:port (port 0 picks a free one)."""
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True,
+                                                   request_handler=_Handler)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="deadline-http", daemon=True)
 
