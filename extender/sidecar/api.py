@@ -146,7 +146,7 @@ def _default_reporter() -> Reporter:
     return current if current is not None else configure()
 
 
-class task:  # noqa: N801 - reads as a function at the call site: `with deadline.task(...)`
+class task:  # lower case: reads as a function at the call site, `with deadline.task(...)`
     """One task of `task_type`: a context manager, or a decorator (one task per call).
 
     `expected_seconds` is the caller's expectation (a profile entry wins over it); without it

@@ -40,6 +40,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_gateway_url(url: str) -> None:
+    """ConfigError unless `url` is http(s)://host[:port][/path] (checked before any thread
+    starts, where a bad URL would only show up as a failed push)."""
+    from urllib.parse import urlparse
+
+    from extender.errors import ConfigError
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"--pushgateway: expected http(s)://HOST:PORT, e.g. "
+                          f"http://pushgateway.monitoring:9091, got {url!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 if the group could not be deleted."""
     import logging
@@ -51,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from extender.sidecar.settings import load_profile, load_sidecar_settings
 
     log = logging.getLogger("extender.sidecar")
-    for flag in ("node", "worker", "pushgateway"):
+    for flag in ("node", "worker"):
         if not getattr(args, flag).strip():
             raise ConfigError(f"--{flag}: must not be empty")
+    check_gateway_url(args.pushgateway)
     settings = load_sidecar_settings(args.config)
     profile = load_profile(args.profile) if args.profile else {}
     sidecar = build_sidecar(settings, node=args.node, worker=args.worker,

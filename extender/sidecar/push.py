@@ -153,7 +153,8 @@ class Pusher:
         with self._lock:
             recovered = self._consecutive
             self._consecutive = 0
-            self._pushes += what == "push"
+            if what == "push":
+                self._pushes += 1
         if recovered:
             log.info("Pushgateway %s reachable again after %d failed attempts", self.gateway,
                      recovered)

@@ -9,8 +9,9 @@ counters restart from zero anyway, and Prometheus' rate() treats the reset as su
   from the start.
 - Rotation (`mv file file.1`, new file created): the old file is drained first, then the new one
   is opened from its start. A missing file is waited for.
-- A partial last line waits for its newline; a line longer than MAX_LINE_BYTES is dropped as
-  `malformed` (bounded memory whatever is written).
+- A partial last line waits for its newline; a line longer than MAX_LINE_BYTES is dropped (and
+  counted `malformed`, possibly once per MAX_LINE_BYTES read): memory stays bounded whatever is
+  written.
 - Bad lines are counted by reason and logged with file and line number, the first
   LOGGED_BAD_LINES only: a producer writing garbage must not flood the log.
 """

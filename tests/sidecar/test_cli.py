@@ -90,6 +90,8 @@ def test_sidecar_process_counts_http_and_file_events_and_deletes_its_group_on_si
 @pytest.mark.parametrize(("extra", "message"), [
     (["--listen", "localhost"], "--listen: expected HOST:PORT"),
     (["--profile", "/nonexistent/profile.yaml"], "/nonexistent/profile.yaml: cannot read"),
+    (["--pushgateway", "pushgateway:9091"], "--pushgateway: expected http(s)://HOST:PORT"),
+    (["--node", " "], "--node: must not be empty"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(extra: list[str], message: str) -> None:
     argv = sidecar_argv("http://127.0.0.1:1", localstack.free_port(), *extra)
