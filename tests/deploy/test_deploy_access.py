@@ -1,0 +1,94 @@
+"""Who may do what: RBAC is least privilege, and the network admits only who needs each port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from extender.partition.settings import load_partition_settings
+from tests.deploy.conftest import find, write_config
+
+Grant = tuple[str, str, str, tuple[str, ...]]
+
+
+def grants(role: dict[str, Any]) -> set[Grant]:
+    """(apiGroup, resource, verb, resourceNames) for every combination a role allows."""
+    return {(group, resource, verb, tuple(rule.get("resourceNames", ())))
+            for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_no_role_uses_wildcards(overlay: tuple[dict[str, Any], ...]) -> None:
+    for role in (o for o in overlay if o["kind"] in ("Role", "ClusterRole")):
+        for group, resource, verb, _ in grants(role):
+            assert "*" not in (group, resource, verb), role["metadata"]["name"]
+
+
+def test_partition_controller_gets_exactly_what_it_needs(
+        overlay: tuple[dict[str, Any], ...], tmp_path: Path) -> None:
+    settings = load_partition_settings(write_config(overlay, tmp_path) / "partition.yaml")
+    own_configmap, own_lease = (settings.configmap,), (settings.leader.lease_name,)
+    cluster = grants(find(overlay, "ClusterRole", "extract:partition-controller"))
+    assert cluster == {("", "nodes", v, ()) for v in ("get", "list", "watch")}
+    role = find(overlay, "Role", "partition-controller")
+    assert role["metadata"]["namespace"] == settings.namespace
+    assert grants(role) == (
+        {("", "pods", v, ()) for v in ("get", "list", "watch", "create", "delete", "patch")}
+        | {("", "configmaps", "create", ())}
+        | {("", "configmaps", v, own_configmap) for v in ("get", "update", "patch")}
+        | {("coordination.k8s.io", "leases", "create", ())}
+        | {("coordination.k8s.io", "leases", v, own_lease) for v in ("get", "update")}
+        | {("", "events", v, ()) for v in ("create", "patch")})
+    for kind, role_name in (("ClusterRoleBinding", "extract:partition-controller"),
+                            ("RoleBinding", "partition-controller")):
+        binding = find(overlay, kind, role_name)
+        assert binding["roleRef"]["name"] == role_name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "partition-controller",
+                                        "namespace": "extract"}]
+
+
+def test_extender_has_no_api_access_with_the_default_config(
+        overlay: tuple[dict[str, Any], ...]) -> None:
+    account = find(overlay, "ServiceAccount", "extender")
+    assert account["automountServiceAccountToken"] is False
+    bound = [o["metadata"]["name"] for o in overlay
+             if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+             and any(s.get("name") == "extender" for s in o["subjects"])]
+    assert bound == []
+
+
+def ingress_sources(policy: dict[str, Any]) -> list[tuple[dict[str, Any], set[int]]]:
+    return [(peer, {p["port"] for p in rule["ports"]})
+            for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+
+
+def container_ports(overlay: tuple[dict[str, Any], ...], name: str) -> set[int]:
+    spec = find(overlay, "Deployment", name)["spec"]["template"]["spec"]
+    return {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+
+
+def test_only_the_scheduler_and_prometheus_reach_the_extender(
+        overlay: tuple[dict[str, Any], ...]) -> None:
+    policy = find(overlay, "NetworkPolicy", "extender")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "extender"}
+    sources = ingress_sources(policy)
+    scheduler = {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "metrics-aware-scheduler"}}}
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    assert [peer for peer, _ in sources] == [scheduler, prometheus]
+    assert all(ports == container_ports(overlay, "extender") for _, ports in sources)
+    scheduler_labels = find(overlay, "Deployment", "metrics-aware-scheduler")["spec"]["template"][
+        "metadata"]["labels"]
+    assert scheduler["podSelector"]["matchLabels"].items() <= scheduler_labels.items()
+
+
+def test_only_prometheus_reaches_the_metrics_of_controller_and_scheduler(
+        overlay: tuple[dict[str, Any], ...]) -> None:
+    for name in ("partition-controller", "metrics-aware-scheduler"):
+        sources = ingress_sources(find(overlay, "NetworkPolicy", name))
+        assert len(sources) == 1
+        peer, ports = sources[0]
+        assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+        assert ports == container_ports(overlay, name)
