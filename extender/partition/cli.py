@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="namespace of workers, ConfigMap, Lease (default: from the config)",
     )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan per node and change nothing"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan per node and change nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
         reconciler.run(stop)
         return 0
     identity = settings.leader.identity or os.environ.get("POD_NAME") or socket.gethostname()
-    return run_elected(
-        settings.leader, settings.namespace, api_client, identity, reconciler.run, stop
-    )
+    return run_elected(settings.leader, settings.namespace, api_client, identity, reconciler.run, stop)
 
 
 def api_client_for(kubeconfig: str | None) -> ApiClient:

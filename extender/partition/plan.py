@@ -23,8 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from extender.partition.settings import (
     EligibilitySettings,
     PartitionSettings,
@@ -153,9 +151,7 @@ def spec_hash(digest: str, node: str, resources: Resources) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def exclusion(
-    node: NodeView, rules: EligibilitySettings, now: float
-) -> tuple[str | None, float | None]:
+def exclusion(node: NodeView, rules: EligibilitySettings, now: float) -> tuple[str | None, float | None]:
     """Why `node` gets no worker (None if it does), and when that answer may change by itself.
 
     The second value is the end of a running NotReady grace period, else None.
@@ -204,9 +200,7 @@ def plan(
         if until is not None:
             wakes.append(until)
         if reason is None:
-            expected[node.name] = spec_hash(
-                digest, node.name, size(node.allocatable, settings.sizing)
-            )
+            expected[node.name] = spec_hash(digest, node.name, size(node.allocatable, settings.sizing))
         else:
             excluded[node.name] = reason
 
@@ -217,8 +211,8 @@ def plan(
     stale: list[WorkerView] = []
     for worker in workers:
         own_name = worker.name == worker_name(worker.node, prefix)
-        if own_name:
-            present.add(worker.node)
+        # Any pod of ours on the node, even one about to go, blocks a create: never two workers.
+        present.add(worker.node)
         if worker.deleting:
             continue
         if worker.node not in expected:
@@ -302,9 +296,7 @@ def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]
         block = container.setdefault("resources", {})
         block.setdefault("requests", {}).update(amounts | gpus)
         # Extended resources such as GPUs must have limit == request.
-        block.setdefault("limits", {}).update(
-            (amounts if settings.sizing.set_limits else {}) | gpus
-        )
+        block.setdefault("limits", {}).update((amounts if settings.sizing.set_limits else {}) | gpus)
     return manifest
 
 
@@ -315,11 +307,7 @@ def partition_entries(
     entries = []
     for worker in workers:
         node = nodes.get(worker.node)
-        if (
-            node is None
-            or worker.deleting
-            or worker.name != worker_name(node.name, settings.name_prefix)
-        ):
+        if node is None or worker.deleting or worker.name != worker_name(node.name, settings.name_prefix):
             continue
         share = size(node.allocatable, settings.sizing)
         entries.append(
@@ -337,20 +325,30 @@ def partition_entries(
 
 
 def partition_document(entries: Iterable[PartitionEntry]) -> dict[str, str]:
-    """ConfigMap data for the runtime: `partition.yaml` and `resources.json`, same content."""
-    workers = [
-        {
-            "node": e.node,
-            "pod": e.pod,
-            "ip": e.ip,
-            "cpus": e.cpu_millis / 1000,
-            "memory_bytes": e.memory_bytes,
-            "gpus": e.gpus,
-            "ready": e.ready,
-        }
+    """ConfigMap data for the runtime: `partition.yaml` and `resources.json`, same content.
+
+    Each worker is one compact JSON object; `partition.yaml` lists them one per line, which is
+    valid YAML (JSON objects are YAML flow mappings) and keeps 5000 workers to milliseconds and
+    about 140 bytes per worker and file, instead of seconds with a YAML emitter.
+    """
+    lines = [
+        json.dumps(
+            {
+                "node": e.node,
+                "pod": e.pod,
+                "ip": e.ip,
+                "cpus": e.cpu_millis / 1000,
+                "memory_bytes": e.memory_bytes,
+                "gpus": e.gpus,
+                "ready": e.ready,
+            },
+            separators=(",", ":"),
+        )
         for e in entries
     ]
     return {
-        "partition.yaml": yaml.safe_dump({"workers": workers}, sort_keys=False),
-        "resources.json": json.dumps({"workers": workers}, indent=1),
+        "partition.yaml": "workers:\n" + "".join(f"- {line}\n" for line in lines)
+        if lines
+        else "workers: []\n",
+        "resources.json": '{"workers":[' + ",".join(lines) + "]}",
     }

@@ -44,6 +44,7 @@ from extender.partition.plan import (
     PARTITION_LABEL,
     Action,
     NodeView,
+    PartitionEntry,
     Plan,
     Resources,
     WorkerView,
@@ -62,6 +63,8 @@ WATCH_ERROR_BACKOFF_S = (0.5, 30.0)
 RETRY_AFTER_ERROR_S = 2.0
 """A pass with failed calls is repeated this soon, even without a new event."""
 EVENT_SOURCE = "extender-partition"
+CONFIGMAP_MAX_BYTES = 1024 * 1024
+"""The API server refuses ConfigMaps whose data exceeds 1 MiB (about 3500 workers here)."""
 
 
 # --- wire types: only the fields we read ----------------------------------------------------------
@@ -198,9 +201,7 @@ class PartitionMetrics:
         self.desired = Gauge(
             "partition_workers_desired", "Eligible nodes (one worker each)", registry=registry
         )
-        self.ready = Gauge(
-            "partition_workers_ready", "Workers whose pod is Ready", registry=registry
-        )
+        self.ready = Gauge("partition_workers_ready", "Workers whose pod is Ready", registry=registry)
         self.duration = Histogram(
             "partition_reconcile_duration_seconds",
             "Plan plus API calls of one reconcile",
@@ -294,7 +295,7 @@ class Reconciler:
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._deleted_by_us: set[str] = set()
-        self._published: dict[str, str] | None = None
+        self._published: list[PartitionEntry] | None = None
         self.failed_calls = 0
         """API calls that failed in the last reconcile pass."""
         self._responses: set[Any] = set()
@@ -335,9 +336,7 @@ class Reconciler:
         rv: str = listed.metadata.resourceVersion
         return rv
 
-    def _stream(
-        self, kind: _Kind[Any], rv: str, stop: threading.Event
-    ) -> Iterator[tuple[str, Any]]:
+    def _stream(self, kind: _Kind[Any], rv: str, stop: threading.Event) -> Iterator[tuple[str, Any]]:
         """Watch events (type, decoded object) from `rv` until the server ends the watch."""
         resp = self._call(
             "watch",
@@ -364,9 +363,7 @@ class Reconciler:
                 event = msgspec.json.decode(line, type=_WatchEvent)
                 if event.type == "ERROR":
                     status = msgspec.json.decode(event.object, type=_Status)
-                    raise ApiException(
-                        status=status.code, reason=f"{status.reason}: {status.message}"
-                    )
+                    raise ApiException(status=status.code, reason=f"{status.reason}: {status.message}")
                 yield event.type, msgspec.json.decode(event.object, type=kind.item_type)
         finally:
             with self._responses_lock:
@@ -401,9 +398,7 @@ class Reconciler:
                 self._watch_failed(kind, exc, stop, delay)
                 delay = min(delay * 2, WATCH_ERROR_BACKOFF_S[1])
 
-    def _watch_failed(
-        self, kind: _Kind[Any], exc: Exception, stop: threading.Event, delay: float
-    ) -> None:
+    def _watch_failed(self, kind: _Kind[Any], exc: Exception, stop: threading.Event, delay: float) -> None:
         self.metrics.errors.inc()
         log.warning("%s list/watch failed (%s): relisting in %.1fs", kind.name, exc, delay)
         stop.wait(delay)
@@ -439,9 +434,7 @@ class Reconciler:
         # Stopping must also end the wait for changes below.
         threading.Thread(target=lambda: stop.wait() and self.changed.set(), daemon=True).start()
         try:
-            while not stop.is_set() and not (
-                self.nodes.synced.is_set() and self.workers.synced.is_set()
-            ):
+            while not stop.is_set() and not (self.nodes.synced.is_set() and self.workers.synced.is_set()):
                 self.changed.wait(0.1)
             while not stop.is_set():
                 self.changed.clear()
@@ -477,17 +470,13 @@ class Reconciler:
                     self._failures.pop(worker.node, None)
                     self._not_before.pop(worker.node, None)
             not_before = dict(self._not_before)
-        result = plan(
-            nodes, workers.values(), self.settings, now=self.clock(), not_before=not_before
-        )
+        result = plan(nodes, workers.values(), self.settings, now=self.clock(), not_before=not_before)
         self.failed_calls = 0
         for action in result.actions:
             try:
                 self._execute(action, nodes)
             except (ApiException, HTTPError, OSError) as exc:
-                self._failed(
-                    "%s %s on node %s failed: %s", action.kind, action.pod, action.node, exc
-                )
+                self._failed("%s %s on node %s failed: %s", action.kind, action.pod, action.node, exc)
         self._publish(nodes)
         ready = sum(1 for w in self.workers.snapshot().values() if w.ready and not w.deleting)
         self.metrics.desired.set(len(result.eligible))
@@ -541,9 +530,7 @@ class Reconciler:
             self.workers.put(action.pod, replace(current, deleting=True, ready=False))
         verb = "Replacing" if action.kind == "replace" else "Deleting"
         log.info("%s %s on %s: %s", verb.lower(), action.pod, action.node, action.reason)
-        self._event(
-            action.pod, verb, action.reason, "Normal" if action.kind == "replace" else "Warning"
-        )
+        self._event(action.pod, verb, action.reason, "Normal" if action.kind == "replace" else "Warning")
 
     def _failed(self, message: str, *args: Any) -> None:
         self.failed_calls += 1
@@ -584,12 +571,15 @@ class Reconciler:
             log.info("event on %s not recorded: %s", pod, exc)
 
     def _publish(self, nodes: Mapping[str, NodeView]) -> None:
-        data = partition_document(
-            partition_entries(nodes, self.workers.snapshot().values(), self.settings)
-        )
-        if data == self._published:
+        entries = partition_entries(nodes, self.workers.snapshot().values(), self.settings)
+        if entries == self._published:
             return
+        data = partition_document(entries)
         ns, name = self.settings.namespace, self.settings.configmap
+        size = sum(len(value.encode()) for value in data.values())
+        if size > CONFIGMAP_MAX_BYTES:
+            self._failed("partition ConfigMap %s: %d bytes exceed the 1 MiB limit", name, size)
+            return
         body = {
             "metadata": {
                 "name": name,
@@ -621,4 +611,4 @@ class Reconciler:
         except (ApiException, HTTPError, OSError) as exc:
             self._failed("partition ConfigMap %s not published: %s", name, exc)
             return
-        self._published = data
+        self._published = entries

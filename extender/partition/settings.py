@@ -153,9 +153,7 @@ def validate(settings: PartitionSettings) -> None:
     if settings.rollout.backoff_max_s < settings.rollout.backoff_initial_s:
         raise ConfigError(f"{src}: rollout.backoff_max_s: must be >= rollout.backoff_initial_s")
     if settings.min_reconcile_interval_s < 0 or settings.eligibility.not_ready_grace_s < 0:
-        raise ConfigError(
-            f"{src}: min_reconcile_interval_s and eligibility.not_ready_grace_s must be >= 0"
-        )
+        raise ConfigError(f"{src}: min_reconcile_interval_s and eligibility.not_ready_grace_s must be >= 0")
     if not 0 <= settings.metrics_port <= 65535:
         raise ConfigError(f"{src}: metrics_port: expected 0..65535, got {settings.metrics_port}")
     if not settings.name_prefix or len(settings.name_prefix) > 40:

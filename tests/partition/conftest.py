@@ -78,11 +78,12 @@ class Running:
 
 @pytest.fixture
 def controller(api_client: ApiClient) -> Iterator[Callable[..., Running]]:
-    """Start reconcilers (settings from make_settings(**changes)); all stopped at teardown."""
+    """Start reconcilers (settings from make_settings(**changes), optional clock); all stopped
+    at teardown."""
     started: list[Running] = []
 
-    def start(**changes: Any) -> Running:
-        running = Running(make_settings(**changes), api_client).start()
+    def start(clock: Callable[[], float] = time.time, **changes: Any) -> Running:
+        running = Running(make_settings(**changes), api_client, clock=clock).start()
         started.append(running)
         return running
 

@@ -6,6 +6,7 @@ import dataclasses
 
 import msgspec
 import pytest
+import yaml
 
 from extender.partition.plan import (
     GPU_RESOURCE,
@@ -183,6 +184,17 @@ def test_plan_deletes_a_labelled_pod_not_named_after_its_node(settings: Partitio
     assert [(x.kind, x.pod) for x in result.actions] == [("delete", "someone-else")]
 
 
+def test_renamed_worker_is_replaced_only_after_the_old_one_is_gone() -> None:
+    old, new = make_settings(), make_settings(name_prefix="pw")
+    a = node("a")
+    result = plan(nodes(a), [current(a, old)], new, now=NOW)
+    assert [(x.kind, x.pod) for x in result.actions] == [("delete", "partition-worker-a")]
+    terminating = current(a, old, deleting=True, ready=False)
+    assert plan(nodes(a), [terminating], new, now=NOW).actions == ()
+    assert [(x.kind, x.pod) for x in plan(nodes(a), [], new, now=NOW).actions] == [
+        ("create", "pw-a")]
+
+
 def test_worker_names_are_stable_and_short() -> None:
     assert worker_name("node-1", "pw") == "pw-node-1"
     long = "n" * 80 + ".example.org"
@@ -231,7 +243,17 @@ def test_partition_document_lists_live_workers_with_their_share(
         ("a", "10.0.0.1", 3200, 0, True), ("b", None, 1600, 1, False)]
     data = partition_document(entries)
     assert set(data) == {"partition.yaml", "resources.json"}
-    assert msgspec.json.decode(data["resources.json"])["workers"][0]["cpus"] == 3.2
+    as_json = msgspec.json.decode(data["resources.json"])
+    assert as_json["workers"][0] == {"node": "a", "pod": "partition-worker-a", "ip": "10.0.0.1",
+                                     "cpus": 3.2, "memory_bytes": int(16 * GIB * 0.8), "gpus": 0,
+                                     "ready": True}
+    assert yaml.safe_load(data["partition.yaml"]) == as_json
+
+
+def test_empty_partition_is_still_a_valid_document() -> None:
+    data = partition_document([])
+    assert yaml.safe_load(data["partition.yaml"]) == {"workers": []}
+    assert msgspec.json.decode(data["resources.json"]) == {"workers": []}
 
 
 def test_plan_for_many_nodes_touches_only_the_changed_node(settings: PartitionSettings) -> None:

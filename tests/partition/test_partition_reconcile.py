@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pytest
 import yaml
 from kubernetes.client import ApiClient, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from extender.localstack import wait_until
+from extender.partition import reconcile
 from extender.partition.plan import HASH_ANNOTATION, NODE_ANNOTATION, PARTITION_LABEL
 from extender.partition.reconcile import PartitionMetrics, Reconciler
 from tests.partition.conftest import NS, Running, make_settings
-from tests.partition.fakeapi import FakeKubernetes, node, now_iso, running_status
+from tests.partition.fakeapi import FakeKubernetes, node, running_status
 
 Start = Callable[..., Running]
 
@@ -47,6 +50,20 @@ def published(api: FakeKubernetes) -> list[dict[str, Any]]:
     workers_: list[dict[str, Any]] = yaml.safe_load(cm["data"]["partition.yaml"])["workers"]
     assert msgspec.json.decode(cm["data"]["resources.json"])["workers"] == workers_
     return workers_
+
+
+class ManualClock:
+    """Epoch seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_creates_one_pinned_sized_worker_per_eligible_node_and_publishes_it(
@@ -121,23 +138,19 @@ def test_worker_is_not_recreated_while_its_predecessor_terminates(
 
 def test_not_ready_node_keeps_its_worker_for_the_grace_period_then_loses_it(
         api: FakeKubernetes, controller: Start) -> None:
+    clock = ManualClock()
     api.put("nodes", node("a"))
-    running = controller(eligibility={"not_ready_grace_s": 4.0})
+    running = controller(clock=clock, eligibility={"not_ready_grace_s": 3.0})
     wait_until(lambda: "a" in workers(api), what="worker on a")
-    api.put("nodes", node("a", ready=False, since=now_iso()))
+    api.put("nodes", node("a", ready=False, since=iso(clock.now)))
+    after_next_pass(running)
+    clock.now += 2.9
     after_next_pass(running)
     assert "a" in workers(api), "a short NotReady spell must not delete the worker"
+    clock.now += 0.1
     # The plan's wake-up time, not a new event, triggers the deletion.
     wait_until(lambda: workers(api) == {}, what="worker deleted after the grace period")
     assert "NotReady" in {e["message"][:8] for e in api.list("events", NS)}
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_failed_worker_is_recreated_only_after_its_backoff(
@@ -306,3 +319,13 @@ def test_foreign_pods_are_never_touched(api: FakeKubernetes, controller: Start) 
                what="worker on a")
     after_next_pass(running)
     assert api.count("DELETE", "pods") == 0
+
+
+def test_partition_too_big_for_a_configmap_is_an_error_not_a_truncation(
+        api: FakeKubernetes, controller: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconcile, "CONFIGMAP_MAX_BYTES", 100)
+    api.put("nodes", node("a"))
+    running = controller()
+    wait_until(lambda: "a" in workers(api), what="worker on a")
+    wait_until(lambda: running.metric("partition_reconcile_errors_total") >= 1, what="error")
+    assert api.get("configmaps", "partition", NS) is None
