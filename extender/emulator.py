@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+import sys
 import threading
 import time
 import uuid
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from extender.errors import ConfigError
@@ -366,6 +367,8 @@ class _NodeState:
         default_factory=dict)
     """(namespace, pod, container) -> [(gpu index, share)]."""
     counters: dict[str, float] = field(default_factory=dict)
+    cached: NodeReading | None = None
+    """The current reading; reset by every change of this node."""
     cpu_labels: tuple[str, ...] = ()
     """Pre-rendered labels of node_cpu_seconds_total, CPU-major: most of node-exporter's page."""
     cpu_offsets: tuple[float, ...] = ()
@@ -436,6 +439,7 @@ class Emulator:
                                      f"{other.node.name}")
             self._advance()
             state.pods[key] = pod
+            state.cached = None
             for container in pod.containers:
                 if container.gpus > 0 and state.node.gpus:
                     state.gpu_assignment[(pod.namespace, pod.name, container.name)] = (
@@ -448,6 +452,7 @@ class Emulator:
                 if (namespace, name) in state.pods:
                     self._advance()
                     pod = state.pods.pop((namespace, name))
+                    state.cached = None
                     for c in pod.containers:
                         key = (namespace, name, c.name)
                         state.gpu_assignment.pop(key, None)
@@ -462,6 +467,7 @@ class Emulator:
             updated = replace(state.background, **changes).validated()
             self._advance()
             state.background = updated
+            state.cached = None
 
     def set_condition(self, node: str, condition: str, status: ConditionStatus) -> None:
         """Set a kube-state-metrics node condition, e.g. ("Ready", "false") for NotReady."""
@@ -471,12 +477,16 @@ class Emulator:
         if status not in STATUSES:
             raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {status!r}")
         with self._lock:
-            self._state(node).conditions[condition] = status
+            state = self._state(node)
+            state.conditions[condition] = status
+            state.cached = None
 
     def cordon(self, node: str, unschedulable: bool = True) -> None:
         """Set `kube_node_spec_unschedulable` (kubectl cordon / uncordon)."""
         with self._lock:
-            self._state(node).unschedulable = unschedulable
+            state = self._state(node)
+            state.unschedulable = unschedulable
+            state.cached = None
 
     # -- ground truth --
 
@@ -616,6 +626,12 @@ class Emulator:
         return self.usage_factor if pod.usage_factor is None else pod.usage_factor
 
     def _reading(self, state: _NodeState) -> NodeReading:
+        # Cached: every scrape integrates every node's counters, and mutations are rare.
+        if state.cached is None:
+            state.cached = self._compute_reading(state)
+        return state.cached
+
+    def _compute_reading(self, state: _NodeState) -> NodeReading:
         node, bg = state.node, state.background
         pod_cores = sum(p.cpu_cores * self._factor(p) for p in state.pods.values())
         pod_memory = sum(p.memory_bytes * self._factor(p) for p in state.pods.values())
@@ -975,14 +991,23 @@ def _render(families: Iterable[_Family]) -> str:
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper that hangs up mid-answer (Prometheus stopping) is not our error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class EmulatorServer:
     """Serves an Emulator over HTTP on 127.0.0.1 (a thread per request); a context manager."""
 
     def __init__(self, emulator: Emulator, *, port: int = 0):
         self.emulator = emulator
         handler = _handler(emulator)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer(("127.0.0.1", port), handler)
         self._thread: threading.Thread | None = None
 
     @property
