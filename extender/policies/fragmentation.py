@@ -124,10 +124,33 @@ def node_fragmentation(cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWo
     return _total(ok, small, idle, wl.weight[gpu_t], float(wl.weight[~gpu_t].sum()))
 
 
-def placement_delta(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload
-                    ) -> tuple[F64, I64]:
+def placement_delta(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload,
+                    *, group: I64 | None = None) -> tuple[F64, I64]:
     """Growth of F_n if `task` were placed on each node, and the GPU slot that achieves it for a
-    GPU-sharing task (-1 otherwise). Rows where the task cannot go get +inf."""
+    GPU-sharing task (-1 otherwise). Rows where the task cannot go get +inf.
+
+    Nodes in the same state (free CPU, free share per slot, accepted types) get the same answer,
+    so it is computed once per distinct state: an empty cluster costs as much as one node.
+    `group` (optional) labels rows whose `access` rows are equal, e.g. the GPU model index.
+    """
+    if group is None:
+        group = np.unique(np.packbits(access, axis=1), axis=0, return_inverse=True)[1]
+    # A 64-bit hash of each state (fixed odd multipliers, wrapping arithmetic): 1-D unique is far
+    # faster than unique(axis=0); a collision needs two of ~10^4 states to meet among 2^64 values.
+    w = _HASH_WEIGHTS[: gpu_free.shape[1] + 2]
+    hashed = cpu_free * w[0] + gpu_free @ w[2:] + group.reshape(-1) * w[1]
+    _, first, back = np.unique(hashed, return_index=True, return_inverse=True)
+    delta, slot = _placement_delta(task, cpu_free[first], gpu_free[first], access[first], wl)
+    back = back.reshape(-1)
+    return delta[back], slot[back]
+
+
+_HASH_WEIGHTS = np.random.default_rng(20230710).integers(1, 2**62, 66, dtype=np.int64) * 2 + 1
+"""Enough for 64 GPU slots per node."""
+
+
+def _placement_delta(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload
+                     ) -> tuple[F64, I64]:
     gpu_t, count, small, idle = _base(cpu_free, gpu_free, access, wl)
     acc, cpu_t, num_t = access[:, gpu_t], wl.cpu_milli[gpu_t], wl.num_gpu[gpu_t]
     w_gpu, w_cpu = wl.weight[gpu_t], float(wl.weight[~gpu_t].sum())
@@ -181,9 +204,9 @@ def fgd_policy(workload: TargetWorkload, models: Sequence[str]) -> Callable[
         scores = np.zeros(len(view))
         gpu = np.full(len(view), -1, np.int64)
         if len(rows):
-            access = by_model[view.gpu_model[rows]]
+            group = view.gpu_model[rows]
             delta, slot = placement_delta(task, view.cpu_free[rows], view.gpu_free[rows],
-                                          access, workload)
+                                          by_model[group], workload, group=group)
             scores[rows] = np.floor(_sigmoid(-delta / MILLI) * MAX_NODE_SCORE)
             gpu[rows] = slot
         return Decision(scores, gpu)

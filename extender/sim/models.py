@@ -9,8 +9,9 @@ per run, per task and in trace order, so a seed fixes them for every policy alik
   tasks may use more CPU than they request (requests are not limits), latency-sensitive and
   guaranteed ones stay below. Memory uses the same shape, capped at the request.
 - GPU utilisation: a task keeps its GPUs busy at a fraction `GPU_UTIL` of their compute; a
-  GPU-sharing task asks for compute in proportion to its share times `SHARE_BURST` (a share of
-  GPU memory does not cap compute), so several sharing tasks can contend on one GPU.
+  GPU-sharing task asks for compute in proportion to its share times `SHARE_BURST`. At 1.0 the
+  shares never oversubscribe a GPU; raise it to model compute contention between sharing tasks
+  (a share of GPU memory does not cap compute on real devices).
 - Contention: a node whose CPU demand exceeds its cores, or one of whose GPUs is asked for more
   than 100%, runs all its tasks at rate min(1, supply / demand) (proportional share).
 - Deadlines: a task's expected time is its trace duration; contention stretches it by the inverse
@@ -43,7 +44,7 @@ USAGE: dict[str, tuple[float, float, float, float]] = {
     "BE": (2.0, 2.0, 0.3, 1.5),
 }
 GPU_UTIL = (2.0, 2.0, 0.3, 1.0)  # beta a, b, low, high: a task's GPU utilisation of its GPUs
-SHARE_BURST = 2.0  # a GPU-sharing task asks for up to twice its share of GPU compute
+SHARE_BURST = 1.0  # compute asked by a sharing task per unit of its (memory) share
 DEADLINE_MARGIN = 0.10  # a task may run 10% longer than in the trace before it misses
 HOT_THRESHOLD = 0.90  # usage above 90% of capacity is a hot spot
 

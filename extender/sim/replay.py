@@ -1,0 +1,230 @@
+"""The replay: the trace's arrivals and departures on the whole cluster, with modelled usage.
+
+Tasks arrive at `creation_time` and leave at `deletion_time` (departures first at equal times). A
+task that fits nowhere when it arrives is not retried and counts as a deadline miss. Between
+events nothing changes, so per-node integrals (hot-spot time, energy, task progress) are updated
+only when a node's tasks change, and once at the end. The models are in `extender.sim.models`.
+
+Policies see the measured CPU utilisation as of `models.visible_time(now)`: the state at that
+time, rebuilt from the current state minus the changes made since (kept for 60 s).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from extender.policies.allocation import Policy
+from extender.sim import models
+from extender.sim.cluster import Cluster, decide, task_of
+from extender.sim.trace import Nodes, Pods, TraceError
+
+F64 = npt.NDArray[np.float64]
+HISTORY_S = 60.0  # changes kept to rebuild the lagged view (lag is at most 30 s)
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """What the metrics pipeline would show at `at`: per node usage as of `seen_at`."""
+
+    at: float
+    seen_at: float
+    cpu_utilisation: F64
+    memory_used_mib: F64
+    gpu_utilisation: F64
+    """Mean load of the node's GPUs (NaN for nodes without GPUs)."""
+    power_watts: F64
+
+
+Observer = Callable[[Observation], None]
+"""Receives the lagged observation before each decision (the metrics-aware adapter's input)."""
+
+
+@dataclass
+class ReplayResult:
+    policy: str
+    seed: int
+    placed: int
+    unscheduled: int
+    deadline_misses: int
+    tasks: int
+    hotspot_node_minutes: float
+    energy_kwh: float
+    idle_energy_kwh: float
+    gpu_alloc_ratio: float
+    """Time-averaged allocated GPU share of capacity."""
+    decision_ms: F64
+    wall_s: float
+
+    @property
+    def deadline_miss_rate(self) -> float:
+        return self.deadline_misses / self.tasks if self.tasks else 0.0
+
+
+class _State:
+    """Usage per node and the integrals that depend on it."""
+
+    def __init__(self, nodes: Nodes, start: float) -> None:
+        n, g = len(nodes), max(nodes.max_gpus, 1)
+        self.nodes = nodes
+        self.cores = nodes.cpu_milli / 1000.0
+        self.cpu_demand = np.zeros(n)
+        self.memory_used = np.zeros(n)
+        self.gpu_load = np.zeros((n, g))
+        self.gpu_tasks = np.zeros((n, g), np.int64)
+        self.tasks = np.zeros(n, np.int64)
+        self.last = np.full(n, start)
+        self.hot_s = np.zeros(n)
+        self.energy_j = np.zeros(n)
+        self.progress = np.zeros(n)
+        self.rate = np.ones(n)
+        self.params = [models.gpu_power(nodes.models[m]) if m >= 0 else (0.0, 0.0, 0.0)
+                       for m in nodes.model]
+        self.idle_w = np.array([models.idle_power(c, p[0] * k) for c, p, k in
+                                zip(self.cores, self.params, nodes.gpus, strict=True)])
+        self.power = self.idle_w.copy()
+        self.hot = np.zeros(n, bool)
+        self.history: deque[tuple[float, int, float, float, F64]] = deque()
+
+    def advance(self, node: int, now: float) -> None:
+        dt = now - self.last[node]
+        if dt > 0:
+            self.energy_j[node] += self.power[node] * dt
+            self.progress[node] += self.rate[node] * dt
+            if self.hot[node]:
+                self.hot_s[node] += dt
+            self.last[node] = now
+
+    def refresh(self, node: int) -> None:
+        cap = float(self.nodes.cpu_milli[node])
+        k = int(self.nodes.gpus[node])
+        self.rate[node] = models.rate(self.cpu_demand[node], cap, self.gpu_load[node, :k])
+        mem = float(self.nodes.memory_mib[node])
+        self.hot[node] = (self.cpu_demand[node] > models.HOT_THRESHOLD * cap
+                          or self.memory_used[node] > models.HOT_THRESHOLD * mem)
+        busy = min(self.cpu_demand[node], cap) / 1000.0
+        self.power[node] = models.node_power(self.cores[node], busy, bool(self.tasks[node]),
+                                             self.gpu_tasks[node] > 0, self.gpu_load[node],
+                                             self.params[node], k)
+
+    def change(self, node: int, now: float, sign: int, cpu: float, memory: float,
+               gpus: tuple[int, ...], load: float) -> None:
+        self.advance(node, now)
+        self.cpu_demand[node] += sign * cpu
+        self.memory_used[node] += sign * memory
+        self.tasks[node] += sign
+        delta = np.zeros(self.gpu_load.shape[1])
+        for g in gpus:
+            self.gpu_load[node, g] += sign * load
+            self.gpu_tasks[node, g] += sign
+            delta[g] = sign * load
+        self.refresh(node)
+        self.history.append((now, node, sign * cpu, sign * memory, delta))
+
+    def observe(self, now: float) -> Observation:
+        seen = models.visible_time(now)
+        while self.history and self.history[0][0] < now - HISTORY_S:
+            self.history.popleft()
+        cpu, mem, load = self.cpu_demand.copy(), self.memory_used.copy(), self.gpu_load.copy()
+        for at, node, d_cpu, d_mem, d_gpu in self.history:
+            if at > seen:
+                cpu[node] -= d_cpu
+                mem[node] -= d_mem
+                load[node] -= d_gpu
+        caps = self.nodes.cpu_milli.astype(np.float64)
+        util = np.clip(cpu / np.maximum(caps, 1.0), 0.0, 1.0)
+        slots = np.arange(load.shape[1])[None, :] < self.nodes.gpus[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gpu_util = np.where(self.nodes.gpus > 0,
+                                (np.minimum(load, 1.0) * slots).sum(axis=1) / self.nodes.gpus,
+                                np.nan)
+        # Power as of `seen` is approximated by the current power of nodes that did not change.
+        return Observation(now, seen, util, mem, gpu_util, self.power.copy())
+
+
+def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
+               observer: Observer | None = None) -> ReplayResult:
+    """Replay `pods` on `nodes` under `policy`; deterministic for a given seed."""
+    if not pods.has_times:
+        raise TraceError("the replay needs creation_time and deletion_time for every pod "
+                         "(this pod list has none; use the saturation experiment)")
+    wall = time.perf_counter()
+    usage = models.draw_usage(pods.qos, seed)
+    rng = np.random.default_rng(seed + 1_000_003)
+    order = np.argsort(pods.creation, kind="stable")
+    start = float(pods.creation[order[0]])
+    end = float(max(pods.deletion.max(), pods.creation.max()))
+    cluster = Cluster(nodes)
+    state = _State(nodes, start)
+    departures: list[tuple[float, int]] = []
+    placement: dict[int, tuple[int, tuple[int, ...], float, float]] = {}
+    latencies = np.zeros(len(pods))
+    misses = unscheduled = placed = 0
+    gpu_milli_seconds = 0.0
+    last_t, allocated = start, 0
+
+    def account(now: float) -> None:
+        nonlocal gpu_milli_seconds, last_t
+        gpu_milli_seconds += allocated * (now - last_t)
+        last_t = now
+
+    def depart(now: float, i: int) -> None:
+        nonlocal misses, allocated
+        node, gpus, began, progress0 = placement.pop(i)
+        task = task_of(pods, i, nodes.models)
+        account(now)
+        state.advance(node, now)
+        expected = now - began
+        if expected > 0:
+            achieved = state.progress[node] - progress0
+            if achieved * (1.0 + models.DEADLINE_MARGIN) < expected - 1e-9:
+                misses += 1
+        cluster.release(node, task, gpus)
+        allocated -= task.total_gpu_milli
+        state.change(node, now, -1, task.cpu_milli * usage.cpu[i],
+                     task.memory_mib * usage.memory[i], gpus,
+                     models.gpu_demand(task.gpu_milli, float(usage.gpu[i])))
+
+    for k, i in enumerate(order):
+        now = float(pods.creation[i])
+        while departures and departures[0][0] <= now:
+            t, j = heapq.heappop(departures)
+            depart(t, j)
+        task = task_of(pods, int(i), nodes.models)
+        seen = state.observe(now)
+        if observer is not None:
+            observer(seen)
+        node, gpus, latencies[k] = decide(task, cluster, policy, rng, seen.cpu_utilisation)
+        if node < 0:
+            unscheduled += 1
+            misses += 1
+            continue
+        account(now)
+        cluster.place(node, task, gpus)
+        allocated += task.total_gpu_milli
+        placed += 1
+        state.change(node, now, +1, task.cpu_milli * usage.cpu[i],
+                     task.memory_mib * usage.memory[i], gpus,
+                     models.gpu_demand(task.gpu_milli, float(usage.gpu[i])))
+        placement[int(i)] = (node, gpus, now, float(state.progress[node]))
+        heapq.heappush(departures, (max(float(pods.deletion[i]), now), int(i)))
+    while departures:
+        t, j = heapq.heappop(departures)
+        depart(t, j)
+    account(end)
+    for node in range(len(nodes)):
+        state.advance(node, end)
+    span = max(end - start, 1e-9)
+    idle_j = float(state.idle_w.sum()) * span
+    return ReplayResult(
+        policy=name, seed=seed, placed=placed, unscheduled=unscheduled, deadline_misses=misses,
+        tasks=len(pods), hotspot_node_minutes=float(state.hot_s.sum()) / 60.0,
+        energy_kwh=float(state.energy_j.sum()) / 3.6e6, idle_energy_kwh=idle_j / 3.6e6,
+        gpu_alloc_ratio=gpu_milli_seconds / span / max(cluster.gpu_capacity_milli, 1),
+        decision_ms=latencies, wall_s=time.perf_counter() - wall)
