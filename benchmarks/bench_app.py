@@ -6,9 +6,11 @@
 The gunicorn options come from `extender.commands.serve.gunicorn_options` with that command's own
 flag defaults, so a change to the deployed worker class, threads or keep-alive changes the
 benchmark too. As in `extender serve`, the app is created in the worker after fork. The extender
-is the real `create_app`, with a `FleetSource` instead of Prometheus; its cache is filled once
-before the worker serves (`fleet.prime`) and the background refresher is not started, so the
-figures measure requests, not refreshes.
+is the real `create_app`, with a `FleetSource` instead of Prometheus; its cache is filled before
+the worker serves (`fleet.prime`), then the background refresher runs at the configured interval
+as in production. (A cache refreshed only once goes stale after `max_staleness_s`, and a stale
+cache answers without doing the work: all nodes neutral.) Refreshes compete with requests for the
+GIL, as they do when deployed, so they show in the p99.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def serve_args(bind: str, *, workers: int | None = None, threads: int | None = N
     return parser.parse_args(argv)
 
 
-def build_app(kind: str, config: Path, nodes: int) -> Any:
-    """The WSGI app of `kind` (extender or floor); the extender's cache holds `nodes` nodes."""
+def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) -> Any:
+    """The WSGI app of `kind` (extender or floor); the extender's cache holds `nodes` nodes and
+    is refreshed in the background unless `refresher` is false."""
     from extender.settings import load_settings
 
     settings = load_settings(config, environ={})
@@ -54,7 +57,10 @@ def build_app(kind: str, config: Path, nodes: int) -> Any:
     source = FleetSource(settings, nodes)
     clock = OffsetClock()
     app = create_app(settings, source=source, clock=clock, start_refresher=False)
-    prime(app.extensions["extender"].cache, source, clock)
+    cache = app.extensions["extender"].cache
+    prime(cache, source, clock)
+    if refresher:
+        cache.start()
     return app
 
 

@@ -93,9 +93,9 @@ class Report:
         return None
 
     def peak_rss_mb(self) -> float | None:
-        """Largest VmRSS of an extender worker after the load (MB)."""
-        workers = self.extender_memory.get("after load") or []
-        return max((m.rss for m in workers), default=0) / MB if workers else None
+        """Largest VmRSS of an extender worker seen during the run (MB); None when not measured."""
+        rss = [m.rss for workers in self.extender_memory.values() for m in workers]
+        return max(rss) / MB if rss else None
 
     def targets(self) -> list[tuple[str, str, bool | None]]:
         """(target, measured, met) for each target of the issue; met is None when not measured."""
@@ -126,6 +126,23 @@ class Report:
 
 
 # --- running -----------------------------------------------------------------------------------
+
+
+def ready(server: BenchServer) -> dict[str, Any]:
+    """The extender's /readyz body; RuntimeError unless its cache is fresh ("ok").
+
+    A stale cache answers fast and neutrally (every node passes, every score alike): measuring
+    it would flatter the extender.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/readyz")
+        body: dict[str, Any] = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    if body.get("status") != "ok":
+        raise RuntimeError(f"extender cache is not fresh: {body}")
+    return body
 
 
 def warm_up_and_check(server: BenchServer, path: str, verb: str, mode: str, body: bytes) -> str:
@@ -178,14 +195,15 @@ def run(args: argparse.Namespace, log: Any) -> Report:
                     path = f"{prefix}/{verb}"
                     f = measure(floor, path, verb, mode, body, body_file, args)
                     e = measure(extender, path, verb, mode, body, body_file, args)
+                    ready(extender)
                     case = Case(mode, size, verb, len(body), e, f)
                     report.cases.append(case)
                     log(f"{mode:5} {size:5} {verb:10} extender p50 {e.serial.p50_ms:7.2f} ms "
                         f"p99 {e.serial.p99_ms:7.2f} ms {e.concurrent.rps:7.0f} req/s | floor "
                         f"{f.serial.p99_ms:7.2f} ms {f.concurrent.rps:7.0f} req/s | "
                         f"{case.throughput_ratio:4.0%} | {e.check}")
-        report.extender_memory["after load"] = extender.workers()
-        report.floor_memory["after load"] = floor.workers()
+            report.extender_memory[f"after {mode} mode"] = extender.workers()
+            report.floor_memory[f"after {mode} mode"] = floor.workers()
     report.load_average["end"] = os.getloadavg()
     report.seconds = time.monotonic() - started
     return report
@@ -250,9 +268,11 @@ def markdown(report: Report) -> str:
         "",
         markdown_table(HEADERS, rows(report)),
         "",
-        f"Memory per worker (VmRSS): extender {_memory(report.extender_memory.get('started', []))} "
-        f"after start, {_memory(report.extender_memory.get('after load', []))} after the run; "
-        f"floor {_memory(report.floor_memory.get('after load', []))} after the run.",
+        "Memory per gunicorn worker (VmRSS, and VmHWM: the peak since the worker started):",
+        "",
+        markdown_table(["when", "extender", "floor"],
+                       [[phase, _memory(workers), _memory(report.floor_memory.get(phase, []))]
+                        for phase, workers in report.extender_memory.items()]),
         "",
         markdown_table(["target", "measured", "verdict"],
                        [[t, m, _verdict(ok)] for t, m, ok in report.targets()]),
@@ -278,8 +298,9 @@ def print_report(report: Report) -> None:
     for row in rows(report):
         table.add_row(*row)
     console.print(table)
-    console.print(f"extender worker RSS: {_memory(report.extender_memory.get('after load', []))}; "
-                  f"floor: {_memory(report.floor_memory.get('after load', []))}")
+    for phase, workers in report.extender_memory.items():
+        console.print(f"worker RSS {phase}: extender {_memory(workers)}; "
+                      f"floor {_memory(report.floor_memory.get(phase, []))}")
     targets = Table(title="targets (issue 3)")
     for header in ("target", "measured", "verdict"):
         targets.add_column(header)

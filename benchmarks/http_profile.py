@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixtures", type=Path, default=bodies.FIXTURES)
     args = parser.parse_args(argv)
 
-    app = build_app("extender", args.config, args.nodes)
+    app = build_app("extender", args.config, args.nodes, refresher=False)  # calls only
     prefix = app.extensions["extender"].settings.server.url_prefix
     body = bodies.extender_args(bodies.Recorded(args.fixtures),
                                 bodies.candidates(fleet.node_names(args.nodes), args.names), args.mode)

@@ -105,6 +105,12 @@ def test_extender_prioritize_scores_every_offered_node_0_to_10(
     assert len({entry["Score"] for entry in answer}) > 1
 
 
+def test_extender_serves_a_fresh_cache_of_the_whole_fleet(extender: BenchServer) -> None:
+    state = http_bench.ready(extender)
+    assert state["nodes"] == NODES
+    assert set(state["errors"]) == set(fleet.STALE_METRICS)
+
+
 def test_extender_worker_memory_is_visible_from_proc(extender: BenchServer) -> None:
     workers = extender.workers()
     assert len(workers) == 1  # extender serve's default: one gthread worker
@@ -139,7 +145,8 @@ def test_tiny_benchmark_measures_every_case_against_the_floor(tmp_path: Path) ->
                 assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
             assert case[side]["concurrent"]["connections"] == 2
         assert case["throughput_ratio"] > 0
-    assert figures["extender_memory"]["after load"][0]["rss"] > 0
+    assert list(figures["extender_memory"]) == ["started", "after names mode", "after nodes mode"]
+    assert all(w[0]["rss"] > 0 for w in figures["extender_memory"].values())
     # No 500-name case and a 10-node cache: the targets are reported as not measured.
     assert {t["met"] for t in figures["targets"]} == {None}
 
