@@ -1,0 +1,135 @@
+"""`extender demo` (the `make demo` job): its helpers, and the whole run end to end."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from extender.commands import demo
+from extender.emulator import EmulatedNode
+from extender.errors import ConfigError
+from extender.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def node(name: str, gpus: int = 0) -> EmulatedNode:
+    return EmulatedNode(name=name, ip="10.20.0.1", cpu_milli=32000, memory_mib=65536, gpus=gpus,
+                        gpu_model="T4" if gpus else "")
+
+
+def test_recordings_are_the_filter_and_prioritize_calls_in_both_modes() -> None:
+    recordings = demo.load_recordings(demo.DEFAULT_RECORDINGS)
+    assert {r.verb for r in recordings} == {"filter", "prioritize"}
+    assert {r.mode for r in recordings} == {"names", "nodes"}
+    full = next(r for r in recordings if r.mode == "nodes")
+    assert full.node_names and full.body["NodeNames"] is None
+
+
+def test_a_directory_without_recordings_or_with_a_bad_file_is_a_config_error(
+        tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no filter/prioritize recordings"):
+        demo.load_recordings(tmp_path)
+    (tmp_path / "broken.json").write_text('{"mode": "names"}')
+    with pytest.raises(ConfigError, match="broken.json: not a kube-scheduler recording"):
+        demo.load_recordings(tmp_path)
+
+
+def test_recorded_gpu_nodes_map_onto_emulated_gpu_nodes() -> None:
+    recordings = demo.load_recordings(demo.DEFAULT_RECORDINGS)
+    nodes = [node("cpu-a"), node("cpu-b"), node("gpu-a", 2), node("gpu-b", 4), node("gpu-c", 8)]
+    nodes += [node(f"cpu-{i}") for i in range(10)]
+    mapping = demo.node_mapping(recordings, nodes)
+    gpu = {n.name for n in nodes if n.gpus}
+    assert {mapping[name] for name in ("node-0", "node-4", "node-8")} == gpu
+    assert len(set(mapping.values())) == len(mapping)  # never two recorded nodes on one
+    assert len(mapping) == len(nodes)  # the large recordings' names stay unmapped
+
+
+def test_rewrite_renames_node_names_everywhere_and_nothing_else() -> None:
+    body = {"NodeNames": ["node-1", "node-2"], "Pod": {"metadata": {"name": "node-1-pod"}},
+            "Nodes": {"items": [{"metadata": {"name": "node-1",
+                                              "labels": {"kubernetes.io/hostname": "node-1"}}}]},
+            "NodeNameToMetaVictims": {"node-2": {"Pods": []}}}
+    out = demo.rewrite(body, {"node-1": "a", "node-2": "b"})
+    assert out["NodeNames"] == ["a", "b"]
+    assert out["Pod"]["metadata"]["name"] == "node-1-pod"
+    assert out["Nodes"]["items"][0]["metadata"] == {"name": "a",
+                                                    "labels": {"kubernetes.io/hostname": "a"}}
+    assert out["NodeNameToMetaVictims"] == {"b": {"Pods": []}}
+    assert body["NodeNames"] == ["node-1", "node-2"]  # the recording itself is untouched
+
+
+def test_without_nodes_drops_rejected_candidates_in_either_mode() -> None:
+    names = {"NodeNames": ["a", "b", "c"], "Nodes": None}
+    full = {"NodeNames": None, "Nodes": {"items": [{"metadata": {"name": n}} for n in "abc"]}}
+    assert demo.without_nodes(names, {"b"})["NodeNames"] == ["a", "c"]
+    kept = demo.without_nodes(full, {"a", "c"})["Nodes"]["items"]
+    assert [item["metadata"]["name"] for item in kept] == ["b"]
+    assert demo.without_nodes(names, set()) is names
+
+
+def test_demo_settings_point_at_the_local_prometheus_with_short_windows(tmp_path: Path) -> None:
+    path = demo.demo_settings(demo.DEFAULT_CONFIG, tmp_path, "http://127.0.0.1:9")
+    settings = load_settings(path, environ={})
+    assert settings.prometheus.url == "http://127.0.0.1:9"
+    assert settings.cache.refresh_interval_s == demo.REFRESH_S
+    cpu = settings.metric("cpu_utilisation").query
+    assert f"[{demo.RATE_WINDOW}]" in cpu and "$rate_window" not in cpu
+    assert all(p.hotspot.window_s == demo.HOTSPOT_WINDOW_S
+               for p in settings.policy.profiles.values())
+    shipped = load_settings(demo.DEFAULT_CONFIG, environ={})
+    assert [e.name for e in settings.catalog] == [e.name for e in shipped.catalog]
+
+
+def test_a_broken_base_config_fails_before_anything_starts(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(f"catalog_file: {REPO / 'config' / 'catalog.yaml'}\n"
+                    "server: {unknown_nodes: shrug}\n")
+    with pytest.raises(ConfigError, match="server.unknown_nodes"):
+        demo.demo_settings(base, tmp_path, "http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(("value", "unit", "shown"), [
+    (0.123, "ratio", "12%"), (2.5e6, "bytes/s", "2.5 MB/s"), (2**31, "bytes", "2.0 GiB"),
+    (412.3, "W", "412 W"), (3.0, "", "3"), (None, "ratio", "n/a"),
+])
+def test_values_are_shown_in_human_units(value: float | None, unit: str, shown: str) -> None:
+    assert demo.format_value(value, unit) == shown
+
+
+@pytest.mark.prometheus
+def test_make_demo_prints_reasons_and_a_ranking_and_stops_everything() -> None:
+    """What `make demo` runs: the real CLI, a real Prometheus and a real gunicorn."""
+    run = subprocess.run([sys.executable, "-m", "extender.cli", "demo"], cwd=REPO,
+                         capture_output=True, text=True, timeout=180)
+    out = run.stdout
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # Filter reasons, as kube-scheduler would show them.
+    assert "node is NotReady (kube-state-metrics)" in out
+    assert re.search(r"cpu \d+% > 90%", out)
+    # A ranking: rank, emulated node, score 0..10, and the terms behind it.
+    assert re.search(r"prioritize default/cache-plain \(profile metrics-aware\)", out)
+    assert re.search(r"│ 1 │ openb-node-\d{4} │\s+(10|\d) │ \w+ .*-> \d+\.\d\d", out)
+    assert "prioritize default/cache-gpu (profile gpu)" in out
+    # The burst spreads over several nodes, and every process it started is gone.
+    spread = re.search(r"(\d+) pods landed on (\d+) nodes", out)
+    assert spread and int(spread.group(2)) > 1
+    assert "demo finished" in out
+    for url in re.findall(r"(?:Prometheus|extender) (http://127\.0\.0\.1:\d+)", out):
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=2)
+
+
+@pytest.mark.parametrize("argv", [["--nodes", "1"], ["--burst", "-1"], ["--burst-cpu", "0"]])
+def test_demo_refuses_nonsense_arguments_before_starting_anything(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    with pytest.raises(ConfigError, match="--nodes must be >= 2, --burst >= 0"):
+        demo.run(parser.parse_args(argv))
