@@ -64,7 +64,7 @@ RETRY_AFTER_ERROR_S = 2.0
 """A pass with failed calls is repeated this soon, even without a new event."""
 EVENT_SOURCE = "extender-partition"
 CONFIGMAP_MAX_BYTES = 1024 * 1024
-"""The API server refuses ConfigMaps whose data exceeds 1 MiB (about 3500 workers here)."""
+"""The API server refuses ConfigMaps whose data exceeds 1 MiB (5000 workers with short names)."""
 
 
 # --- wire types: only the fields we read ----------------------------------------------------------
@@ -432,7 +432,7 @@ class Reconciler:
         for thread in watchers:
             thread.start()
         # Stopping must also end the wait for changes below.
-        threading.Thread(target=lambda: stop.wait() and self.changed.set(), daemon=True).start()
+        threading.Thread(target=self._wake_when_set, args=(stop,), daemon=True).start()
         try:
             while not stop.is_set() and not (self.nodes.synced.is_set() and self.workers.synced.is_set()):
                 self.changed.wait(0.1)
@@ -449,6 +449,10 @@ class Reconciler:
                 stop.wait(self.settings.min_reconcile_interval_s)
         finally:
             self._close_watches()
+
+    def _wake_when_set(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.changed.set()
 
     def _close_watches(self) -> None:
         with self._responses_lock:
@@ -578,7 +582,15 @@ class Reconciler:
         ns, name = self.settings.namespace, self.settings.configmap
         size = sum(len(value.encode()) for value in data.values())
         if size > CONFIGMAP_MAX_BYTES:
-            self._failed("partition ConfigMap %s: %d bytes exceed the 1 MiB limit", name, size)
+            # Retrying cannot help until the partition changes: say so once, loudly.
+            self.metrics.errors.inc()
+            log.error(
+                "partition ConfigMap %s not published: %d bytes exceed the 1 MiB limit "
+                "(use a node_selector or shorter names)",
+                name,
+                size,
+            )
+            self._published = entries
             return
         body = {
             "metadata": {

@@ -45,11 +45,13 @@ def after_next_pass(running: Running) -> None:
 
 
 def published(api: FakeKubernetes) -> list[dict[str, Any]]:
+    """The published workers, each with its resources from resources.json merged in."""
     cm = api.get("configmaps", "partition", NS)
     assert cm is not None
-    workers_: list[dict[str, Any]] = yaml.safe_load(cm["data"]["partition.yaml"])["workers"]
-    assert msgspec.json.decode(cm["data"]["resources.json"])["workers"] == workers_
-    return workers_
+    members: list[dict[str, Any]] = yaml.safe_load(cm["data"]["partition.yaml"])["workers"]
+    sizes = msgspec.json.decode(cm["data"]["resources.json"])
+    assert set(sizes) == {m["node"] for m in members}
+    return [m | sizes[m["node"]] for m in members]
 
 
 class ManualClock:
