@@ -13,7 +13,7 @@ import requests
 
 from extender.commands import demo
 from extender.emulator import EmulatedNode
-from extender.errors import ConfigError
+from extender.errors import ConfigError, ExtenderError
 from extender.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,3 +133,14 @@ def test_demo_refuses_nonsense_arguments_before_starting_anything(argv: list[str
     demo.add_arguments(parser)
     with pytest.raises(ConfigError, match="--nodes must be >= 2, --burst >= 0"):
         demo.run(parser.parse_args(argv))
+
+
+def test_missing_prometheus_is_a_clear_error_and_leaves_nothing_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus binary on it
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    with pytest.raises(ExtenderError, match="prometheus is not installed: run `make deps`"):
+        demo.run(parser.parse_args(["--nodes", "4"]))
+    assert list(tmp_path.iterdir()) == []  # the demo's work directory is gone

@@ -26,7 +26,15 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay inside run(), so that `extender --help` is instant
+    import requests
+    from rich.console import Console
+
+    from extender.emulator import EmulatedNode, Emulator
+    from extender.policies.explain import Decision, NodeExplanation
+    from extender.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -116,7 +124,7 @@ def load_recordings(directory: Path) -> list[Recording]:
     return recordings
 
 
-def node_mapping(recordings: list[Recording], nodes: list[Any]) -> dict[str, str]:
+def node_mapping(recordings: list[Recording], nodes: list[EmulatedNode]) -> dict[str, str]:
     """Recorded node name -> emulated node name.
 
     Recorded GPU nodes go to emulated GPU nodes, the others to CPU-only nodes first; names are
@@ -204,7 +212,7 @@ class Incident:
     what: str
 
 
-def stage_incidents(emulator: Any, mapping: dict[str, str]) -> list[Incident]:
+def stage_incidents(emulator: Emulator, mapping: dict[str, str]) -> list[Incident]:
     """Give some of the replayed nodes trouble, so that filter has something to say."""
     from extender.emulator import Pod
 
@@ -246,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
     from extender import localstack
     from extender.emulator import Emulator, EmulatorServer, load_nodes
-    from extender.errors import ConfigError
+    from extender.errors import ConfigError, ExtenderError
     from extender.settings import load_settings
 
     if args.nodes < 2 or args.burst < 0 or args.burst_cpu <= 0:
@@ -295,18 +303,30 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"\n[bold green]demo finished[/bold green] in "
                           f"{time.monotonic() - started:.0f} s; stopping the extender, "
                           f"Prometheus and the emulator")
+    except (localstack.ServerError, TimeoutError, requests.RequestException) as exc:
+        # Everything is stopped by now; the logs are still there for the message.
+        raise ExtenderError(f"{exc}\n{_log_tails(workdir)}") from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
+def _log_tails(workdir: Path, lines: int = 15) -> str:
+    """The end of each server log under `workdir`, for error messages."""
+    parts = []
+    for log in sorted(workdir.rglob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _print_setup(console: Any, nodes: list[Any], incidents: list[Incident], prometheus: str,
-                 extender: str) -> None:
+def _print_setup(console: Console, nodes: list[EmulatedNode], incidents: list[Incident],
+                 prometheus: str, extender: str) -> None:
     from rich.table import Table
 
     gpu = [n for n in nodes if n.gpus]
@@ -325,7 +345,8 @@ def _print_setup(console: Any, nodes: list[Any], incidents: list[Incident], prom
     console.print(table)
 
 
-def _wait_warm(session: Any, url: str, emulator: Any, timeout_s: float) -> float:
+def _wait_warm(session: requests.Session, url: str, emulator: Emulator,
+               timeout_s: float) -> float:
     """Seconds until the extender's cache holds fresh CPU, memory and power data for every node,
     with CPU utilisation within `WARM_TOLERANCE` of the emulated truth.
 
@@ -359,8 +380,8 @@ def _wait_warm(session: Any, url: str, emulator: Any, timeout_s: float) -> float
 class _Demo:
     """Talks to the running extender and prints what it answers."""
 
-    def __init__(self, console: Any, session: Any, url: str, emulator: Any,
-                 settings: Any) -> None:
+    def __init__(self, console: Console, session: requests.Session, url: str,
+                 emulator: Emulator, settings: Settings) -> None:
         self.console = console
         self.session = session
         self.url = url
@@ -396,13 +417,13 @@ class _Demo:
         scores = wire.decode(self.post("prioritize", body), list[wire.HostPriority])
         return sorted(((s.Host, s.Score) for s in scores), key=lambda hs: (-hs[1], hs[0]))
 
-    def decision(self, pod: str) -> Any:
+    def decision(self, pod: str) -> Decision | None:
         import msgspec
 
         from extender.policies.explain import Decision
 
         answer = self.session.get(f"{self.url}/api/v1/decisions",
-                                  params={"pod": pod, "limit": 1}, timeout=HTTP_TIMEOUT_S)
+                                  params={"pod": pod, "limit": "1"}, timeout=HTTP_TIMEOUT_S)
         answer.raise_for_status()
         decisions = msgspec.json.decode(answer.content, type=dict[str, list[Decision]])
         return decisions["decisions"][0] if decisions["decisions"] else None
@@ -486,7 +507,7 @@ class _Demo:
             table.add_row(str(rank), node, str(score), self._contributions(explained.get(node)))
         self.console.print(table)
 
-    def _contributions(self, node: Any) -> str:
+    def _contributions(self, node: NodeExplanation | None) -> str:
         if node is None:
             return "[dim]not in the decision's breakdown[/dim]"
         terms = sorted(node.terms, key=lambda t: -t.contribution)[:3]
