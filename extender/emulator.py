@@ -414,6 +414,7 @@ class Emulator:
 
     @property
     def nodes(self) -> list[EmulatedNode]:
+        """The emulated nodes, in the order given."""
         return [state.node for state in self._states.values()]
 
     def dcgm_node_label(self, node: str) -> str:
@@ -460,6 +461,17 @@ class Emulator:
                     return
         raise KeyError(f"pod {namespace}/{name} is not running")
 
+    def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """Flip a running pod's Ready condition (`kube_pod_status_ready`); KeyError if absent."""
+        with self._lock:
+            for state in self._states.values():
+                pod = state.pods.get((namespace, name))
+                if pod is not None:
+                    state.pods[(namespace, name)] = replace(pod, ready=ready)
+                    state.cached = None
+                    return
+        raise KeyError(f"pod {namespace}/{name} is not running")
+
     def set_background(self, node: str, **changes: float) -> None:
         """Change fields of a node's `Background` load (ValueError when out of range)."""
         with self._lock:
@@ -496,6 +508,7 @@ class Emulator:
             return self._reading(self._state(node))
 
     def readings(self) -> list[NodeReading]:
+        """`reading()` of every node, in node order."""
         with self._lock:
             return [self._reading(state) for state in self._states.values()]
 

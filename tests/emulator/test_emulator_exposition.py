@@ -183,6 +183,23 @@ def test_pods_appear_in_ksm_and_cadvisor_with_their_node(emulator: Emulator) -> 
         <= {n.name for n in emulator.nodes}
 
 
+def test_pod_readiness_follows_set_pod_ready(emulator: Emulator) -> None:
+    namespace, name = emulator.readings()[0].pods[0].split("/")
+
+    def ready_status() -> str:
+        (current,) = [s.labels["condition"]
+                      for s in samples(emulator.render("kube-state-metrics"),
+                                       "kube_pod_status_ready")
+                      if s.labels["pod"] == name and s.value == 1]
+        return current
+
+    assert ready_status() == "true"
+    emulator.set_pod_ready(namespace, name, False)
+    assert ready_status() == "false"
+    with pytest.raises(KeyError, match="not running"):
+        emulator.set_pod_ready(namespace, "ghost", True)
+
+
 def test_cadvisor_pod_cgroup_series_sums_its_containers(emulator: Emulator,
                                                         clock) -> None:
     clock.advance(20)
