@@ -213,7 +213,12 @@ class Incident:
 
 
 def stage_incidents(emulator: Emulator, mapping: dict[str, str]) -> list[Incident]:
-    """Give some of the replayed nodes trouble, so that filter has something to say."""
+    """Give some of the replayed nodes trouble, so that filter has something to say.
+
+    The recorded names were chosen for where they appear: node-3 is the node the recording
+    extender rejected, node-6, -9 and -10 are CPU nodes offered to every 12-candidate pod (and
+    not to the 20-core `big` pod, which keeps its candidates), node-4 is a GPU pod's candidate.
+    """
     from extender.emulator import Pod
 
     incidents = []
@@ -286,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 "extender", port,
                 [sys.executable, "-m", "extender.cli", "--log-level", "WARNING", "serve",
                  "--config", str(settings_path), "--bind", f"127.0.0.1:{port}",
+                 "--prometheus-url", prometheus.url,  # wins over an EXTENDER_PROMETHEUS__URL
                  "--workers", "1", "--threads", "4"],
                 workdir, "/healthz")
             with console.status("starting the extender (gunicorn)"):
