@@ -369,8 +369,11 @@ class _NodeState:
     counters: dict[str, float] = field(default_factory=dict)
     cached: NodeReading | None = None
     """The current reading; reset by every change of this node."""
-    cpu_labels: tuple[str, ...] = ()
-    """Pre-rendered labels of node_cpu_seconds_total, CPU-major: most of node-exporter's page."""
+    last: float = 0.0
+    """Clock time up to which `counters` are integrated."""
+    cpu_prefixes: tuple[str, ...] = ()
+    """Pre-rendered `node_cpu_seconds_total{...} ` per CPU and mode, CPU-major: most of
+    node-exporter's page."""
     cpu_offsets: tuple[float, ...] = ()
     """Per-CPU seconds added to every mode's counter, so the CPUs do not look cloned (the rates,
     and so `rate()`, are the same on every CPU)."""
@@ -406,7 +409,6 @@ class Emulator:
                 label = "Hostname" if gpu_ordinal % 2 == 0 else "hostname"
                 gpu_ordinal += 1
             self._states[node.name] = self._initial_state(node, rng, label)
-        self._last = clock()
         if background_pods:
             for node in nodes:
                 for pod in self._background_pods(node, rng):
@@ -438,7 +440,7 @@ class Emulator:
                 if key in other.pods:
                     raise ValueError(f"pod {pod.namespace}/{pod.name} already runs on "
                                      f"{other.node.name}")
-            self._advance()
+            self._advance([state])
             state.pods[key] = pod
             state.cached = None
             for container in pod.containers:
@@ -451,7 +453,7 @@ class Emulator:
         with self._lock:
             for state in self._states.values():
                 if (namespace, name) in state.pods:
-                    self._advance()
+                    self._advance([state])
                     pod = state.pods.pop((namespace, name))
                     state.cached = None
                     for c in pod.containers:
@@ -477,7 +479,7 @@ class Emulator:
         with self._lock:
             state = self._state(node)
             updated = replace(state.background, **changes).validated()
-            self._advance()
+            self._advance([state])
             state.background = updated
             state.cached = None
 
@@ -521,11 +523,14 @@ class Emulator:
         `node`). ValueError for an unknown exporter, KeyError for an unknown node.
         """
         with self._lock:
-            self._advance()
             if exporter == "scaphandre":
                 if node is None:
                     raise ValueError("scaphandre is rendered per node")
-                return _render(self._scaphandre(self._state(node)))
+                state = self._state(node)
+                self._advance([state])
+                return _render(self._scaphandre(state))
+            if exporter in ("node-exporter", "cadvisor"):  # the pages with counters
+                self._advance(self._states.values())
             families = {
                 "node-exporter": self._node_exporter,
                 "kube-state-metrics": self._kube_state_metrics,
@@ -589,8 +594,10 @@ class Emulator:
                            conditions={c: "true" if c == "Ready" else "false"
                                        for c in CONDITIONS},
                            cpu_offsets=tuple(rng.uniform(0, 600) for _ in range(node.cores)),
-                           cpu_labels=tuple(
-                               f'instance="{node.ip}:{NODE_EXPORTER_PORT}",cpu="{i}",mode="{mode}"'
+                           last=self._clock(),
+                           cpu_prefixes=tuple(
+                               f'node_cpu_seconds_total{{instance="{node.ip}:{NODE_EXPORTER_PORT}"'
+                               f',cpu="{i}",mode="{mode}"}} '
                                for i in range(node.cores) for mode in CPU_MODES))
         # Counters start at plausible totals for the uptime, as on a node booted days ago.
         reading = self._reading(state)
@@ -687,13 +694,14 @@ class Emulator:
             conditions=dict(state.conditions), unschedulable=state.unschedulable,
             pods=tuple(f"{ns}/{name}" for ns, name in state.pods))
 
-    def _advance(self) -> None:
+    def _advance(self, states: Iterable[_NodeState]) -> None:
+        """Integrate the counters of `states` up to now at their current rates."""
         now = self._clock()
-        dt = now - self._last
-        if dt <= 0:
-            return
-        self._last = now
-        for state in self._states.values():
+        for state in states:
+            dt = now - state.last
+            if dt <= 0:
+                continue
+            state.last = now
             reading = self._reading(state)
             for key, rate in _rates(reading).items():
                 state.counters[key] = state.counters.get(key, 0.0) + rate * dt
@@ -709,7 +717,7 @@ class Emulator:
     # -- renderings (each returns families: (name, type, help, [(labels, value)])) --
 
     def _node_exporter(self) -> list[_Family]:
-        cpu: list[_Sample] = []
+        cpu: list[str] = []
         gauges: dict[str, list[_Sample]] = {name: [] for name in _NODE_GAUGES}
         counters: dict[str, list[_Sample]] = {name: [] for name in _NODE_COUNTERS}
         for state in self._states.values():
@@ -717,9 +725,9 @@ class Emulator:
             c = state.counters
             inst = {"instance": f"{r.ip}:{NODE_EXPORTER_PORT}"}
             per_cpu = [c[f"cpu_{mode}"] / r.cores for mode in CPU_MODES]
-            cpu_labels = iter(state.cpu_labels)
-            for offset in state.cpu_offsets:
-                cpu.extend((next(cpu_labels), round(seconds + offset, 2)) for seconds in per_cpu)
+            values = [round(seconds + offset, 2)
+                      for offset in state.cpu_offsets for seconds in per_cpu]
+            cpu.append("".join(map("{}{}\n".format, state.cpu_prefixes, values)))
             gauges["node_load1"].append((inst, r.load1))
             gauges["node_memory_MemAvailable_bytes"].append((inst, r.memory_available_bytes))
             gauges["node_memory_MemTotal_bytes"].append((inst, r.memory_total_bytes))
@@ -748,7 +756,7 @@ class Emulator:
                                                "release": "6.8.0-49-generic", "sysname": "Linux"},
                                               1))
         families: list[_Family] = [("node_cpu_seconds_total", "counter",
-                                    "Seconds the CPUs spent in each mode.", cpu)]
+                                    "Seconds the CPUs spent in each mode.", "".join(cpu))]
         families += [(n, "gauge", h, gauges[n]) for n, h in _NODE_GAUGES.items()]
         families += [(n, "counter", h, counters[n]) for n, h in _NODE_COUNTERS.items()]
         return families
@@ -915,9 +923,9 @@ class Emulator:
 
 # --- counters and text format -------------------------------------------------------------------
 
-_Sample = tuple[dict[str, str] | str, float]
-"""Labels (or their pre-rendered text between the braces) and the value."""
-_Family = tuple[str, str, str, list[_Sample]]
+_Sample = tuple[dict[str, str], float]
+_Family = tuple[str, str, str, list[_Sample] | str]
+"""Name, type, help and the samples (or their lines, already rendered)."""
 
 _NODE_GAUGES = {
     "node_load1": "1m load average.",
@@ -990,10 +998,11 @@ def _render(families: Iterable[_Family]) -> str:
     out: list[str] = []
     for name, kind, help_text, samples in families:
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        if isinstance(samples, str):
+            out.append(samples)
+            continue
         for labels, value in samples:
-            if isinstance(labels, str):
-                out.append(f"{name}{{{labels}}} {value}\n")
-            elif labels:
+            if labels:
                 body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
                 out.append(f"{name}{{{body}}} {value}\n")
             else:
