@@ -144,3 +144,30 @@ def test_missing_prometheus_is_a_clear_error_and_leaves_nothing_behind(
     with pytest.raises(ExtenderError, match="prometheus is not installed: run `make deps`"):
         demo.run(parser.parse_args(["--nodes", "4"]))
     assert list(tmp_path.iterdir()) == []  # the demo's work directory is gone
+
+
+def test_incidents_land_on_the_mapped_nodes_and_show_in_the_readings() -> None:
+    from extender.emulator import Emulator, load_nodes
+
+    nodes = load_nodes(demo.DEFAULT_NODE_LIST, limit=16, seed=1)
+    mapping = demo.node_mapping(demo.load_recordings(demo.DEFAULT_RECORDINGS), nodes)
+    emulator = Emulator(nodes, seed=1)
+    incidents = {i.node for i in demo.stage_incidents(emulator, mapping)}
+    assert incidents == {mapping[n] for n in ("node-3", "node-10", "node-6", "node-9", "node-4")}
+    assert emulator.reading(mapping["node-3"]).conditions["Ready"] == "false"
+    assert emulator.reading(mapping["node-10"]).conditions["MemoryPressure"] == "true"
+    assert emulator.reading(mapping["node-6"]).cpu_utilisation > 0.9
+    memory = emulator.reading(mapping["node-9"])
+    assert memory.memory_available_bytes < 0.1 * memory.memory_total_bytes
+
+
+def test_burst_pods_are_the_recorded_pod_renamed_with_the_asked_cpu() -> None:
+    template = next(r for r in demo.load_recordings(demo.DEFAULT_RECORDINGS)
+                    if r.pod == "cache-burst-0" and r.verb == "filter").body
+    first = demo._burst_body(template, 0, 8.0, ["a", "b"])
+    second = demo._burst_body(template, 1, 8.0, ["a", "b"])
+    assert first["Pod"]["metadata"]["name"] == "demo-burst-0"
+    assert first["Pod"]["metadata"]["uid"] != second["Pod"]["metadata"]["uid"]
+    assert first["Pod"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "8"
+    assert first["NodeNames"] == ["a", "b"] and first["Nodes"] is None
+    assert template["Pod"]["metadata"]["name"] == "cache-burst-0"  # template untouched
