@@ -164,3 +164,11 @@ def test_monitors_point_at_ports_that_exist() -> None:
         {p["name"] for c in spec["containers"] for p in c["ports"]}
     pushgateway = find(objects, "ServiceMonitor", "deadline-pushgateway")
     assert pushgateway["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_operator_guide_lists_every_alert() -> None:
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    table = guide.partition("| Alert | Fires when | Severity |")[2].partition("\n\n")[0]
+    documented = set(re.findall(r"^\| ([A-Z][A-Za-z]+) \|", table, re.MULTILINE))
+    shipped = {rule["alert"] for group in rule_groups() for rule in group["rules"]}
+    assert documented == shipped
