@@ -239,6 +239,16 @@ class SafeTLSConfig(Strict):
     insecure_skip_verify: bool = False
 
 
+class RelabelConfig(Strict):
+    source_labels: list[str] = []
+    separator: str | None = None
+    target_label: str | None = None
+    regex: str | None = None
+    replacement: str | None = None
+    action: Literal["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep",
+                    "hashmod", "lowercase", "uppercase", "keepequal", "dropequal"] | None = None
+
+
 class Endpoint(Strict):
     port: str
     path: str = "/metrics"
@@ -247,6 +257,8 @@ class Endpoint(Strict):
     honor_labels: bool = False
     bearer_token_file: str | None = None
     tls_config: SafeTLSConfig | None = None
+    relabelings: list[RelabelConfig] = []
+    metric_relabelings: list[RelabelConfig] = []
 
 
 class ServiceMonitorSpec(Strict):

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import MANIFESTS, REPO, find, render
+from extender.partition.settings import load_partition_settings
+from tests.deploy.conftest import MANIFESTS, REPO, find, render, write_config
 
 DASHBOARD = MANIFESTS / "components/monitoring/dashboards/extract-extender.json"
 EXTERNAL_METRICS = {
@@ -172,3 +173,18 @@ def test_operator_guide_lists_every_alert() -> None:
     documented = set(re.findall(r"^\| ([A-Z][A-Za-z]+) \|", table, re.MULTILINE))
     shipped = {rule["alert"] for group in rule_groups() for rule in group["rules"]}
     assert documented == shipped
+
+
+def test_sidecar_pod_monitor_matches_the_dev_worker_template(tmp_path: Path) -> None:
+    objects = render("manifests/overlays/dev")
+    template = load_partition_settings(write_config(objects, tmp_path) / "partition.yaml")
+    monitor = find(objects, "PodMonitor", "deadline-sidecar")
+    labels = template.pod_template["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    sidecar = next(c for c in template.pod_template["spec"]["containers"]
+                   if endpoint["port"] in {p["name"] for p in c.get("ports", [])})
+    port = next(p["containerPort"] for p in sidecar["ports"] if p["name"] == endpoint["port"])
+    assert f"--listen=0.0.0.0:{port}" in sidecar["args"]
+    # The same identity labels as the Pushgateway grouping key.
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} == {"node", "worker"}
