@@ -7,6 +7,7 @@ standalone `kustomize`. Tests that need it are skipped, with the reason, only wh
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def find(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str,
     found = [o for o in objects if o["kind"] == kind and name in names(o)]
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
+
+
+def kubernetes_version(objects: tuple[dict[str, Any], ...]) -> str:
+    """The Kubernetes version the manifests target: the pinned kube-scheduler's, as "1.35.0"."""
+    scheduler = find(objects, "Deployment", "metrics-aware-scheduler")
+    image = scheduler["spec"]["template"]["spec"]["containers"][0]["image"]
+    match = re.fullmatch(r"registry\.k8s\.io/kube-scheduler:v(\d+\.\d+)\.\d+", image)
+    assert match, f"kube-scheduler image is not pinned to a release: {image}"
+    return match.group(1) + ".0"
 
 
 def write_config(objects: tuple[dict[str, Any], ...], directory: Path) -> Path:

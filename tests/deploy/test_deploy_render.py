@@ -9,17 +9,16 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.conftest import MANIFESTS, NAMESPACE, OVERLAYS, find, pod_specs, render
+from tests.deploy.conftest import (
+    MANIFESTS,
+    NAMESPACE,
+    OVERLAYS,
+    find,
+    kubernetes_version,
+    pod_specs,
+    render,
+)
 from tests.deploy.schemas import CRDS, SchemaError, validate_crd
-
-
-def kubernetes_version(objects: tuple[dict[str, Any], ...]) -> str:
-    """The Kubernetes version the manifests target: the pinned kube-scheduler's."""
-    scheduler = find(objects, "Deployment", "metrics-aware-scheduler")
-    image = scheduler["spec"]["template"]["spec"]["containers"][0]["image"]
-    match = re.fullmatch(r"registry\.k8s\.io/kube-scheduler:v(\d+\.\d+)\.\d+", image)
-    assert match, f"kube-scheduler image is not pinned to a release: {image}"
-    return match.group(1) + ".0"
 
 
 def validate_object(obj: dict[str, Any], version: str) -> None:

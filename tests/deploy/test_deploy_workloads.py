@@ -12,7 +12,15 @@ import pytest
 from extender.errors import ConfigError
 from extender.partition.settings import load_partition_settings
 from extender.settings import load_settings
-from tests.deploy.conftest import NAMESPACE, REPO, find, pod_specs, render, write_config
+from tests.deploy.conftest import (
+    NAMESPACE,
+    REPO,
+    find,
+    kubernetes_version,
+    pod_specs,
+    render,
+    write_config,
+)
 
 OUR_IMAGE = re.compile(r"(ghcr\.io/extract/extender|extract-extender):")
 
@@ -130,7 +138,7 @@ def test_worker_pod_template_makes_a_valid_pod_with_the_deadline_sidecar(
            **settings.pod_template,
            "metadata": {**settings.pod_template.get("metadata", {}),
                         "name": "partition-worker-node-1", "namespace": settings.namespace}}
-    kubernetes_validate.validate(pod, "1.35.0", strict=True)
+    kubernetes_validate.validate(pod, kubernetes_version(overlay), strict=True)
     containers = {c["name"]: c for c in pod["spec"]["containers"]}
     assert settings.sizing.container in containers
     sidecars = [c for c in containers.values()
