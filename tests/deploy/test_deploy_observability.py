@@ -188,3 +188,15 @@ def test_sidecar_pod_monitor_matches_the_dev_worker_template(tmp_path: Path) -> 
     assert f"--listen=0.0.0.0:{port}" in sidecar["args"]
     # The same identity labels as the Pushgateway grouping key.
     assert {r["targetLabel"] for r in endpoint["relabelings"]} == {"node", "worker"}
+
+
+def test_dashboard_panels_fit_the_grid_without_overlapping() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        assert panel["type"] in {"timeseries", "stat", "bargauge", "gauge", "table"}, panel["title"]
+        g = panel["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]

@@ -132,3 +132,62 @@ def test_build_context_keeps_what_the_dockerfile_copies() -> None:
         assert (REPO / source).exists(), source
         assert not ignored(source.rstrip("/")), f".dockerignore drops {source}"
     assert ignored("tests") and ignored(".venv") and ignored(".git")
+
+
+FAKE_KUBECTL = r"""#!/bin/sh
+# A cluster in which the example workload was placed by metrics-aware (see the test).
+echo "kubectl $*" >> "$CALLS"
+case "$*" in
+  *"extract-demo get pods -o name"*) seq 1 "$DEMO_PODS" | sed 's|^|pod/demo-|' ;;
+  *"get events.events.k8s.io"*) seq 1 "$DEMO_PODS" | sed "s|.*|$SCHEDULED_BY|" ;;
+  *"-l app.kubernetes.io/name=extender -o name"*) printf 'pod/extender-a\npod/extender-b\n' ;;
+  *"exec pod/extender-a"*)
+    printf '# TYPE extender_requests_total counter\n'
+    printf 'extender_requests_total{verb="filter",code="200"} %s\n' "$FILTER_CALLS"
+    printf 'extender_requests_total{verb="prioritize",code="200"} 99.0\n'
+    printf 'extender_requests_total{verb="filter",code="500"} 99.0\n' ;;
+  *"exec pod/extender-b"*) printf 'extender_requests_total{verb="filter",code="200"} 0.0\n' ;;
+  *"get nodes"*) printf 'node/worker-1\nnode/worker-2\n' ;;
+  *"partition-worker"*) printf '%s' "$WORKER_NODES" | tr ',' '\n' ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_cluster(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """kind/docker/helm that succeed silently, and a kubectl that answers the script's checks."""
+    calls = tmp_path / "calls.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("kind", "docker", "helm"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "$CALLS"\nexit 0\n')
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL)
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "TIMEOUT": "0s", "DEMO_PODS": "10", "SCHEDULED_BY": "metrics-aware",
+           "FILTER_CALLS": "10.0", "WORKER_NODES": "worker-1,worker-2"}
+    return env, calls
+
+
+@pytest.mark.parametrize(("change", "verdict"), [
+    ({}, "PASSED"),
+    ({"SCHEDULED_BY": "default-scheduler"}, "every demo pod scheduled by metrics-aware"),
+    ({"FILTER_CALLS": "9.0"}, "the extender's filter counters"),
+    ({"WORKER_NODES": "worker-1"}, "one partition worker per eligible node"),
+    ({"WORKER_NODES": "worker-1,worker-1"}, "one partition worker per eligible node"),
+])
+def test_e2e_checks_pass_only_on_a_correct_cluster(fake_cluster: tuple[dict[str, str], Path],
+                                                   change: dict[str, str], verdict: str) -> None:
+    env, calls = fake_cluster
+    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={**env, **change}, check=False)
+    if verdict == "PASSED":
+        assert done.returncode == 0, done.stderr
+        assert "== PASSED" in done.stderr
+    else:
+        assert done.returncode == 1
+        assert f"timed out after 0s waiting for: {verdict}" in done.stderr
+    # The cluster is deleted whatever the outcome.
+    assert calls.read_text().splitlines()[-1] == "kind delete cluster --name extract-e2e"
