@@ -81,8 +81,9 @@ def test_unknown_argument_is_refused_with_usage() -> None:
 
 def dockerfile_stages() -> list[list[str]]:
     """The Dockerfile's instructions (continuations joined), split into stages at FROM."""
-    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    # Docker drops comment lines first, also inside continued instructions; then joins lines.
+    text = re.sub(r"(?m)^\s*#.*\n", "", (REPO / "Dockerfile").read_text())
+    lines = [ln.strip() for ln in re.sub(r"\\\n", " ", text).splitlines() if ln.strip()]
     stages: list[list[str]] = []
     for line in lines:
         if line.startswith("FROM "):
