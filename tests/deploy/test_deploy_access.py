@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from extender.partition.settings import load_partition_settings
-from tests.deploy.conftest import find, write_config
+from extender.settings import load_settings
+from tests.deploy.conftest import (
+    MANIFESTS,
+    find,
+    kubernetes_version,
+    render,
+    validate_object,
+    write_config,
+)
 
 Grant = tuple[str, str, str, tuple[str, ...]]
 
@@ -92,3 +101,25 @@ def test_only_prometheus_reaches_the_metrics_of_controller_and_scheduler(
         peer, ports = sources[0]
         assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
         assert ports == container_ports(overlay, name)
+
+
+def test_pod_events_component_adds_only_event_creation(tmp_path: Path) -> None:
+    # Not in any overlay: compose it the way docs/deploy.md tells an operator to.
+    mine = tmp_path / "my-cluster"
+    mine.mkdir()
+    up = os.path.relpath(MANIFESTS, mine)
+    (mine / "kustomization.yaml").write_text(
+        f"resources: [{up}/overlays/production]\ncomponents: [{up}/components/pod-events]\n")
+    objects = render(str(mine))
+    for obj in objects:
+        validate_object(obj, kubernetes_version(objects))
+    role = find(objects, "ClusterRole", "extract:extender-pod-events")
+    assert grants(role) == {("", "events", "create", ())}
+    binding = find(objects, "ClusterRoleBinding", "extract:extender-pod-events")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "extender",
+                                    "namespace": "extract"}]
+    spec = find(objects, "Deployment", "extender")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    settings = load_settings(write_config(objects, tmp_path) / "extender.yaml", environ=env)
+    assert settings.server.pod_events and not settings.server.bind_enabled

@@ -17,16 +17,9 @@ from tests.deploy.conftest import (
     kubernetes_version,
     pod_specs,
     render,
+    validate_object,
 )
-from tests.deploy.schemas import CRDS, SchemaError, validate_crd
-
-
-def validate_object(obj: dict[str, Any], version: str) -> None:
-    """Kubernetes OpenAPI (strict: unknown fields fail) or, for our CRDs, their typed schema."""
-    if obj["kind"] in CRDS:
-        validate_crd(obj)
-    else:
-        kubernetes_validate.validate(obj, version, strict=True)
+from tests.deploy.schemas import SchemaError
 
 
 def test_overlay_list_is_complete() -> None:
