@@ -94,8 +94,9 @@ def start_extender(objects: tuple[dict[str, Any], ...], root: Path,
     env |= {"PATH": str(Path(sys.executable).parent), "HOME": str(root),
             "EXTENDER_PROMETHEUS__URL": f"http://127.0.0.1:{free_port()}",
             "MPLCONFIGDIR": str(root / "mpl"), **extra_env}
-    process = subprocess.Popen([*ENTRY, *args], env=env, cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=(root / "log").open("wb"))
+    with (root / "log").open("wb") as log:   # the child keeps its own descriptor
+        process = subprocess.Popen([*ENTRY, *args], env=env, cwd=root,
+                                   stdout=subprocess.DEVNULL, stderr=log)
     return process, port
 
 
