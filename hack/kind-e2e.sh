@@ -7,7 +7,8 @@
 #   4. applies manifests/overlays/dev and the example workload (manifests/examples),
 #   5. asserts that every example pod was placed by the metrics-aware scheduler, that the
 #      extender answered its filter calls (extender_requests_total on each replica's /metrics),
-#      and that the partition has exactly one worker per eligible node,
+#      that the partition has exactly one worker per eligible node, and that Prometheus scrapes
+#      every extender replica (ServiceMonitor and NetworkPolicy agree),
 #   6. deletes the cluster (unless --keep).
 #
 # Usage: hack/kind-e2e.sh [--dry-run] [--keep]
@@ -172,6 +173,21 @@ check_extender_filtered() {
   [ "$total" -ge "$pods" ]
 }
 
+# Prometheus scrapes every extender replica: the ServiceMonitor and the NetworkPolicy agree.
+check_prometheus_scrapes_extender() {
+  local prom up replicas
+  replicas=$(query kubectl -n extract get deployment extender -o 'jsonpath={.spec.replicas}')
+  prom=$(query kubectl -n monitoring get pods -l app.kubernetes.io/name=prometheus -o name | head -n 1)
+  [ "$DRY_RUN" -eq 0 ] || prom=pod/PROMETHEUS_POD
+  # sum(up{job="extender"}), URL-encoded; the answer's value is the last quoted number.
+  up=$(query kubectl -n monitoring exec "$prom" -c prometheus -- wget -qO- \
+    'http://127.0.0.1:9090/api/v1/query?query=sum(up%7Bjob%3D%22extender%22%7D)' |
+    sed -n 's/.*"value":\[[^,]*,"\([0-9.]*\)"\].*/\1/p')
+  [ "$DRY_RUN" -eq 1 ] && return 0
+  echo "extender replicas: $replicas, scraped and up: ${up:-none}"
+  [ -n "$up" ] && [ "${up%.*}" -ge "$replicas" ]
+}
+
 # One worker per eligible node: every node that is not a control plane (config defaults), each
 # worker on a different node, and as many workers as nodes.
 check_partition_complete() {
@@ -218,6 +234,7 @@ main() {
   wait_for "every demo pod scheduled by metrics-aware" check_scheduled_by_metrics_aware
   wait_for "the extender's filter counters" check_extender_filtered
   wait_for "one partition worker per eligible node" check_partition_complete
+  wait_for "Prometheus scraping every extender replica" check_prometheus_scrapes_extender
   run kubectl -n extract get configmap partition -o 'jsonpath={.data.partition\.yaml}'
 
   if [ "$DRY_RUN" -eq 1 ]; then log "dry run complete"; else log "PASSED"; fi

@@ -61,6 +61,7 @@ def test_dry_run_prints_every_step_and_runs_nothing(
         "kubectl -n extract-demo get events.events.k8s.io --field-selector reason=Scheduled",
         "kubectl -n extract exec pod/EXTENDER_POD -c extender",
         "kubectl -n extract get pods -l app.kubernetes.io/name=partition-worker",
+        "kubectl -n monitoring exec pod/PROMETHEUS_POD -c prometheus -- wget",
         "kind delete cluster --name extract-e2e",
     ]
     position = 0
@@ -150,6 +151,11 @@ case "$*" in
   *"exec pod/extender-b"*) printf 'extender_requests_total{verb="filter",code="200"} 0.0\n' ;;
   *"get nodes"*) printf 'node/worker-1\nnode/worker-2\n' ;;
   *"partition-worker"*) printf '%s' "$WORKER_NODES" | tr ',' '\n' ;;
+  *"get deployment extender"*) printf '2' ;;
+  *"-l app.kubernetes.io/name=prometheus -o name"*) printf 'pod/prometheus-0\n' ;;
+  *"exec pod/prometheus-0"*)
+    printf '{"status":"success","data":{"resultType":"vector","result":[{"metric":{},'
+    printf '"value":[1700000000.1,"%s"]}]}}\n' "$EXTENDERS_UP" ;;
 esac
 exit 0
 """
@@ -168,7 +174,7 @@ def fake_cluster(tmp_path: Path) -> tuple[dict[str, str], Path]:
         stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
            "TIMEOUT": "0s", "DEMO_PODS": "10", "SCHEDULED_BY": "metrics-aware",
-           "FILTER_CALLS": "10.0", "WORKER_NODES": "worker-1,worker-2"}
+           "FILTER_CALLS": "10.0", "WORKER_NODES": "worker-1,worker-2", "EXTENDERS_UP": "2"}
     return env, calls
 
 
@@ -178,6 +184,7 @@ def fake_cluster(tmp_path: Path) -> tuple[dict[str, str], Path]:
     ({"FILTER_CALLS": "9.0"}, "the extender's filter counters"),
     ({"WORKER_NODES": "worker-1"}, "one partition worker per eligible node"),
     ({"WORKER_NODES": "worker-1,worker-1"}, "one partition worker per eligible node"),
+    ({"EXTENDERS_UP": "1"}, "Prometheus scraping every extender replica"),
 ])
 def test_e2e_checks_pass_only_on_a_correct_cluster(fake_cluster: tuple[dict[str, str], Path],
                                                    change: dict[str, str], verdict: str) -> None:
