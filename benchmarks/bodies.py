@@ -6,6 +6,10 @@ decoding it is part of every call. Candidates are drawn from the synthetic fleet
 - `nodes` mode (`nodeCacheCapable: false`): `Nodes.items` holds the recorded Node object
   replicated under each candidate's name, and `"NodeNames": null`.
 kube-scheduler sends the same ExtenderArgs to filter and prioritize, so one body serves both.
+
+Every call of a real burst is about another pod, and the extender keeps per-pod state (placements
+for hot-spot compensation, pod demands for bind, the decision log). So the Pod's name and uid carry
+`SEQ_MARKER`, which the load generators replace with a per-request sequence number (`fill`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ Mode = Literal["names", "nodes"]
 MODES: tuple[Mode, ...] = ("names", "nodes")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kube-scheduler"
+SEQ_MARKER = "@@SEQ@@"
 POD_FIXTURE = "names-0000-filter-cache-plain.json"
 NODE_FIXTURE = "nodes-0000-filter-full-plain.json"
 
@@ -60,12 +65,24 @@ def candidates(fleet: Sequence[str], count: int, seed: int = 1) -> list[str]:
 
 
 def extender_args(recorded: Recorded, names: Sequence[str], mode: Mode) -> bytes:
-    """An ExtenderArgs body for `names` in `mode`, encoded as kube-scheduler would send it."""
+    """An ExtenderArgs body for `names` in `mode`, encoded as kube-scheduler would send it.
+
+    The Pod's name and uid hold `SEQ_MARKER`: `fill` the body before sending it.
+    """
+    pod = copy.deepcopy(recorded.pod)
+    meta = pod.setdefault("metadata", {})
+    meta["name"] = f"{meta.get('name', 'pod')}-{SEQ_MARKER}"
+    meta["uid"] = f"00000000-0000-4000-8000-{SEQ_MARKER}"
     if mode == "names":
-        body: dict[str, Any] = {"Pod": recorded.pod, "Nodes": None, "NodeNames": list(names)}
+        body: dict[str, Any] = {"Pod": pod, "Nodes": None, "NodeNames": list(names)}
     elif mode == "nodes":
         items = [recorded.node_named(name, i) for i, name in enumerate(names)]
-        body = {"Pod": recorded.pod, "Nodes": {"items": items}, "NodeNames": None}
+        body = {"Pod": pod, "Nodes": {"items": items}, "NodeNames": None}
     else:
         raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def fill(body: bytes, seq: int) -> bytes:
+    """`body` about pod number `seq` (as the load generators do it, per request)."""
+    return body.replace(SEQ_MARKER.encode(), b"%012d" % seq)

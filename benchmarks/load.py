@@ -8,13 +8,15 @@
   so its throughput figures are a lower bound; the benchmark says which client it used.
 
 Each connection sends its next request when the previous answer has arrived (closed loop), as
-kube-scheduler's scheduling cycle does. Non-200 answers and socket errors count as errors.
+kube-scheduler's scheduling cycle does. Every request is about another pod (`bodies.fill`).
+Non-200 answers and socket errors count as errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import math
 import os
@@ -28,17 +30,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchmarks.bodies import SEQ_MARKER, fill
+
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ("wrk", "python")
 REQUEST_TIMEOUT_S = 30.0  # a 5000-node full-Nodes call takes well under this
 
 WRK_SCRIPT = """\
--- POST the body in $BENCH_BODY_FILE; print the figures as one JSON line.
+-- POST the body in $BENCH_BODY_FILE, its $BENCH_SEQ_MARKER replaced by a per-request number
+-- (benchmarks/bodies.py: fill); print the figures as one JSON line.
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
+local body = f:read("*a")
 f:close()
+wrk.method = "POST"
+wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
+
+local marker, parts, from = os.getenv("BENCH_SEQ_MARKER"), {}, 1
+while marker and marker ~= "" do
+  local i, j = string.find(body, marker, from, true)
+  if not i then break end
+  parts[#parts + 1] = string.sub(body, from, i - 1)
+  from = j + 1
+end
+parts[#parts + 1] = string.sub(body, from)
+
+if #parts > 1 then
+  local seq = 0
+  function request()
+    seq = seq + 1
+    return wrk.format(nil, nil, nil, table.concat(parts, string.format("%012d", seq)))
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
@@ -104,7 +127,7 @@ def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> 
     try:
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(duration_s)}s",
                f"--timeout={REQUEST_TIMEOUT_S:.0f}s", "-s", script.name, url]
-        env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+        env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_SEQ_MARKER": SEQ_MARKER}
         return _parse("wrk", connections, _run(cmd, duration_s, env))
     finally:
         os.unlink(script.name)
@@ -157,6 +180,8 @@ def python_load(url: str, body: bytes, connections: int, duration_s: float) -> d
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     latencies: list[list[float]] = [[] for _ in range(connections)]
+    sequence = itertools.count(1)
+    templated = SEQ_MARKER.encode() in body
     errors = [0] * connections
     started = time.perf_counter()
     deadline = started + duration_s
@@ -165,9 +190,10 @@ def python_load(url: str, body: bytes, connections: int, duration_s: float) -> d
         conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
         try:
             while time.perf_counter() < deadline:
+                payload = fill(body, next(sequence)) if templated else body
                 t0 = time.perf_counter()
                 try:
-                    status, _ = post(conn, path, body)
+                    status, _ = post(conn, path, payload)
                 except (OSError, http.client.HTTPException):
                     errors[k] += 1
                     conn.close()

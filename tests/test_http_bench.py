@@ -192,11 +192,18 @@ def test_fleet_primes_the_cache_with_every_node_and_a_stale_metric() -> None:
 
 def test_nodes_mode_bodies_replicate_the_recorded_node_under_each_name(recorded: bodies.Recorded) -> None:
     body = json.loads(bodies.extender_args(recorded, ["a", "b"], "nodes"))
-    assert body["NodeNames"] is None and body["Pod"] == recorded.pod
+    assert body["NodeNames"] is None and body["Pod"]["spec"] == recorded.pod["spec"]
     items = body["Nodes"]["items"]
     assert [i["metadata"]["name"] for i in items] == ["a", "b"]
     assert items[0]["metadata"]["labels"]["kubernetes.io/hostname"] == "a"
     assert items[0]["status"] == {**recorded.node["status"], "addresses": items[0]["status"]["addresses"]}
+
+
+def test_every_filled_body_is_about_another_pod(recorded: bodies.Recorded) -> None:
+    template = bodies.extender_args(recorded, ["a"], "names")
+    pods = [json.loads(bodies.fill(template, seq))["Pod"]["metadata"] for seq in (1, 2)]
+    assert pods[0]["name"] != pods[1]["name"] and pods[0]["uid"] != pods[1]["uid"]
+    assert bodies.SEQ_MARKER not in json.dumps(pods)
 
 
 def test_candidates_cannot_exceed_the_fleet() -> None:
