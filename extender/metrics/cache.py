@@ -111,9 +111,9 @@ def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolve
         sampled[keep] = previous.sampled_at[rows[keep]]
     index = {name: i for i, name in enumerate(ordered)}
     for j, metric in enumerate(metrics):
-        per_node = resolved.get(metric)
-        if per_node is None:
+        if metric not in resolved:
             continue
+        per_node = resolved[metric]
         values[:, j] = np.nan  # this refresh answered: series not returned are gone
         sampled[:, j] = np.nan
         for node, value in per_node.items():

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from extender.errors import PrometheusUnreachable, QueryFailed
@@ -61,7 +62,7 @@ class PrometheusSource:
                       backoff_factor=0.1, allowed_methods=None)
         self.client = PrometheusConnect(url=settings.url.rstrip("/"), headers=dict(settings.headers),
                                         retry=retry, session=session,
-                                        timeout=settings.query_timeout_s)  # type: ignore[arg-type]
+                                        timeout=settings.query_timeout_s)
         # PrometheusConnect mounts its retrying adapter only on a session it creates itself.
         session.mount(settings.url, requests.adapters.HTTPAdapter(max_retries=retry))
 
@@ -108,7 +109,7 @@ class PrometheusSource:
                 timeout=self.settings.query_timeout_s)
         except requests.RequestException:
             return False
-        return response.status_code == 200
+        return bool(response.status_code == 200)
 
 
 def _float(raw: Any) -> float:

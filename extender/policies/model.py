@@ -97,8 +97,8 @@ def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
     for container in pod.spec.initContainers or []:
         for key, val in _requests(container).items():
             total[key] = max(total.get(key, 0.0), val)
-    for key, val in (pod.spec.overhead or {}).items():
-        total[key] = total.get(key, 0.0) + parse_quantity(val)
+    for key, raw in (pod.spec.overhead or {}).items():
+        total[key] = total.get(key, 0.0) + parse_quantity(raw)
     annotations = pod.metadata.annotations or {}
     gpus = int(total.get(GPU_RESOURCE, 0.0))
     return PodDemand(

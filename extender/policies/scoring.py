@@ -181,7 +181,7 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
     units = {entry.name: entry.unit for entry in settings.catalog}
     unknown = np.flatnonzero(ev.rows < 0)
     if settings.server.unknown_nodes == "reject":
-        for i in unknown:
+        for i in unknown.tolist():
             out[names[i]] = Rejection("unknown", "not in the metrics cache: no exporter series "
                                       "match this node (see /api/v1/selfcheck)")
     for rule, j in compiled.rules:
@@ -196,7 +196,7 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
             if rule.below is not None:
                 bad |= ok & (col < rule.below)
         unit = units.get(rule.metric, "")
-        for i in np.flatnonzero(bad):
+        for i in np.flatnonzero(bad).tolist():
             if names[i] in out:
                 continue
             if rule.reason:
@@ -206,13 +206,13 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
                 limit, op = rule.above, ">"
             else:
                 limit, op = rule.below if rule.below is not None else 0.0, "<"
-            out[names[i]] = Rejection(label, f"{label} {format_value(col[i], unit)} {op} "
+            out[names[i]] = Rejection(label, f"{label} {format_value(float(col[i]), unit)} {op} "
                                       f"{format_value(limit, unit)}")
         if (rule.on_missing or cache.missing_data) == "reject":
-            for i in np.flatnonzero(~ok & (ev.rows >= 0)):
+            for i in np.flatnonzero(~ok & (ev.rows >= 0)).tolist():
                 if names[i] in out:
                     continue
-                age = ev.age_s[i, j]
+                age = float(ev.age_s[i, j])
                 if np.isnan(ev.values[i, j]) or np.isnan(age):
                     out[names[i]] = Rejection("missing", f"no {metrics[j]} data")
                 else:
@@ -221,6 +221,6 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
     if cache.missing_data == "reject":
         weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
         if ev.weights.any():
-            for i in np.flatnonzero(~weighted & (ev.rows >= 0)):
+            for i in np.flatnonzero(~weighted & (ev.rows >= 0)).tolist():
                 out.setdefault(names[i], Rejection("missing", "no fresh metric data"))
     return out
