@@ -6,7 +6,12 @@
     GET /api/v1/selfcheck          catalog entries without series, identities matching no node
     GET /api/v1/config             the effective configuration, secrets redacted
 
-Everything here reads the current snapshot; nothing calls Prometheus.
+These read the current snapshot; nothing calls Prometheus. The named metrics, service discovery
+and the OpenAPI document (`extender.monitoring.http`) are nested into the same blueprint:
+
+    GET /api/v1/metrics, /api/v1/metrics/<name>, /api/v1/sd/targets, /api/v1/openapi.json
+
+The answers' types live in `extender.monitoring.model`, shared with `extender.client`.
 """
 
 from __future__ import annotations
@@ -18,60 +23,24 @@ import msgspec
 from flask import Blueprint, Response, request
 
 from extender.metrics.cache import Snapshot
+from extender.monitoring.catalog import load_for
+from extender.monitoring.http import metrics_blueprint
+from extender.monitoring.model import (
+    CacheView,
+    Decisions,
+    NodeDetail,
+    NodesView,
+    NodeView,
+    PlacementView,
+    Reading,
+    SelfCheck,
+)
 from extender.policies.engine import Outcome
 from extender.policies.model import PodDemand
 from extender.service import Extender
 from extender.settings import redacted
 
 MAX_DECISIONS = 1000
-
-
-class Reading(msgspec.Struct, frozen=True):
-    value: float | None
-    unit: str
-    sampled_at: float | None
-    age_s: float | None
-    fresh: bool
-
-
-class NodeView(msgspec.Struct, frozen=True):
-    name: str
-    reference_score: int
-    passed: bool
-    reason: str | None
-    data_age_s: float | None
-    metrics: dict[str, Reading]
-    pending_placements: int
-
-
-class CacheView(msgspec.Struct, frozen=True):
-    prometheus_up: bool
-    age_s: float | None
-    refreshes: int
-    last_refresh_duration_s: float
-    errors: dict[str, str]
-
-
-class NodesView(msgspec.Struct, frozen=True):
-    time: float
-    cache: CacheView
-    reference_pod: dict[str, float]
-    profile: str
-    nodes: list[NodeView]
-
-
-class SelfCheck(msgspec.Struct, frozen=True):
-    ok: bool
-    prometheus_up: bool
-    kubernetes_nodes: int
-    """Nodes known from kube_node_info (0: node names cannot be verified)."""
-    empty_entries: list[str]
-    """Catalog entries whose query returned no series."""
-    failed_entries: dict[str, str]
-    unmatched_identities: dict[str, list[str]]
-    """Per entry, exporter identities that match no Kubernetes node (fix node_labels/relabelling)."""
-    nodes_without_data: dict[str, list[str]]
-    """Per entry, Kubernetes nodes with no series (exporter missing on those nodes?)."""
 
 
 def reference_pod(extender: Extender) -> PodDemand:
@@ -180,9 +149,9 @@ def monitoring_api(extender: Extender, clock: Callable[[], float]) -> Blueprint:
         if not views:
             return _error(404, f"node {name!r} is not in the metrics cache")
         placements = extender.engine.ledger.snapshot(now).get(name, [])
-        return _json({"node": views[0], "cache": cache_view(snapshot, now),
-                      "placements": [{"pod": p.pod, "at": p.at, "cpu_cores": p.cpu_cores,
-                                      "memory_bytes": p.memory_bytes} for p in placements]})
+        return _json(NodeDetail(node=views[0], cache=cache_view(snapshot, now), placements=[
+            PlacementView(pod=p.pod, at=p.at, cpu_cores=p.cpu_cores, memory_bytes=p.memory_bytes)
+            for p in placements]))
 
     @api.get("/decisions")
     def decisions() -> Response:
@@ -194,7 +163,7 @@ def monitoring_api(extender: Extender, clock: Callable[[], float]) -> Blueprint:
         if not 1 <= limit <= MAX_DECISIONS:
             return _error(400, f"limit: expected 1..{MAX_DECISIONS}, got {limit}")
         pod = request.args.get("pod") or None
-        return _json({"decisions": extender.decisions.recent(pod=pod, limit=limit)})
+        return _json(Decisions(decisions=extender.decisions.recent(pod=pod, limit=limit)))
 
     @api.get("/selfcheck")
     def check() -> Response:
@@ -204,4 +173,6 @@ def monitoring_api(extender: Extender, clock: Callable[[], float]) -> Blueprint:
     def config() -> Response:
         return _json(redacted(extender.settings))
 
+    api.register_blueprint(metrics_blueprint(
+        extender.settings, load_for(extender.settings), extender.cache.current, clock))
     return api
