@@ -3,8 +3,9 @@
     python -m benchmarks.http_profile                       # filter and prioritize, 500 names
     python -m benchmarks.http_profile --verbs filter --names 500 --mode nodes --top 40
 
-Same app, fleet and bodies as `benchmarks.http_bench`, called through Flask's test client (no
-socket, no gunicorn), under cProfile. Prints the mean time per call with and without the profiler
+Same app, fleet and bodies as `benchmarks.http_bench` (every call about another pod), called
+through Flask's test client (no socket, no gunicorn), under cProfile, after a warm-up to the
+steady state of a burst. Prints the mean time per call with and without the profiler
 and the functions with the most own time and the most cumulative time. Use it before and after an
 optimisation of the hot path; the HTTP benchmark gives the figures that count.
 """
@@ -24,12 +25,13 @@ from benchmarks.bench_app import CONFIG, build_app
 from benchmarks.http_bench import VERBS
 
 
-def timed(client: object, path: str, body: bytes, calls: int) -> float:
-    """Mean seconds per call of `calls` POSTs; every answer must be 200."""
+def timed(client: object, path: str, body: bytes, calls: int, first_seq: int) -> float:
+    """Mean seconds per call of `calls` POSTs, each about another pod; every answer must be 200."""
     post = client.post  # type: ignore[attr-defined]
+    payloads = [bodies.fill(body, first_seq + k) for k in range(calls)]
     started = time.perf_counter()
-    for _ in range(calls):
-        response = post(path, data=body, content_type="application/json")
+    for payload in payloads:
+        response = post(path, data=payload, content_type="application/json")
         if response.status_code != 200:
             raise RuntimeError(f"{path}: HTTP {response.status_code}: {response.data[:300]!r}")
     return (time.perf_counter() - started) / calls
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=bodies.MODES, default="names")
     parser.add_argument("--verbs", nargs="+", choices=VERBS, default=list(VERBS))
     parser.add_argument("--calls", type=int, default=300, help="profiled calls per verb")
+    parser.add_argument("--warmup", type=int, default=1500,
+                        help="calls before measuring (fills the decision log and the ledger)")
     parser.add_argument("--top", type=int, default=25, help="functions listed per table")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--fixtures", type=Path, default=bodies.FIXTURES)
@@ -53,14 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     body = bodies.extender_args(bodies.Recorded(args.fixtures),
                                 bodies.candidates(fleet.node_names(args.nodes), args.names), args.mode)
     client = app.test_client()
+    seq = 0  # pod number: every call is about another pod
     for verb in args.verbs:
         path = f"{prefix}/{verb}"
-        timed(client, path, body, 20)  # warm-up
-        plain = timed(client, path, body, args.calls)
+        # Warm-up to the steady state of a burst: decision log full, placements in the ledger.
+        timed(client, path, body, args.warmup, seq)
+        seq += args.warmup
+        plain = timed(client, path, body, args.calls, seq)
+        seq += args.calls
         profiler = cProfile.Profile()
         profiler.enable()
-        profiled = timed(client, path, body, args.calls)
+        profiled = timed(client, path, body, args.calls, seq)
         profiler.disable()
+        seq += args.calls
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.strip_dirs()
