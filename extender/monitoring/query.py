@@ -37,6 +37,7 @@ from extender.monitoring.model import (
     MetricInfo,
     MetricList,
     Series,
+    Source,
     Value,
 )
 from extender.settings import MonitoringSettings
@@ -162,11 +163,12 @@ class NamedMetrics:
         picked = self._selector(selector, lvl)
         now = self.clock()
         spec = metric.level(lvl)
+        promql = sel.apply(spec.query, lvl, picked, self.catalog.selectors)  # validates, too
+        source: Source
         if spec.cache is not None:
             values = self._from_cache(spec.cache, picked, now)
             source = "cache"
         else:
-            promql = sel.apply(spec.query, lvl, picked, self.catalog.selectors)
             samples = self._cached(("instant", promql), lambda: self.source.query(promql))
             values = [Value(labels=_labels(s.labels, lvl), value=s.value, timestamp=s.timestamp,
                             age_s=round(max(0.0, now - s.timestamp), 3)) for s in samples]
