@@ -70,6 +70,12 @@ class Case:
     floor: Measure
 
     @property
+    def serial_ratio(self) -> float:
+        """Requests/s on 1 connection, extender / floor."""
+        floor = self.floor.serial.rps
+        return self.extender.serial.rps / floor if floor else 0.0
+
+    @property
     def throughput_ratio(self) -> float:
         floor = self.floor.concurrent.rps
         return self.extender.concurrent.rps / floor if floor else 0.0
@@ -93,9 +99,9 @@ class Report:
                 return c
         return None
 
-    def peak_rss_mb(self) -> float | None:
-        """Largest VmRSS of an extender worker seen during the run (MB); None when not measured."""
-        rss = [m.rss for workers in self.extender_memory.values() for m in workers]
+    def rss_mb(self, phase: str) -> float | None:
+        """Largest VmRSS of an extender worker at `phase` (MB); None when not measured."""
+        rss = [m.rss for m in self.extender_memory.get(phase, [])]
         return max(rss) / MB if rss else None
 
     def targets(self) -> list[tuple[str, str, bool | None]]:
@@ -115,14 +121,21 @@ class Report:
             out.append((f"{verb} throughput at {TARGET_NAMES} names >= "
                         f"{TARGET_THROUGHPUT_RATIO:.0%} of the floor",
                         f"{c.throughput_ratio:.0%} ({c.extender.concurrent.rps:.0f} vs "
-                        f"{c.floor.concurrent.rps:.0f} req/s)",
+                        f"{c.floor.concurrent.rps:.0f} req/s; on 1 connection "
+                        f"{c.serial_ratio:.0%})",
                         c.throughput_ratio >= TARGET_THROUGHPUT_RATIO))
-        rss = self.peak_rss_mb()
-        label = f"RSS per worker with {self.nodes} nodes in the cache <= {TARGET_RSS_MB:g} MB"
-        if rss is None:
-            out.append((label, "not measured", None))
-        else:
-            out.append((label, f"{rss:.0f} MB", rss <= TARGET_RSS_MB if self.nodes >= 5000 else None))
+        # The target is about the cache: the names-mode phase measures it. Full-Nodes bodies of
+        # megabytes add their own memory (the floor's too), reported as a second row.
+        phases = [p for p in self.extender_memory if p != "started"] or ["after names mode"]
+        for phase in phases:
+            rss = self.rss_mb(phase)
+            label = (f"RSS per worker with {self.nodes} nodes in the cache <= {TARGET_RSS_MB:g} MB "
+                     f"({phase})")
+            if rss is None:
+                out.append((label, "not measured", None))
+            else:
+                out.append((label, f"{rss:.0f} MB", rss <= TARGET_RSS_MB if self.nodes >= 5000
+                            else None))
         return out
 
 
@@ -220,7 +233,8 @@ def _url_prefix(config: Path | None) -> str:
 # --- reporting ---------------------------------------------------------------------------------
 
 HEADERS = ["mode", "nodes", "verb", "body", "p50 ms", "p99 ms", "req/s 1 conn", "req/s N conn",
-           "floor p50 ms", "floor p99 ms", "floor req/s N conn", "vs floor"]
+           "floor p50 ms", "floor p99 ms", "floor req/s 1 conn", "floor req/s N conn",
+           "vs floor 1 conn", "vs floor N conn"]
 
 
 def rows(report: Report) -> list[list[str]]:
@@ -230,7 +244,8 @@ def rows(report: Report) -> list[list[str]]:
         out.append([c.mode, str(c.candidates), c.verb, _size(c.body_bytes),
                     f"{e.serial.p50_ms:.2f}", f"{e.serial.p99_ms:.2f}", f"{e.serial.rps:.0f}",
                     f"{e.concurrent.rps:.0f}", f"{f.serial.p50_ms:.2f}", f"{f.serial.p99_ms:.2f}",
-                    f"{f.concurrent.rps:.0f}", f"{c.throughput_ratio:.0%}"])
+                    f"{f.serial.rps:.0f}", f"{f.concurrent.rps:.0f}", f"{c.serial_ratio:.0%}",
+                    f"{c.throughput_ratio:.0%}"])
     return out
 
 
@@ -291,7 +306,7 @@ def print_report(report: Report) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=150)  # a log or a pipe: keep the rows whole
+        console = Console(width=180)  # a log or a pipe: keep the rows whole
     table = Table(title=f"extender vs floor ({report.client}, {report.connections} connections "
                         f"for req/s N conn)")
     for header in HEADERS:
@@ -381,6 +396,7 @@ def _jsonable(report: Report) -> dict[str, Any]:
     data["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in report.targets()]
     for case, raw in zip(report.cases, data["cases"], strict=True):
         raw["throughput_ratio"] = case.throughput_ratio
+        raw["serial_ratio"] = case.serial_ratio
         for side in ("extender", "floor"):
             for run_name in ("serial", "concurrent"):
                 raw[side][run_name]["rps"] = getattr(getattr(case, side), run_name).rps
