@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from extender import localstack
 from extender.monitoring.catalog import DiscoverySettings
@@ -24,7 +27,7 @@ from extender.monitoring.model import TargetGroup
 from extender.server import create_app
 from tests.monitoring.conftest import Stack, app_settings, monitoring_copy, worker_records, write_resources
 from tests.monitoring.world import PARTITION_NAMESPACE
-from tests.support import StaticSource, settings
+from tests.support import REPO, StaticSource, settings
 
 WORKERS = [Worker("n2", "partition-worker-n2", "10.0.0.2", True),
            Worker("n1", "partition-worker-n1", "fd00::1", False),
@@ -133,3 +136,16 @@ def test_prometheus_scrapes_the_workers_listed_by_http_sd_and_picks_up_new_ones(
 @pytest.mark.prometheus
 def test_prometheus_reads_the_file_sd_list(stack: Stack) -> None:
     expect_workers(stack, "partition-file-sd", worker_records(stack.world))
+
+
+def test_example_scrape_configs_are_valid_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    example = REPO / "config" / "prometheus-sd.example.yaml"
+    result = subprocess.run([promtool, "check", "config", str(example)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(example.read_text())["scrape_configs"]}
+    assert jobs["partition-workers"]["http_sd_configs"][0]["url"].endswith("/api/v1/sd/targets")
+    assert "file_sd_configs" in jobs["partition-workers-file"]

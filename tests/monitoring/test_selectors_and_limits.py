@@ -125,7 +125,8 @@ def test_too_many_points_per_series_is_a_400_naming_the_step_to_use(limited: Fla
     assert answer.status_code == 400
     assert answer.json["error"] == ("start..end every 1s is 61 points per series, the limit is 10: "
                                     "use step >= 7s or a shorter range")
-    assert get(limited.test_client(), "cpu_utilisation", start="-60s", step="7s").status_code == 200
+    assert get(limited.test_client(), "cpu_utilisation", level="cluster", start="-60s",
+               step="7s").status_code == 200
 
 
 def test_too_many_series_is_a_422_asking_to_narrow_the_selector(limited: Flask) -> None:
