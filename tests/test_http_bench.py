@@ -145,6 +145,7 @@ def test_tiny_benchmark_measures_every_case_against_the_floor(tmp_path: Path) ->
                 assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
             assert case[side]["concurrent"]["connections"] == 2
         assert case["throughput_ratio"] > 0 and case["serial_ratio"] > 0
+    assert figures["refreshes"][0] >= 2 and figures["refreshes"][1] > 0  # primed, then refreshed
     assert list(figures["extender_memory"]) == ["started", "after names mode", "after nodes mode"]
     assert all(w[0]["rss"] > 0 for w in figures["extender_memory"].values())
     # No 500-name case and a 10-node cache: the targets are reported as not measured.
