@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any
 
-from extender.policies.explain import Decision
+from extender.policies.explain import DecisionRecord
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ class ApiEventSink:
         self._api = api
         self.component = component
         self.dropped = 0
-        self._queue: queue.Queue[Decision] = queue.Queue(EVENT_QUEUE)
+        self._queue: queue.Queue[DecisionRecord] = queue.Queue(EVENT_QUEUE)
         self._thread = threading.Thread(target=self._run, name="pod-events", daemon=True)
         self._thread.start()
 
-    def decision(self, decision: Decision) -> None:
+    def decision(self, decision: DecisionRecord) -> None:
         """Queue an Event for `decision` (dropped when the queue is full)."""
         if "/" not in decision.pod or decision.pod.startswith("<"):
             return
@@ -80,12 +80,13 @@ class ApiEventSink:
             except Exception as exc:  # noqa: BLE001 - events are best effort
                 log.debug("event for %s not written: %s", decision.pod, exc)
 
-    def _write(self, decision: Decision) -> None:
+    def _write(self, decision: DecisionRecord) -> None:
         from kubernetes import client
 
         api = self._api = self._api or core_api()
         namespace, name = decision.pod.split("/", 1)
-        best = ", ".join(f"{n.node}={n.score}" for n in decision.nodes[:3])
+        top = decision.breakdown
+        best = ", ".join(f"{n}={s}" for n, s in list(zip(top.nodes, top.scores, strict=True))[:3])
         message = (f"{decision.verb} ({decision.profile}): {decision.candidates} candidates, "
                    f"{len(decision.rejected)} rejected; best {best or 'none'}")
         now = dt.datetime.now(dt.UTC)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,7 +26,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
@@ -63,8 +65,8 @@ class Telemetry:
                                           "Duration of a metrics refresh", registry=r)
         self.refresh_errors = Counter("extender_refresh_errors", "Failed catalog queries",
                                       ["metric"], registry=r)
-        self.node_score = Gauge("extender_node_score", "Score of the reference pod per node",
-                                ["node"], registry=r)
+        self._node_scores: tuple[Sequence[str], Sequence[int]] = ((), ())
+        r.register(_NodeScores(self))
         Gauge("extender_cache_age_seconds", "Seconds since the last successful refresh "
               "(+Inf before the first)", registry=r).set_function(
             lambda: _or_inf(cache.current().age_s(clock())))
@@ -80,15 +82,33 @@ class Telemetry:
         self.placements.labels(source).inc()
 
     def set_node_scores(self, names: Sequence[str], scores: Sequence[int]) -> None:
-        # Replace the whole label set so deleted nodes disappear.
-        self.node_score.clear()
-        for name, score in zip(names, scores, strict=True):
-            self.node_score.labels(name).set(score)
+        # Swapped whole and rendered at scrape time: rewriting 5000 gauge children per refresh
+        # costs ~0.1 s of GIL; deleted nodes disappear with the next swap.
+        self._node_scores = (names, scores)
 
     def refreshed(self, snapshot: Snapshot) -> None:
         self.refresh_duration.observe(snapshot.status.duration_s)
         for metric in snapshot.status.errors:
             self.refresh_errors.labels(metric).inc()
+
+
+class _NodeScores(Collector):
+    """`extender_node_score{node}`: the reference pod's score per node, from the last refresh."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
+                                  labels=["node"])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
+                                   labels=["node"])
+        names, scores = self.telemetry._node_scores
+        for name, score in zip(names, scores, strict=True):
+            family.add_metric([name], score)
+        yield family
 
 
 def _or_inf(value: float | None) -> float:

@@ -20,9 +20,9 @@ from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine, Outcome
 from extender.policies.explain import (
     TOP_NODES,
-    Decision,
+    Breakdown,
     DecisionLog,
-    explain_nodes,
+    DecisionRecord,
     rejected_summary,
 )
 from extender.policies.model import PodDemand, pod_demand
@@ -40,7 +40,7 @@ class Binder(Protocol):
 class EventSink(Protocol):
     """Writes a decision summary as a Kubernetes Event on the pod (best effort, asynchronous)."""
 
-    def decision(self, decision: Decision) -> None: ...
+    def decision(self, decision: DecisionRecord) -> None: ...
 
 
 class Observer(Protocol):
@@ -66,7 +66,8 @@ class Extender:
         self.observer = observer
         self.clock = clock
         self.decisions = DecisionLog(settings.server.decision_log_size)
-        # Pods seen by filter/prioritize, for bind (which carries no resources). Bounded.
+        # Pods seen by filter/prioritize, for bind (which carries no resources). Bounded; filled
+        # only when bind is served.
         self._demands: TTLCache[str, PodDemand] = TTLCache(maxsize=10_000, ttl=600)
         self._demands_lock = threading.Lock()
 
@@ -85,19 +86,20 @@ class Extender:
         names = wire.node_names(args)
         now = self.clock()
         outcome = self.engine.evaluate(pod, self.cache.current().table, names, now)
-        if pod.uid:
+        if pod.uid and self.binder is not None:
             with self._demands_lock:
                 self._demands[pod.uid] = pod
         return pod, names, outcome, now
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
-                now: float, started: float, top: list[int] | None = None) -> Decision:
-        decision = Decision(
+                now: float, started: float, top: list[int] | None = None) -> DecisionRecord:
+        table = self.cache.current().table
+        decision = DecisionRecord(
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
-            nodes=explain_nodes(outcome, self.cache.current().table,
-                                top if top is not None else outcome.ranking(TOP_NODES)),
+            breakdown=Breakdown.of(outcome, table.metrics,
+                                   top if top is not None else outcome.ranking(TOP_NODES)),
             duration_ms=round((time.perf_counter() - started) * 1e3, 3),
         )
         self.decisions.add(decision)

@@ -140,6 +140,7 @@ class MetricsCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage_logged = False
+        self._resolver = NodeResolver()
 
     def current(self) -> Snapshot:
         """The latest snapshot (an atomic read; never blocks)."""
@@ -177,6 +178,9 @@ class MetricsCache:
         if not known and previous.status.kubernetes_nodes and "node_aliases" in errors:
             known = set(previous.table.names)  # keep mapping stable through a failed alias query
         resolver = NodeResolver(frozenset(known), aliases)
+        if resolver == self._resolver:
+            resolver = self._resolver  # same nodes and aliases: keep its memo
+        self._resolver = resolver
         for entry in self.settings.catalog:
             if not reachable:
                 errors[entry.name] = "skipped: Prometheus unreachable"

@@ -9,7 +9,7 @@ into a node name, and is pure so the self-check and the tests can use it directl
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def strip_port(value: str) -> str:
@@ -32,6 +32,10 @@ class NodeResolver:
 
     known: frozenset[str] = frozenset()
     aliases: Mapping[str, str] | None = None
+    _memo: dict[str, tuple[str | None, str]] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+    """Identity -> result: identities are stable across refreshes, and a refresh at 5000 nodes
+    resolves ~85k series."""
 
     def resolve(self, labels: Mapping[str, str], node_labels: Iterable[str]) -> tuple[str | None, str]:
         """(node name or None, the identity found) for one series' labels."""
@@ -43,6 +47,12 @@ class NodeResolver:
                 break
         if not identity:
             return None, ""
+        found = self._memo.get(identity)
+        if found is None:
+            found = self._memo[identity] = self._resolve(identity)
+        return found
+
+    def _resolve(self, identity: str) -> tuple[str | None, str]:
         for candidate in (identity, strip_port(identity)):
             if not self.known or candidate in self.known:
                 return (candidate if self.known else strip_port(identity)), identity

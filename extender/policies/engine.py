@@ -117,7 +117,7 @@ class Engine:
         compiled = self.compiled(profile, table.metrics, weights)
         rows = table.rows(names)
         load: Pending | None = None
-        if pending and compiled.hotspot_cols is not None:
+        if pending and compiled.hotspot_cols is not None and len(self.ledger):
             cpu_col = compiled.hotspot_cols[0]
             sampled = np.where(rows >= 0, table.sampled_at[np.maximum(rows, 0), cpu_col]
                                if len(table.names) else np.nan, np.nan)

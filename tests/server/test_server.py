@@ -9,7 +9,6 @@ from flask import Flask
 
 from extender import localstack
 from extender.kube import ApiBinder, ApiEventSink
-from extender.policies.explain import Decision
 from extender.server import create_app
 from tests.support import StaticSource, fixture, healthy, settings
 
@@ -143,9 +142,9 @@ def test_event_sink_drops_when_full_instead_of_blocking() -> None:
             threading.Event().wait()  # never returns
 
     sink = ApiEventSink(Blocked())
-    decision = Decision(id=1, time=0, verb="filter", pod="ns/p", uid="u", profile="x", note="",
-                        shadow=False, candidates=0, chosen=None, rejected={}, nodes=[],
-                        duration_ms=0)
+    app = app_with()
+    app.test_client().post("/filter", json=REQUEST)
+    decision = app.extensions["extender"].decisions._ring[-1]
     for _ in range(1100):
         sink.decision(decision)
     assert sink.dropped >= 99
