@@ -119,9 +119,19 @@ class Engine:
         load: Pending | None = None
         if pending and compiled.hotspot_cols is not None and len(self.ledger):
             cpu_col = compiled.hotspot_cols[0]
-            sampled = np.where(rows >= 0, table.sampled_at[np.maximum(rows, 0), cpu_col]
-                               if len(table.names) else np.nan, np.nan)
-            load = self.ledger.pending(names, sampled, now)
+            known = rows >= 0
+            sampled = np.full(len(rows), np.nan)
+            sampled[known] = table.sampled_at[rows[known], cpu_col]
+            # Candidate index of every table row, so the ledger can look its nodes up by name.
+            position = np.full(len(table.names), -1, dtype=np.intp)
+            position[rows[known]] = np.flatnonzero(known)
+            index = table.index
+
+            def position_of(node: str) -> int | None:
+                row = index.get(node)
+                return None if row is None else int(position[row])
+
+            load = self.ledger.pending_rows(position_of, len(rows), sampled, now)
         cache = self.settings.cache
         ev = evaluate(pod, table, rows, compiled, now=now, max_staleness_s=cache.max_staleness_s,
                       missing_score=cache.missing_score, pending=load,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,18 +118,24 @@ class Ledger:
 
         `sampled_at[i]` is the sample time of the node's usage metric (NaN if none).
         """
-        cpu = np.zeros(len(names))
-        mem = np.zeros(len(names))
+        return self.pending_rows({name: i for i, name in enumerate(names)}.get, len(names),
+                                 sampled_at, now)
+
+    def pending_rows(self, position: Callable[[str], int | None], count: int,
+                     sampled_at: FloatArray, now: float) -> Pending:
+        """`pending` for `count` candidates; `position(node)` is the node's candidate index
+        (None or -1 when it is no candidate).
+
+        Walks the ledger's nodes (a burst's few dozen), not the candidates (hundreds).
+        """
+        cpu = np.zeros(count)
+        mem = np.zeros(count)
         horizon = now - self.window_s
         with self._lock:
-            if not self._by_node:
-                return Pending(cpu, mem)
-            get = self._by_node.get
-            samples = sampled_at.tolist()
-            for i, name in enumerate(names):
-                log = get(name)
-                if log is not None:
-                    cpu[i], mem[i] = log.since(horizon, samples[i], self.settle_s)
+            for node, log in self._by_node.items():
+                i = position(node)
+                if i is not None and i >= 0:
+                    cpu[i], mem[i] = log.since(horizon, float(sampled_at[i]), self.settle_s)
         return Pending(cpu, mem)
 
     def snapshot(self, now: float) -> dict[str, list[Placement]]:
