@@ -30,6 +30,7 @@ demo: venv deps
 
 ## Benchmarks: refresh benchmarks/RESULTS.md
 bench: venv deps
+	@bash hack/install-bench-deps.sh
 	$(BIN)/python -m benchmarks.run_all
 
 lint: venv

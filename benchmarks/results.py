@@ -29,7 +29,8 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} cores{mem_gib}, Python {platform.python_version()}"
+    return (f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} cores{mem_gib}, "
+            f"Python {platform.python_version()}")
 
 
 def write_section(name: str, title: str, command: str, body: str) -> Path:

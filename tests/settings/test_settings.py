@@ -48,7 +48,8 @@ def test_unknown_key_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
 def test_weight_must_be_a_known_metric_and_non_negative(tmp_path: Path) -> None:
     data = yaml.safe_load(CONFIG.read_text())["policy"]
     data["profiles"]["metrics-aware"]["weights"]["cpu_util"] = 1
-    with pytest.raises(ConfigError, match=r"policy.profiles.metrics-aware.weights.cpu_util: not in the catalog"):
+    with pytest.raises(ConfigError,
+                       match=r"policy.profiles.metrics-aware.weights.cpu_util: not in the catalog"):
         load_settings(write(tmp_path, {"policy": data}), environ={})
     data = yaml.safe_load(CONFIG.read_text())["policy"]
     data["profiles"]["metrics-aware"]["weights"]["cpu_utilisation"] = -1
@@ -103,7 +104,8 @@ def test_redacted_config_hides_secrets() -> None:
     assert "https://<redacted>@prom:9090" in text
 
 
-def test_check_config_command_reports_ok_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command_reports_ok_and_errors(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from argparse import Namespace
 
     from extender.commands import check_config
