@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = float(math.ceil(args.duration))  # wrk counts whole seconds
     if args.client == "python":
         print("note: wrk is not installed, using the slower Python client "
-              "(bash hack/install-bench-deps.sh installs wrk)", file=sys.stderr)
+              "(bash hack/install-deps.sh --bench installs wrk)", file=sys.stderr)
     report = run(args, lambda message: print(message, flush=True))
     print_report(report)
     if args.json:

