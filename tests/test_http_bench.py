@@ -9,23 +9,18 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import bodies, fleet, http_bench  # noqa: E402
-from benchmarks.answers import BadAnswer, check_answer  # noqa: E402
-from benchmarks.bench_app import CONFIG  # noqa: E402
-from benchmarks.load import run_load  # noqa: E402
-from benchmarks.servers import BenchServer  # noqa: E402
-from extender.metrics.cache import MetricsCache  # noqa: E402
-from extender.settings import load_settings  # noqa: E402
+from benchmarks import bodies, fleet, http_bench
+from benchmarks.answers import BadAnswer, check_answer
+from benchmarks.bench_app import CONFIG
+from benchmarks.load import run_load
+from benchmarks.servers import BenchServer
+from extender.metrics.cache import MetricsCache
+from extender.settings import load_settings
 
 NODES = 10
 
