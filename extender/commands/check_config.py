@@ -1,4 +1,4 @@
-"""Validate a configuration file (and its catalog); print errors with file, key and reason."""
+"""Validate a configuration file (and its catalogs); print errors with file, key and reason."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from extender.monitoring.catalog import load_for
     from extender.settings import load_settings
 
-    settings = load_settings(args.file)  # ConfigError -> exit 2 with the message (cli.py)
+    # ConfigError -> exit 2 with file, key and reason (cli.py)
+    settings = load_settings(args.file)
+    monitoring = load_for(settings)
     profiles = ", ".join(settings.policy.profiles)
-    print(f"{args.file}: ok ({len(settings.catalog)} catalog metrics; profiles: {profiles}; "
+    print(f"{args.file}: ok ({len(settings.catalog)} catalog metrics, "
+          f"{len(monitoring.metrics)} monitoring metrics; profiles: {profiles}; "
           f"default: {settings.policy.default})")
     return 0
