@@ -311,7 +311,7 @@ def markdown(report: Report) -> str:
         "refresh are slowed by GIL contention: that, and gen-2 garbage collections, make the p99 "
         "spikes.",
         "",
-        markdown_table(HEADERS, rows(report)),
+        markdown_table(HEADERS, [list[object](row) for row in rows(report)]),
         "",
         "Memory per gunicorn worker (VmRSS, and VmHWM: the peak since the worker started):",
         "",

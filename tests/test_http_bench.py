@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bodies, fleet, http_bench
+from benchmarks import bodies, fleet, http_bench, results
 from benchmarks.answers import BadAnswer, check_answer
 from benchmarks.bench_app import CONFIG
 from benchmarks.load import run_load
@@ -123,12 +123,16 @@ def test_floor_passes_every_node_and_scores_zero(floor: BenchServer, recorded: b
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def test_tiny_benchmark_measures_every_case_against_the_floor(tmp_path: Path) -> None:
-    out = tmp_path / "figures.json"
+def test_tiny_benchmark_measures_every_case_against_the_floor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, results_md = tmp_path / "figures.json", tmp_path / "RESULTS.md"
+    monkeypatch.setattr(results, "RESULTS", results_md)
     code = http_bench.main(["--nodes", str(NODES), "--sizes", str(NODES), "--duration", "0.3",
-                            "--connections", "2", "--client", "python", "--no-write",
-                            "--json", str(out)])
+                            "--connections", "2", "--client", "python", "--json", str(out)])
     assert code == 0
+    section = results_md.read_text()
+    assert "<!-- BEGIN http -->" in section and "<!-- END http -->" in section
+    assert f"| names | {NODES} | prioritize |" in section and "| nodes |" in section
     figures = json.loads(out.read_text())
     cases = {(c["mode"], c["candidates"], c["verb"]) for c in figures["cases"]}
     assert cases == {(m, NODES, v) for m in bodies.MODES for v in http_bench.VERBS}
