@@ -324,23 +324,38 @@ def partition_entries(
     return sorted(entries, key=lambda e: e.node)
 
 
-def partition_document(entries: Iterable[PartitionEntry]) -> dict[str, str]:
-    """ConfigMap data for the runtime, split so that no field is stored twice.
+def partition_document(entries: Iterable[PartitionEntry], *, max_bytes: int | None = None) -> dict[str, str]:
+    """ConfigMap data for the runtime: `partition.yaml` and `resources.json`, same workers.
 
-    `partition.yaml`: the members, `workers:` then one line per worker with node, pod, ip (null
-    until known) and ready. `resources.json`: node -> {cpus, memory_bytes, gpus} of its worker.
-    Each line is compact JSON, which is valid YAML (a flow mapping): milliseconds for 5000 workers
-    (a YAML emitter takes seconds), and about 150 bytes per worker in total, so that 5000 workers
-    with short node names fit the 1 MiB ConfigMap limit (two full copies would not).
+    `resources.json` is `{"workers": [{node, pod, ip, cpus, memory_bytes, gpus, ready}]}` (read
+    by the monitoring API's service discovery). `partition.yaml` is `workers:` then one line per
+    worker; each line is compact JSON, which is valid YAML (a flow mapping): milliseconds for
+    5000 workers where a YAML emitter takes seconds, about 135 bytes per worker and file.
+
+    When both copies together exceed `max_bytes` (the 1 MiB ConfigMap limit: about 3800 workers
+    with short node names), `partition.yaml` only says so and points to `resources.json`, which
+    stays complete: the machine-read file must never be truncated.
     """
-    members, sizes = [], []
-    for e in entries:
-        members.append(
-            json.dumps({"node": e.node, "pod": e.pod, "ip": e.ip, "ready": e.ready}, separators=(",", ":"))
+    lines = [
+        json.dumps(
+            {
+                "node": e.node,
+                "pod": e.pod,
+                "ip": e.ip,
+                "cpus": e.cpu_millis / 1000,
+                "memory_bytes": e.memory_bytes,
+                "gpus": e.gpus,
+                "ready": e.ready,
+            },
+            separators=(",", ":"),
         )
-        size_ = {"cpus": e.cpu_millis / 1000, "memory_bytes": e.memory_bytes, "gpus": e.gpus}
-        sizes.append(f"{json.dumps(e.node)}:{json.dumps(size_, separators=(',', ':'))}")
-    return {
-        "partition.yaml": "workers:\n" + "".join(f"- {m}\n" for m in members) if members else "workers: []\n",
-        "resources.json": "{" + ",".join(sizes) + "}",
-    }
+        for e in entries
+    ]
+    resources = '{"workers":[' + ",".join(lines) + "]}"
+    listing = "workers:\n" + "".join(f"- {line}\n" for line in lines) if lines else "workers: []\n"
+    if max_bytes is not None and len(resources.encode()) + len(listing.encode()) > max_bytes:
+        listing = (
+            f"# {len(lines)} workers do not fit twice in one ConfigMap: see resources.json\n"
+            f"workers_file: resources.json\nworker_count: {len(lines)}\n"
+        )
+    return {"partition.yaml": listing, "resources.json": resources}

@@ -64,7 +64,8 @@ RETRY_AFTER_ERROR_S = 2.0
 """A pass with failed calls is repeated this soon, even without a new event."""
 EVENT_SOURCE = "extender-partition"
 CONFIGMAP_MAX_BYTES = 1024 * 1024
-"""The API server refuses ConfigMaps whose data exceeds 1 MiB (5000 workers with short names)."""
+"""The API server refuses ConfigMaps whose data exceeds 1 MiB (resources.json alone holds about
+7500 workers with short node names)."""
 
 
 # --- wire types: only the fields we read ----------------------------------------------------------
@@ -578,7 +579,7 @@ class Reconciler:
         entries = partition_entries(nodes, self.workers.snapshot().values(), self.settings)
         if entries == self._published:
             return
-        data = partition_document(entries)
+        data = partition_document(entries, max_bytes=CONFIGMAP_MAX_BYTES)
         ns, name = self.settings.namespace, self.settings.configmap
         size = sum(len(value.encode()) for value in data.values())
         if size > CONFIGMAP_MAX_BYTES:

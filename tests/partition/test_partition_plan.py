@@ -245,26 +245,32 @@ def test_partition_document_lists_live_workers_with_their_share(
         ("a", "10.0.0.1", 3200, 0, True), ("b", None, 1600, 1, False)]
     data = partition_document(entries)
     assert set(data) == {"partition.yaml", "resources.json"}
-    assert yaml.safe_load(data["partition.yaml"]) == {"workers": [
-        {"node": "a", "pod": "partition-worker-a", "ip": "10.0.0.1", "ready": True},
-        {"node": "b", "pod": "partition-worker-b", "ip": None, "ready": False}]}
-    assert msgspec.json.decode(data["resources.json"]) == {
-        "a": {"cpus": 3.2, "memory_bytes": int(16 * GIB * 0.8), "gpus": 0},
-        "b": {"cpus": 1.6, "memory_bytes": int(8 * GIB * 0.8), "gpus": 1}}
+    as_json = msgspec.json.decode(data["resources.json"])
+    assert as_json["workers"] == [
+        {"node": "a", "pod": "partition-worker-a", "ip": "10.0.0.1", "cpus": 3.2,
+         "memory_bytes": int(16 * GIB * 0.8), "gpus": 0, "ready": True},
+        {"node": "b", "pod": "partition-worker-b", "ip": None, "cpus": 1.6,
+         "memory_bytes": int(8 * GIB * 0.8), "gpus": 1, "ready": False}]
+    assert yaml.safe_load(data["partition.yaml"]) == as_json
 
 
 def test_empty_partition_is_still_a_valid_document() -> None:
     data = partition_document([])
     assert yaml.safe_load(data["partition.yaml"]) == {"workers": []}
-    assert msgspec.json.decode(data["resources.json"]) == {}
+    assert msgspec.json.decode(data["resources.json"]) == {"workers": []}
 
 
-def test_partition_of_5000_workers_fits_a_configmap() -> None:
+def test_partition_too_big_to_store_twice_keeps_resources_json_complete() -> None:
     entries = [PartitionEntry(node=f"node-{i:05d}", pod=f"partition-worker-node-{i:05d}",
                               ip=f"10.0.{i // 250}.{i % 250}", cpu_millis=12800,
                               memory_bytes=54975581388, gpus=4, ready=True) for i in range(5000)]
-    data = partition_document(entries)
+    data = partition_document(entries, max_bytes=CONFIGMAP_MAX_BYTES)
     assert sum(len(v.encode()) for v in data.values()) < CONFIGMAP_MAX_BYTES
+    assert len(msgspec.json.decode(data["resources.json"])["workers"]) == 5000
+    assert yaml.safe_load(data["partition.yaml"]) == {"workers_file": "resources.json",
+                                                      "worker_count": 5000}
+    small = partition_document(entries[:10], max_bytes=CONFIGMAP_MAX_BYTES)
+    assert len(yaml.safe_load(small["partition.yaml"])["workers"]) == 10
 
 
 def test_plan_for_many_nodes_touches_only_the_changed_node(settings: PartitionSettings) -> None:
