@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import math
 import os
@@ -48,7 +49,9 @@ TARGET_THROUGHPUT_RATIO = 0.60
 TARGET_RSS_MB = 150.0
 MB = 1e6  # the targets are in MB (10^6 bytes), the stricter reading
 WARMUP_REQUESTS = 5  # first calls pay for lazy imports, caches and connection set-up
-WARMUP_SEQ = 10**11  # pod numbers of the warm-up calls, apart from the load generators' 1, 2, ...
+SEQ_PER_RUN = 10**7  # pod numbers per load run: every run is about pods of its own
+RUNS = itertools.count(1)
+WARMUP_SEQ = 10**11  # pod numbers of the warm-up calls, apart from the load runs' ones
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,10 @@ def measure(server: BenchServer, path: str, verb: str, mode: str, body: bytes, b
             args: argparse.Namespace) -> Measure:
     summary = warm_up_and_check(server, path, verb, mode, body)
     url = server.url + path
-    serial = run_load(url, body_file, connections=1, duration_s=args.duration, client=args.client)
-    concurrent = run_load(url, body_file, connections=args.connections,
-                          duration_s=args.duration, client=args.client)
+    serial = run_load(url, body_file, connections=1, duration_s=args.duration, client=args.client,
+                      first_seq=next(RUNS) * SEQ_PER_RUN)
+    concurrent = run_load(url, body_file, connections=args.connections, duration_s=args.duration,
+                          client=args.client, first_seq=next(RUNS) * SEQ_PER_RUN)
     for result in (serial, concurrent):
         if result.errors or not result.requests:
             raise RuntimeError(f"{server.kind} {verb} {mode}: {result.errors} errors in "

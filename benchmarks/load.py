@@ -38,7 +38,7 @@ REQUEST_TIMEOUT_S = 30.0  # a 5000-node full-Nodes call takes well under this
 
 WRK_SCRIPT = """\
 -- POST the body in $BENCH_BODY_FILE, its $BENCH_SEQ_MARKER replaced by a per-request number
--- (benchmarks/bodies.py: fill); print the figures as one JSON line.
+-- from $BENCH_SEQ_START on (benchmarks/bodies.py: fill); print the figures as one JSON line.
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 local body = f:read("*a")
 f:close()
@@ -56,7 +56,7 @@ end
 parts[#parts + 1] = string.sub(body, from)
 
 if #parts > 1 then
-  local seq = 0
+  local seq = tonumber(os.getenv("BENCH_SEQ_START") or "1") - 1
   function request()
     seq = seq + 1
     return wrk.format(nil, nil, nil, table.concat(parts, string.format("%012d", seq)))
@@ -103,22 +103,24 @@ def default_client() -> str:
 
 
 def run_load(url: str, body_file: Path, *, connections: int, duration_s: float,
-             client: str | None = None) -> LoadResult:
+             client: str | None = None, first_seq: int = 1) -> LoadResult:
     """POST `body_file` to `url` over `connections` keep-alive connections for `duration_s`
-    (wrk rounds it up to whole seconds)."""
+    (wrk rounds it up to whole seconds); the requests are about pods `first_seq`, +1, ..."""
     client = client or default_client()
     if connections < 1 or duration_s <= 0:
         raise ValueError("connections must be >= 1 and duration_s > 0")
     if client == "wrk":
-        return _run_wrk(url, body_file, connections, duration_s)
+        return _run_wrk(url, body_file, connections, duration_s, first_seq)
     if client == "python":
         cmd = [sys.executable, "-m", "benchmarks.load", url, str(body_file),
-               "--connections", str(connections), "--duration", str(duration_s)]
+               "--connections", str(connections), "--duration", str(duration_s),
+               "--first-seq", str(first_seq)]
         return _parse(client, connections, _run(cmd, duration_s, os.environ.copy()))
     raise ValueError(f"unknown load client {client!r}: expected one of {CLIENTS}")
 
 
-def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> LoadResult:
+def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float,
+             first_seq: int) -> LoadResult:
     if shutil.which("wrk") is None:
         raise LoadError("wrk is not installed: run `bash hack/install-deps.sh --bench` "
                         "or use the Python client (--client python)")
@@ -127,7 +129,8 @@ def _run_wrk(url: str, body_file: Path, connections: int, duration_s: float) -> 
     try:
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(duration_s)}s",
                f"--timeout={REQUEST_TIMEOUT_S:.0f}s", "-s", script.name, url]
-        env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_SEQ_MARKER": SEQ_MARKER}
+        env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_SEQ_MARKER": SEQ_MARKER,
+               "BENCH_SEQ_START": str(first_seq)}
         return _parse("wrk", connections, _run(cmd, duration_s, env))
     finally:
         os.unlink(script.name)
@@ -175,12 +178,13 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int,
     return response.status, response.read()
 
 
-def python_load(url: str, body: bytes, connections: int, duration_s: float) -> dict[str, float]:
+def python_load(url: str, body: bytes, connections: int, duration_s: float,
+                first_seq: int = 1) -> dict[str, float]:
     """The Python closed loop; figures as the wrk script prints them."""
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     latencies: list[list[float]] = [[] for _ in range(connections)]
-    sequence = itertools.count(1)
+    sequence = itertools.count(first_seq)
     templated = SEQ_MARKER.encode() in body
     errors = [0] * connections
     started = time.perf_counter()
@@ -223,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("body", type=Path, help="file holding the request body")
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds")
+    parser.add_argument("--first-seq", type=int, default=1, help="pod number of the first request")
     args = parser.parse_args(argv)
-    figures = python_load(args.url, args.body.read_bytes(), args.connections, args.duration)
+    figures = python_load(args.url, args.body.read_bytes(), args.connections, args.duration,
+                          args.first_seq)
     print(json.dumps(figures))
     return 0
 

@@ -7,6 +7,7 @@ accepts, and that the benchmark measures and reports every case.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -45,10 +46,15 @@ def floor() -> Iterator[BenchServer]:
         yield server
 
 
+_pods = itertools.count(1)
+
+
 def call(server: BenchServer, verb: str, body: bytes) -> tuple[int, object]:
+    """POST `body` (a template: about a pod of its own) and decode the answer."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", f"/{verb}", body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", f"/{verb}", body=bodies.fill(body, next(_pods)),
+                     headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -156,15 +162,32 @@ def test_benchmark_refuses_more_candidates_than_nodes(capsys: pytest.CaptureFixt
     assert "sizes must be within 1..--nodes" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make bench installs it)")
-def test_wrk_client_posts_the_body_and_reports_figures(floor: BenchServer, recorded: bodies.Recorded,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", [
+    pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None,
+                                                 reason="wrk not installed (make bench installs it)")),
+    "python",
+])
+def test_load_client_posts_one_pod_per_request_and_reports_figures(
+        client: str, extender: BenchServer, recorded: bodies.Recorded, tmp_path: Path) -> None:
     _, body = offered(recorded, 4, "names")
     body_file = tmp_path / "body.json"
     body_file.write_bytes(body)
-    result = run_load(floor.url + "/prioritize", body_file, connections=2, duration_s=1, client="wrk")
-    assert result.client == "wrk" and result.requests > 0 and result.errors == 0
+    first = {"wrk": 7_000_000, "python": 8_000_000}[client]
+    result = run_load(extender.url + "/prioritize", body_file, connections=2, duration_s=1,
+                      client=client, first_seq=first)
+    assert result.client == client and result.requests > 0 and result.errors == 0
     assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms
+    conn = http.client.HTTPConnection("127.0.0.1", extender.port, timeout=30)
+    try:
+        conn.request("GET", "/api/v1/decisions?limit=1000")
+        decisions = json.loads(conn.getresponse().read())["decisions"]
+    finally:
+        conn.close()
+    numbers = [int(d["pod"].rpartition("-")[2]) for d in decisions]
+    ours = [n for n in numbers if first <= n < first + 1_000_000]
+    assert ours and len(set(ours)) == len(ours)  # every request was about another pod
+    # Requests still in flight when the run ends are sent but not counted: a few at most.
+    assert max(ours) < first + result.requests + 10
 
 
 # --- the pieces ------------------------------------------------------------------------------------
