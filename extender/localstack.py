@@ -149,7 +149,8 @@ def prometheus_config(targets: Iterable[ScrapeTarget], scrape_interval_s: float 
             job["static_configs"] = [{"targets": list(target.targets), "labels": target.labels}]
         job.update(target.extra)
         jobs.append(job)
-    interval = f"{max(scrape_interval_s, 0.1):g}s"
+    # Prometheus durations take integers only: 0.5 s must be written 500ms.
+    interval = f"{max(round(scrape_interval_s * 1000), 100)}ms"
     return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": jobs}
 
