@@ -11,6 +11,7 @@ answers degrade (reported in the body), but never takes every replica out of the
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
-from extender.metrics.cache import MetricsCache, Snapshot
+from extender.metrics.cache import ChildFetcher, Fetcher, MetricsCache, Snapshot
 from extender.metrics.prometheus import MetricsSource, PrometheusSource
 from extender.policies.engine import Engine
 from extender.service import Binder, EventSink, Extender
@@ -120,21 +121,30 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def create_app(settings: Settings, *, source: MetricsSource | None = None,
+               source_factory: Callable[[], MetricsSource] | None = None,
                binder: Binder | None = None, events: EventSink | None = None,
                clock: Callable[[], float] = time.time, start_refresher: bool = True,
                blueprints: list[Blueprint] | None = None) -> Flask:
     """Build the WSGI app. Starts the metrics refresher (in this process) unless told not to.
 
-    `source` defaults to the Prometheus of `settings`; `binder` is required for bind when
-    `server.bind_enabled` is set (the default binder uses the in-cluster Kubernetes API).
+    Metrics come from `source` (refreshed in a thread; tests), else from `source_factory()`
+    (default: the Prometheus of `settings`), refreshed in a child process when
+    `cache.refresh_in_child` is set (the factory must then be picklable). `binder` defaults to
+    the in-cluster Kubernetes API when `server.bind_enabled` is set.
     """
     from extender.api import monitoring_api, score_reference, selfcheck
 
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
     app.config["MAX_CONTENT_LENGTH"] = None  # we check the size ourselves, to answer in wire form
-    source = source or PrometheusSource(settings.prometheus)
-    cache = MetricsCache(settings, source, clock=clock)
+    fetcher: Fetcher | ChildFetcher
+    if source is not None:
+        fetcher = Fetcher(settings, source)
+    else:
+        factory = source_factory or functools.partial(PrometheusSource, settings.prometheus)
+        fetcher = (ChildFetcher(settings, factory) if settings.cache.refresh_in_child
+                   else Fetcher(settings, factory()))
+    cache = MetricsCache(settings, fetcher=fetcher, clock=clock)
     telemetry = Telemetry(cache, clock)
     if settings.server.bind_enabled and binder is None:
         from extender.kube import ApiBinder

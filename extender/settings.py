@@ -122,6 +122,9 @@ class CacheSettings(Struct):
     """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
     rate_window: str = "1m"
     """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
+    refresh_in_child: bool = True
+    """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
+    hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
 
 
 class FilterRule(Struct):

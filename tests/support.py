@@ -77,3 +77,18 @@ def healthy(nodes: list[str], **overrides: Mapping[str, float]) -> dict[str, dic
     for metric, per_node in overrides.items():
         values.setdefault(metric, {}).update(per_node)
     return values
+
+
+class PidSource:
+    """A picklable MetricsSource whose CPU value is the process id that answered (for the
+    child-process refresh tests)."""
+
+    def __init__(self, s: Settings) -> None:
+        self.cpu_query = s.metric("cpu_utilisation").query
+
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+        import os
+
+        if promql != self.cpu_query:
+            return []
+        return [Sample({"node": "a"}, float(os.getpid()), at or 0.0)]

@@ -4,7 +4,9 @@ Design (after the Trimaran load-watcher collector):
 - One refresher thread per process issues one query per catalog entry per interval, for all
   nodes at once, all evaluated at the same instant. The request path only reads `current()`: it
   never waits on Prometheus, so the Prometheus load does not grow with the request rate.
-- Fetch outside the lock, build a new `NodeTable`, swap it in one assignment.
+- Fetch outside the lock, build a new `NodeTable`, swap it in one assignment. In production the
+  fetch and build run in a child process (`ChildFetcher`), so they never hold the GIL that the
+  request threads need.
 - A failed query keeps the previous values of that metric with their old timestamps: they go
   stale after `max_staleness_s` and then count as missing. A dead Prometheus therefore degrades
   the answers step by step and visibly (status, /readyz body, /metrics), and recovery is automatic.
@@ -13,7 +15,10 @@ Design (after the Trimaran load-watcher collector):
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -124,37 +129,23 @@ def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolve
                      built_at=at, index=index), unmatched
 
 
-class MetricsCache:
-    """Holds the current Snapshot and refreshes it in a background thread."""
+class Fetcher:
+    """Runs one refresh: the alias query, one query per catalog entry, a new table.
 
-    def __init__(self, settings: Settings, source: MetricsSource, *,
-                 clock: Callable[[], float] = time.time,
-                 on_refresh: Callable[[Snapshot], None] | None = None) -> None:
+    Stateful only to reuse work across refreshes (the previous table, the identity memo). Runs in
+    the refresher thread, or in a child process (see `ChildFetcher`).
+    """
+
+    def __init__(self, settings: Settings, source: MetricsSource) -> None:
         self.settings = settings
         self.source = source
-        self.clock = clock
-        self.on_refresh = on_refresh
         metrics = [entry.name for entry in settings.catalog]
-        self._snapshot = Snapshot(NodeTable.empty(metrics), RefreshStatus())
-        self._lock = threading.Lock()  # serialises refreshes; readers never take it
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outage_logged = False
-        self._resolver = NodeResolver()
+        self.table = NodeTable.empty(metrics)
+        self.kubernetes_nodes = 0
+        self.resolver = NodeResolver()
 
-    def current(self) -> Snapshot:
-        """The latest snapshot (an atomic read; never blocks)."""
-        return self._snapshot
-
-    def refresh(self) -> Snapshot:
-        """Query every catalog entry once and swap in the new snapshot. Never raises MetricsError."""
-        with self._lock:
-            return self._refresh_locked()
-
-    def _refresh_locked(self) -> Snapshot:
-        started = self.clock()
-        at = started
-        previous = self._snapshot
+    def collect(self, at: float) -> tuple[NodeTable, RefreshStatus]:
+        """Query everything as of `at`; never raises MetricsError (errors go in the status)."""
         errors: dict[str, str] = {}
         results: dict[str, list[Sample]] = {}
         reachable = True
@@ -175,12 +166,11 @@ class MetricsCache:
             errors["node_aliases"] = f"Prometheus unreachable: {exc}"
         except MetricsError as exc:
             errors["node_aliases"] = str(exc)
-        if not known and previous.status.kubernetes_nodes and "node_aliases" in errors:
-            known = set(previous.table.names)  # keep mapping stable through a failed alias query
+        if not known and self.kubernetes_nodes and "node_aliases" in errors:
+            known = set(self.table.names)  # keep mapping stable through a failed alias query
         resolver = NodeResolver(frozenset(known), aliases)
-        if resolver == self._resolver:
-            resolver = self._resolver  # same nodes and aliases: keep its memo
-        self._resolver = resolver
+        if resolver != self.resolver:
+            self.resolver = resolver  # else keep the old one, and its memo
         for entry in self.settings.catalog:
             if not reachable:
                 errors[entry.name] = "skipped: Prometheus unreachable"
@@ -192,15 +182,102 @@ class MetricsCache:
                 errors[entry.name] = f"Prometheus unreachable: {exc}"
             except MetricsError as exc:
                 errors[entry.name] = str(exc)
-        table, unmatched = build_table(self.settings, results, resolver, at, previous.table)
+        self.table, unmatched = build_table(self.settings, results, self.resolver, at, self.table)
+        self.kubernetes_nodes = len(known)
         status = RefreshStatus(
-            started_at=started, duration_s=max(0.0, self.clock() - started),
-            prometheus_up=reachable, errors=errors,
+            started_at=at, prometheus_up=reachable, errors=errors,
             series={name: len(samples) for name, samples in results.items()},
-            unmatched=unmatched, kubernetes_nodes=len(known),
-        )
-        snapshot = Snapshot(table, status, at if reachable else previous.last_success,
-                            previous.refreshes + 1)
+            unmatched=unmatched, kubernetes_nodes=len(known))
+        return self.table, status
+
+
+_child: Fetcher | None = None  # the collector of a ChildFetcher's process
+
+
+def _child_init(settings: Settings, source_factory: Callable[[], MetricsSource]) -> None:
+    global _child
+    _child = Fetcher(settings, source_factory())
+
+
+def _child_collect(at: float) -> tuple[NodeTable, RefreshStatus]:
+    assert _child is not None, "child collector not initialised"
+    return _child.collect(at)
+
+
+class ChildFetcher:
+    """A Fetcher in a child process, so that HTTP, JSON parsing and table building never hold
+    this process's GIL: with a 5000-node refresh in a thread, request p99 rises from ~3 ms to
+    ~200 ms (the refresher takes the GIL back for a full switch interval at every numpy call of
+    the request path). Only the finished table (two float arrays and the names) comes back.
+    """
+
+    def __init__(self, settings: Settings, source_factory: Callable[[], MetricsSource]) -> None:
+        self.settings = settings
+        self.source_factory = source_factory
+        self._pool = self._start()
+
+    def _start(self) -> concurrent.futures.ProcessPoolExecutor:
+        # spawn, not fork: the parent has threads (gunicorn gthread, the refresher).
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init, initargs=(self.settings, self.source_factory))
+
+    def collect(self, at: float) -> tuple[NodeTable, RefreshStatus]:
+        """The child's refresh; a dead child is restarted and the refresh reported as failed."""
+        try:
+            return self._pool.submit(_child_collect, at).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            raise MetricsError(f"refresh process died: {exc}") from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class MetricsCache:
+    """Holds the current Snapshot and refreshes it in a background thread."""
+
+    def __init__(self, settings: Settings, source: MetricsSource | None = None, *,
+                 fetcher: Fetcher | ChildFetcher | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_refresh: Callable[[Snapshot], None] | None = None) -> None:
+        if fetcher is None:
+            if source is None:
+                raise ValueError("MetricsCache needs a source or a fetcher")
+            fetcher = Fetcher(settings, source)
+        self.settings = settings
+        self.fetcher = fetcher
+        self.clock = clock
+        self.on_refresh = on_refresh
+        metrics = [entry.name for entry in settings.catalog]
+        self._snapshot = Snapshot(NodeTable.empty(metrics), RefreshStatus())
+        self._lock = threading.Lock()  # serialises refreshes; readers never take it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage_logged = False
+
+    def current(self) -> Snapshot:
+        """The latest snapshot (an atomic read; never blocks)."""
+        return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        """Query every catalog entry once and swap in the new snapshot. Never raises MetricsError."""
+        with self._lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> Snapshot:
+        started = self.clock()
+        previous = self._snapshot
+        try:
+            table, status = self.fetcher.collect(started)
+        except MetricsError as exc:
+            table = previous.table
+            status = RefreshStatus(started_at=started, prometheus_up=False,
+                                   errors={"refresh": str(exc)})
+        status = dataclasses.replace(status, duration_s=max(0.0, self.clock() - started))
+        snapshot = Snapshot(table, status, started if status.prometheus_up else
+                            previous.last_success, previous.refreshes + 1)
         self._snapshot = snapshot
         self._log_outage(status)
         if self.on_refresh is not None:
@@ -226,10 +303,12 @@ class MetricsCache:
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the refresher thread."""
+        """Stop the refresher thread (and the refresh process, if any)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if isinstance(self.fetcher, ChildFetcher):
+            self.fetcher.close()
 
     def _run(self) -> None:
         interval = self.settings.cache.refresh_interval_s

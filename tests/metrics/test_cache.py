@@ -152,3 +152,29 @@ def test_refresher_thread_refreshes_and_stops() -> None:
     count = cache.current().refreshes
     assert cache._thread is not None and not cache._thread.is_alive()
     assert cache.current().refreshes == count
+
+
+def test_child_fetcher_refreshes_in_another_process_and_survives_its_death() -> None:
+    import functools
+    import os
+    import signal
+
+    from extender.metrics.cache import ChildFetcher
+    from tests.support import PidSource
+
+    s = settings()
+    fetcher = ChildFetcher(s, functools.partial(PidSource, s))
+    cache = MetricsCache(s, fetcher=fetcher, clock=Clock())
+    try:
+        first = cache.refresh()
+        child_pid = first.table.value("a", "cpu_utilisation")
+        assert first.status.prometheus_up and child_pid not in (0, os.getpid())
+        os.kill(int(child_pid), signal.SIGKILL)
+        dead = cache.refresh()  # reported, not raised; the old table is kept
+        assert not dead.status.prometheus_up and "refresh process died" in dead.status.errors["refresh"]
+        assert dead.table.value("a", "cpu_utilisation") == child_pid
+        again = cache.refresh()  # a new child answers
+        assert again.status.prometheus_up
+        assert again.table.value("a", "cpu_utilisation") not in (child_pid, os.getpid())
+    finally:
+        cache.stop()
