@@ -148,13 +148,13 @@ def test_not_ready_node_keeps_its_worker_for_the_grace_period_then_loses_it(
     clock.now += 2.9
     after_next_pass(running)
     assert "a" in workers(api), "a short NotReady spell must not delete the worker"
-    clock.now += 0.1
+    clock.now += 0.2  # past the grace end, whatever the float rounding of the timestamps
     # The plan's wake-up time, not a new event, triggers the deletion.
     wait_until(lambda: workers(api) == {}, what="worker deleted after the grace period")
     assert "NotReady" in {e["message"][:8] for e in api.list("events", NS)}
 
 
-def test_failed_worker_is_recreated_only_after_its_backoff(
+def test_failed_worker_is_recreated_after_a_backoff_that_doubles_until_it_gets_ready(
         api: FakeKubernetes, api_client: ApiClient) -> None:
     clock = ManualClock()
     settings = make_settings(rollout={"backoff_initial_s": 30.0, "backoff_max_s": 300.0})
@@ -163,22 +163,34 @@ def test_failed_worker_is_recreated_only_after_its_backoff(
     running.start()
     try:
         wait_until(lambda: "a" in workers(api), what="worker on a")
-        pod = workers(api)["a"]
-        pod["status"] = running_status(pod["status"]["podIP"], phase="Failed", ready=False)
-        api.put("pods", pod, NS)
-        wait_until(lambda: api.list("pods", NS) == [], what="failed worker deleted")
-        after_next_pass(running)
+        api.kubelet = False  # from now on workers never become Ready: a crash loop
+
+        def crash() -> None:
+            pod = workers(api)["a"]
+            pod["status"] = running_status("10.0.0.9", phase="Failed", ready=False)
+            api.put("pods", pod, NS)
+            wait_until(lambda: api.list("pods", NS) == [], what="failed worker deleted")
+            after_next_pass(running)
+
+        crash()
         assert api.list("pods", NS) == [], "recreated before the backoff ended"
         clock.now += 30
         wait_until(lambda: "a" in workers(api), what="worker recreated after backoff")
-        # A second failure doubles the wait.
-        api.delete("pods", NS, "partition-worker-a")
-        after_next_pass(running)
+        # A second failure before ever being Ready doubles the wait.
+        crash()
         clock.now += 30
         after_next_pass(running)
         assert api.list("pods", NS) == []
-        clock.now += 30
+        clock.now += 31  # 60 s in all, with room for float rounding
         wait_until(lambda: "a" in workers(api), what="worker recreated after doubled backoff")
+        # A worker that made it to Ready starts the next failure over at the initial delay.
+        pod = workers(api)["a"]
+        pod["status"] = running_status("10.0.0.9")
+        api.put("pods", pod, NS)
+        after_next_pass(running)
+        crash()
+        clock.now += 30
+        wait_until(lambda: "a" in workers(api), what="worker recreated after the initial delay")
     finally:
         running.halt()
 
