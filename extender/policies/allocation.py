@@ -102,8 +102,9 @@ class ClusterView:
 
 
 class Decision(NamedTuple):
-    """Scores per node (higher is better; only feasible nodes count) and, for GPU-sharing tasks,
-    the GPU slot the policy wants on each node (-1: device plugin's best fit)."""
+    """Scores per node (higher is better; only feasible nodes count, -inf rejects a node as an
+    extender's filter would) and, for GPU-sharing tasks, the GPU slot the policy wants on each
+    node (-1: device plugin's best fit)."""
 
     scores: F64
     gpu: I64 | None = None
@@ -160,9 +161,9 @@ def pick_gpus(task: Task, free: I64, preferred: int = -1) -> tuple[int, ...]:
 
 
 def select(scores: F64, feasible_nodes: Bools, rng: np.random.Generator) -> int:
-    """kube-scheduler's selectHost: a uniformly random node among the best-scoring feasible ones,
-    -1 when none is feasible."""
-    candidates = np.flatnonzero(feasible_nodes)
+    """kube-scheduler's selectHost: a uniformly random node among the best-scoring feasible ones
+    (-inf scores excluded), -1 when none is left."""
+    candidates = np.flatnonzero(feasible_nodes & (scores > -np.inf))
     if len(candidates) == 0:
         return -1
     best = scores[candidates]

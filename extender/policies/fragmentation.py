@@ -88,6 +88,14 @@ class TargetWorkload:
                    np.array([k[2] for k, _ in kept], np.int64),
                    tuple(k[3] for k, _ in kept), weight / weight.sum())
 
+    @classmethod
+    def from_mix(cls, mix: Sequence[tuple[int, int, int, int]]) -> TargetWorkload:
+        """From (cpu_milli, num_gpu, gpu_milli per GPU, count) rows, e.g. OPENB_DEFAULT_MIX."""
+        cpu = [c for c, _, _, k in mix for _ in range(k)]
+        num = [n for _, n, _, k in mix for _ in range(k)]
+        milli = [m for _, _, m, k in mix for _ in range(k)]
+        return cls.from_tasks(cpu, num, milli)
+
     def access(self, node_models: Sequence[str]) -> Bools:
         """(nodes, types): whether each node's GPU model is accepted by each type."""
         out = np.ones((len(node_models), len(self)), bool)
@@ -257,3 +265,29 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
         return np.where(known, out, np.nan)
 
     return term
+
+
+OPENB_DEFAULT_MIX: tuple[tuple[int, int, int, int], ...] = (
+    (12000, 1, 1000, 2008), (4000, 1, 800, 1078), (4000, 1, 1000, 630), (12000, 1, 450, 394),
+    (16000, 1, 1000, 383), (12000, 0, 0, 381), (8000, 1, 450, 364), (32000, 0, 0, 290),
+    (18000, 1, 1000, 255), (12000, 1, 650, 237), (4000, 1, 300, 232), (16000, 0, 0, 229),
+    (8000, 1, 1000, 217), (10000, 1, 1000, 201), (8000, 0, 0, 185), (4000, 1, 250, 126),
+    (6000, 1, 450, 120), (14000, 1, 1000, 102), (24000, 1, 1000, 84), (4000, 1, 600, 75),
+    (4000, 1, 550, 72), (8000, 1, 300, 72), (4000, 1, 350, 58), (4000, 1, 150, 54),
+    (4000, 1, 200, 43), (1000, 1, 300, 23), (64000, 8, 1000, 21), (6000, 1, 150, 20),
+    (8000, 1, 200, 19), (4000, 1, 100, 18), (4000, 1, 500, 18), (8000, 1, 250, 18),
+    (88000, 8, 1000, 18), (1000, 1, 1000, 15), (8000, 1, 650, 12), (32000, 4, 1000, 12),
+    (2000, 1, 1000, 8), (6000, 1, 1000, 8), (16000, 2, 1000, 7), (120000, 8, 1000, 5),
+    (6000, 1, 50, 4), (6000, 1, 100, 4), (4000, 1, 50, 3), (6000, 2, 1000, 3),
+    (30000, 2, 1000, 3), (60000, 4, 1000, 3), (1000, 1, 650, 2), (2000, 1, 350, 2),
+    (4000, 1, 450, 2), (4000, 1, 650, 2), (6000, 1, 300, 2), (8000, 1, 100, 2),
+    (18000, 2, 1000, 2), (20000, 0, 0, 2), (1000, 1, 150, 1), (8000, 1, 500, 1), (10000, 0, 0, 1),
+    (14000, 2, 1000, 1),
+
+)
+"""(cpu_milli, num_gpu, gpu_milli per GPU, tasks): the OpenB default list's 8152 tasks with CPU
+rounded to 2 cores and GPU shares to 0.05 GPU. The extender's target workload until a profile can
+name its own."""
+
+DERIVED_TERMS = {"gpu_fragmentation": fragmentation_term(TargetWorkload.from_mix(OPENB_DEFAULT_MIX))}
+"""Allocation-derived score terms for `extender.policies.engine.Engine(derived_terms=...)`."""

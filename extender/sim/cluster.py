@@ -8,6 +8,7 @@ than by convention. `view()` hands the policies the same arrays read-only (no co
 from __future__ import annotations
 
 import time
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -104,3 +105,15 @@ def decide(task: Task, cluster: Cluster, policy: Policy, rng: np.random.Generato
             preferred = int(decision.gpu[node]) if decision.gpu is not None else -1
             gpus = pick_gpus(task, cluster.gpu_free[node], preferred)
     return node, gpus, (time.perf_counter() - start) * 1e3
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A policy that keeps state between decisions (the extender's engine): it is told about the
+    metrics before each decision and about each placement after it."""
+
+    def observe(self, observation: Any) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def placed(self, node: int, task: Task, name: str) -> None: ...

@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import numpy.typing as npt
 
 from extender.policies.allocation import Policy
 from extender.sim import models
-from extender.sim.cluster import Cluster, decide, task_of
+from extender.sim.cluster import Cluster, Stateful, decide, task_of
 from extender.sim.trace import Nodes, Pods, TraceError
 
 F64 = npt.NDArray[np.float64]
@@ -40,10 +39,9 @@ class Observation:
     gpu_utilisation: F64
     """Mean load of the node's GPUs (NaN for nodes without GPUs)."""
     power_watts: F64
-
-
-Observer = Callable[[Observation], None]
-"""Receives the lagged observation before each decision (the metrics-aware adapter's input)."""
+    deadline_risk: F64
+    """Share of progress the node's tasks are losing beyond the deadline margin, 0..1: what a
+    deadline sidecar would report as `deadline_miss_ratio`."""
 
 
 @dataclass
@@ -145,11 +143,11 @@ class _State:
                                 (np.minimum(load, 1.0) * slots).sum(axis=1) / self.nodes.gpus,
                                 np.nan)
         # Power as of `seen` is approximated by the current power of nodes that did not change.
-        return Observation(now, seen, util, mem, gpu_util, self.power.copy())
+        risk = np.clip(1.0 - self.rate * (1.0 + models.DEADLINE_MARGIN), 0.0, 1.0)
+        return Observation(now, seen, util, mem, gpu_util, self.power.copy(), risk)
 
 
-def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
-               observer: Observer | None = None) -> ReplayResult:
+def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int) -> ReplayResult:
     """Replay `pods` on `nodes` under `policy`; deterministic for a given seed."""
     if not pods.has_times:
         raise TraceError("the replay needs creation_time and deletion_time for every pod "
@@ -198,8 +196,8 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
             depart(t, j)
         task = task_of(pods, int(i), nodes.models)
         seen = state.observe(now)
-        if observer is not None:
-            observer(seen)
+        if isinstance(policy, Stateful):
+            policy.observe(seen)
         node, gpus, latencies[k] = decide(task, cluster, policy, rng, seen.cpu_utilisation)
         if node < 0:
             unscheduled += 1
@@ -213,6 +211,8 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
                      task.memory_mib * usage.memory[i], gpus,
                      models.gpu_demand(task.gpu_milli, float(usage.gpu[i])))
         placement[int(i)] = (node, gpus, now, float(state.progress[node]))
+        if isinstance(policy, Stateful):
+            policy.placed(node, task, pods.names[i])
         heapq.heappush(departures, (max(float(pods.deletion[i]), now), int(i)))
     while departures:
         t, j = heapq.heappop(departures)

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from extender.policies.allocation import Policy
 from extender.policies.fragmentation import TargetWorkload, node_fragmentation
-from extender.sim.cluster import Cluster, decide, task_of
+from extender.sim.cluster import Cluster, Stateful, decide, task_of
 from extender.sim.trace import Nodes, Pods
 
 RATIO = 1.3  # arrived GPU requests / GPU capacity at the end, as published
@@ -94,10 +94,14 @@ def run_saturation(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed:
     demand = arrivals.total_gpu_milli
     for i in range(len(arrivals)):
         task = task_of(arrivals, i, nodes.models)
+        if isinstance(policy, Stateful):
+            policy.tick()
         node, gpus, latencies[i] = decide(task, cluster, policy, rng)
         if node >= 0:
             cluster.place(node, task, gpus)
             placed += 1
+            if isinstance(policy, Stateful):
+                policy.placed(node, task, arrivals.names[i])
         else:
             failed += 1
         arrived += int(demand[i])
