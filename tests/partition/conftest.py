@@ -25,7 +25,7 @@ def make_settings(**changes: Any) -> PartitionSettings:
     """The documented default config, with test timings; `changes` may name nested sections."""
     base = load_partition_settings(CONFIG, environ={})
     rollout = msgspec.structs.replace(base.rollout, backoff_initial_s=0.3, backoff_max_s=2.0)
-    leader = msgspec.structs.replace(base.leader, lease_duration_s=3, renew_deadline_s=2,
+    leader = msgspec.structs.replace(base.leader, lease_duration_s=8, renew_deadline_s=5,
                                      retry_period_s=1)
     eligibility = msgspec.structs.replace(base.eligibility, not_ready_grace_s=1.0)
     defaults: dict[str, Any] = dict(

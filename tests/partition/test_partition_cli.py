@@ -81,7 +81,7 @@ def test_sigterm_stops_the_controller_releases_the_lease_and_exits_zero(
     port = free_port()
     config = yaml.safe_load(CONFIG.read_text())
     config.update(namespace=NS, metrics_port=port, resync_interval_s=5)
-    config["leader"].update(identity="me", lease_duration_s=3, renew_deadline_s=2, retry_period_s=1)
+    config["leader"].update(identity="me", lease_duration_s=8, renew_deadline_s=5, retry_period_s=1)
     path = tmp_path / "partition.yaml"
     path.write_text(yaml.safe_dump(config))
     api.put("nodes", node("a"))
