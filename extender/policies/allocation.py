@@ -184,11 +184,29 @@ def kube_default(task: Task, view: ClusterView, ok: Bools, rng: np.random.Genera
         cpu_frac = (view.cpu_capacity - view.cpu_free + task.cpu_milli) / view.cpu_capacity
         mem_frac = (view.memory_capacity - view.memory_free + task.memory_mib) / view.memory_capacity
     cpu_frac, mem_frac = np.nan_to_num(cpu_frac, nan=1.0), np.nan_to_num(mem_frac, nan=1.0)
-    least = np.floor(((1 - cpu_frac) + (1 - mem_frac)) / 2 * MAX_NODE_SCORE)
+    least = np.floor(_free_fraction(task, view) * MAX_NODE_SCORE)
     # BalancedAllocation (k8s >= 1.24): 1 - standard deviation of the requested fractions.
     balanced = np.floor((1 - np.abs(np.minimum(cpu_frac, 1) - np.minimum(mem_frac, 1)) / 2)
                         * MAX_NODE_SCORE)
     return Decision(least + balanced)
+
+
+def most_allocated(task: Task, view: ClusterView, ok: Bools,
+                   rng: np.random.Generator) -> Decision:
+    """NodeResourcesFit MostAllocated + BalancedAllocation on CPU and memory requests: the
+    in-tree scoring a bin-packing scheduler profile configures."""
+    least = kube_default(task, view, ok, rng).scores
+    balanced = least - np.floor(_free_fraction(task, view) * MAX_NODE_SCORE)
+    used = np.floor((1.0 - _free_fraction(task, view)) * MAX_NODE_SCORE)
+    return Decision(used + balanced)
+
+
+def _free_fraction(task: Task, view: ClusterView) -> F64:
+    """Mean of CPU and memory left after placement, as fractions of capacity."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cpu = (view.cpu_free - task.cpu_milli) / view.cpu_capacity
+        mem = (view.memory_free - task.memory_mib) / view.memory_capacity
+    return np.nan_to_num((cpu + mem) / 2, nan=0.0)
 
 
 def random_policy(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:

@@ -222,17 +222,23 @@ def fgd_policy(workload: TargetWorkload, models: Sequence[str]) -> Callable[
     return fgd
 
 
-def goodness(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload) -> F64:
-    """0..1 per node: 1 where placing `task` grows the fragmentation least among these nodes, 0
-    where it grows most or where the task cannot go (min-max over the nodes given)."""
-    delta, _ = placement_delta(task, cpu_free, gpu_free, access, wl)
+GOODNESS_SCALE_MILLI = 10.0
+"""Fragmentation growth (milli-GPU) beyond the best node that divides the goodness by e. Small,
+because the extender's score has only 11 levels: a node must be within a few milli-GPU of the
+best to keep the top score, as FGD's 0..100 sigmoid keeps about 10 milli."""
+
+
+def goodness(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload, *,
+             group: I64 | None = None) -> F64:
+    """0..1 per node: exp(-(growth - least growth) / GOODNESS_SCALE_MILLI), so 1 where placing
+    `task` grows the fragmentation least among these nodes; 0 where the task cannot go."""
+    delta, _ = placement_delta(task, cpu_free, gpu_free, access, wl, group=group)
     finite = np.isfinite(delta)
     if not finite.any():
         return np.zeros(len(delta))
-    low, high = delta[finite].min(), delta[finite].max()
-    if high - low < 1e-9:
-        return np.where(finite, 1.0, 0.0)
-    return np.where(finite, (high - np.where(finite, delta, high)) / (high - low), 0.0)
+    best = delta[finite].min()
+    return np.where(finite, np.exp(-(np.where(finite, delta, best) - best)
+                                   / GOODNESS_SCALE_MILLI), 0.0)
 
 
 def fragmentation_term(workload: TargetWorkload) -> Callable[
@@ -255,13 +261,15 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
                     memory_mib=int(pod.memory_bytes // 2**20),
                     num_gpu=max(pod.gpus, 1 if pod.gpu_milli else 0), gpu_milli=int(per_gpu))
         gpu_free = alloc.gpu_free_milli[safe].astype(np.int64)
-        node_models = [alloc.gpu_model[i] for i in safe]
-        access = workload.access(node_models)
+        models, group = np.unique(np.asarray(alloc.gpu_model, dtype=str)[safe],
+                                  return_inverse=True)
+        group = group.reshape(-1).astype(np.int64)
+        access = workload.access(list(models))[group]
         if pod.gpu_models and task.num_gpu:
-            allowed = np.isin(np.asarray(node_models, dtype=object), pod.gpu_models)
+            allowed = np.isin(models, pod.gpu_models)[group]
             gpu_free = np.where(allowed[:, None], gpu_free, -1)
         out = goodness(task, alloc.cpu_free_milli[safe].astype(np.int64), gpu_free, access,
-                       workload)
+                       workload, group=group)
         return np.where(known, out, np.nan)
 
     return term

@@ -51,7 +51,8 @@ class OursPolicy:
     """One extender profile as a simulator policy (stateful: metrics and placement ledger)."""
 
     def __init__(self, settings: Settings, profile: str, nodes: Nodes, workload: TargetWorkload,
-                 *, extender_weight: float = EXTENDER_WEIGHT) -> None:
+                 *, extender_weight: float = EXTENDER_WEIGHT,
+                 in_tree: Policy = allocation.kube_default) -> None:
         self.profile = profile
         self.nodes = nodes
         self.names = nodes.names
@@ -60,6 +61,7 @@ class OursPolicy:
         self.engine = Engine(settings, derived_terms={
             "gpu_fragmentation": fragmentation_term(workload)})
         self.extender_weight = extender_weight
+        self.in_tree = in_tree
         self.model_names = tuple(nodes.models[m] if m >= 0 else "" for m in nodes.model)
         self.observation: Observation | None = None
         self.clock = 0.0
@@ -126,7 +128,7 @@ class OursPolicy:
         extender = outcome.evaluation.scores.astype(np.float64)
         if outcome.rejected:
             extender[[name in outcome.rejected for name in offered]] = -np.inf
-        in_tree = allocation.kube_default(task, view, ok, rng).scores[rows]
+        in_tree = self.in_tree(task, view, ok, rng).scores[rows]
         scores[rows] = in_tree + self.extender_weight * 10 * extender
         return Decision(scores)
 
