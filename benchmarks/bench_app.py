@@ -16,6 +16,7 @@ GIL, as they do when deployed, so they show in the p99.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,20 @@ def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) ->
         return create_floor_app(settings)
     if kind != "extender":
         raise ValueError(f"unknown app {kind!r}: expected one of {APPS}")
-    from benchmarks.fleet import FleetSource, OffsetClock, prime
+    from benchmarks.fleet import STALE_METRICS, FleetSource, OffsetClock, prime
     from extender.server import create_app
 
-    source = FleetSource(settings, nodes)
     clock = OffsetClock()
-    app = create_app(settings, source=source, clock=clock, start_refresher=False)
+    if settings.cache.refresh_in_child:  # as deployed: the fleet lives in the refresh process
+        factory = functools.partial(FleetSource, settings, nodes,
+                                    failing_after_first=STALE_METRICS)
+        app = create_app(settings, source_factory=factory, clock=clock, start_refresher=False)
+        prime(app.extensions["extender"].cache, None, clock)
+    else:
+        source = FleetSource(settings, nodes)
+        app = create_app(settings, source=source, clock=clock, start_refresher=False)
+        prime(app.extensions["extender"].cache, source, clock)
     cache = app.extensions["extender"].cache
-    prime(cache, source, clock)
     if refresher:
         cache.start()
     return app

@@ -13,6 +13,7 @@ from extender.server import create_app
 from tests.support import StaticSource, fixture, healthy, settings
 
 NODES = ["node-0", "node-1", "node-2", "node-3"]
+NOW = 1_800_000_000.0  # a fixed clock: data ages are exact
 REQUEST = {**fixture("names-0001-prioritize-cache-plain.json")["request"], "NodeNames": NODES}
 
 
@@ -20,7 +21,7 @@ def app_with(values: dict[str, dict[str, float]] | None = None, **sections: Any)
     s = settings(**sections)
     source = StaticSource(s, values or healthy(NODES, cpu_utilisation={
         "node-0": 0.95, "node-1": 0.10, "node-2": 0.40, "node-3": 0.70}))
-    app = create_app(s, source=source, start_refresher=False)
+    app = create_app(s, source=source, start_refresher=False, clock=lambda: NOW)
     app.extensions["extender"].cache.refresh()
     return app
 
