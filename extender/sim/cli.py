@@ -1,0 +1,130 @@
+"""Run the trace-driven simulator: the OpenB saturation experiment or a replay of the trace.
+
+Examples:
+  extender simulate --nodes openb_node_list_gpu_node.csv --pods openb_pod_list_default.csv \\
+      --experiment saturation --policy random,best-fit,fgd --seeds 3 --out out/sat
+  extender simulate --nodes openb_node_list_all_node.csv --pods openb_pod_list_default.csv \\
+      --experiment replay --policy kube-default,fgd,metrics-aware --seeds 2 --out out/replay
+
+Policies: kube-default, random, best-fit, dot-product, gpu-packing, gpu-clustering, trimaran-tlp,
+fgd, and every profile of the extender configuration (--config), e.g. metrics-aware.
+Writes OUT/summary.csv and PNG plots, and prints a table (mean ± sd over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from extender.errors import ExtenderError
+
+if TYPE_CHECKING:
+    from extender.sim.replay import ReplayResult
+    from extender.sim.report import SummaryRow
+    from extender.sim.saturation import SaturationResult
+
+log = logging.getLogger(__name__)
+FIRST_SEED = 42  # the OpenB artifact's seeds are 42..51
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--nodes", required=True, type=Path, help="node list CSV")
+    parser.add_argument("--pods", required=True, type=Path, help="pod list CSV")
+    parser.add_argument("--experiment", choices=("saturation", "replay"), default="saturation")
+    parser.add_argument("--policy", default="random,best-fit,fgd",
+                        help="comma-separated policy names (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per policy, seeds 42, 43, ...")
+    parser.add_argument("--out", type=Path, default=Path("out/simulate"), help="output directory")
+    parser.add_argument("--config", type=Path, default=Path("config/extender.yaml"),
+                        help="extender settings whose profiles are policies (default: %(default)s)")
+    parser.add_argument("--ratio", type=float, default=1.3,
+                        help="saturation: arrived GPU demand / capacity at the end")
+    parser.add_argument("--extender-weight", type=float, default=5.0,
+                        help="ours: kube-scheduler extender weight (scores 0..10 x weight x 10)")
+    parser.add_argument("--in-tree", choices=("least-allocated", "most-allocated"),
+                        default="least-allocated",
+                        help="ours: kube-scheduler's in-tree resource scoring around the extender")
+    http = parser.add_mutually_exclusive_group()
+    http.add_argument("--http", metavar="URL", help="send ours' decisions to a running extender")
+    http.add_argument("--http-gunicorn", action="store_true",
+                      help="start the extender under gunicorn and send ours' decisions to it")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+@dataclass
+class Outcome:
+    rows: list[SummaryRow] = field(default_factory=list)
+    saturation: list[SaturationResult] = field(default_factory=list)
+    replay: list[ReplayResult] = field(default_factory=list)
+
+
+def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Sequence[str],
+             seeds: int, *, config: Path | None = None, ratio: float = 1.3,
+             extender_weight: float = 5.0, in_tree: str = "least-allocated",
+             progress: Callable[[str], None] | None = None) -> Outcome:
+    """Run every policy for `seeds` seeds; returns summary rows and the raw results."""
+    from extender.policies import allocation
+    from extender.policies.fragmentation import TargetWorkload
+    from extender.settings import load_settings
+    from extender.sim import policies as registry
+    from extender.sim.replay import run_replay
+    from extender.sim.report import summarise
+    from extender.sim.saturation import run_saturation
+    from extender.sim.trace import load_nodes, load_pods
+
+    if seeds < 1:
+        raise ExtenderError(f"--seeds: expected at least 1, got {seeds}")
+    if not policies:
+        raise ExtenderError("--policy: name at least one policy")
+    nodes = load_nodes(nodes_path)
+    pods = load_pods(pods_path)
+    workload = TargetWorkload.from_tasks(pods.cpu_milli, pods.num_gpu, pods.gpu_milli, pods.spec)
+    settings = None
+    if any(p not in registry.BASELINE_NAMES for p in policies):
+        settings = load_settings(config)
+    out = Outcome()
+    tree = allocation.most_allocated if in_tree == "most-allocated" else allocation.kube_default
+    for name in policies:
+        for seed in range(FIRST_SEED, FIRST_SEED + seeds):
+            # A fresh policy per run: ours keeps a placement ledger.
+            policy = registry.build(name, nodes=nodes, workload=workload, settings=settings)
+            if isinstance(policy, registry.OursPolicy):
+                policy.extender_weight = extender_weight
+                policy.in_tree = tree
+            result: SaturationResult | ReplayResult
+            if experiment == "saturation":
+                result = run_saturation(nodes, pods, policy, name=name, seed=seed,
+                                        workload=workload, ratio=ratio)
+                out.saturation.append(result)
+            else:
+                result = run_replay(nodes, pods, policy, name=name, seed=seed)
+                out.replay.append(result)
+            out.rows.append(summarise(result))
+            if progress:
+                progress(f"{name} seed {seed}: {result.wall_s:.1f} s")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from extender.sim.report import plot, print_table, write_summary
+
+    if args.http or args.http_gunicorn:
+        raise ExtenderError("--http/--http-gunicorn: not implemented yet; decisions run "
+                            "in-process (the same engine code the server runs)")
+    names = [p.strip() for p in args.policy.split(",") if p.strip()]
+    outcome = simulate(args.nodes, args.pods, args.experiment, names, args.seeds,
+                       config=args.config, ratio=args.ratio,
+                       extender_weight=args.extender_weight, in_tree=args.in_tree,
+                       progress=log.info)
+    summary = write_summary(outcome.rows, args.out / "summary.csv")
+    print_table(outcome.rows, f"{args.experiment}: {args.pods.name} on {args.nodes.name}")
+    print(f"wrote {summary}")
+    if not args.no_plots:
+        for path in plot(outcome.rows, args.out, outcome.saturation):
+            print(f"wrote {path}")
+    return 0
