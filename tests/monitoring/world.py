@@ -148,6 +148,11 @@ class Extras:
         for worker, node in self.world.workers():
             yield (f'deadline_miss_ratio{{job="extract-deadline",node="{node}",worker="{worker}"}} '
                    f'{self.world.miss_ratio[worker]}\n')
+        # As the sidecar pushes it: the ratio counts only while the window holds finished tasks.
+        yield "# TYPE deadline_window_tasks gauge\n"
+        for worker, node in self.world.workers():
+            yield (f'deadline_window_tasks{{job="extract-deadline",node="{node}",worker="{worker}"}}'
+                   ' 20\n')
 
     def _histogram(self, app: App) -> Iterator[str]:
         elapsed = time.monotonic() - self.started + 100.0
