@@ -52,8 +52,8 @@ def reference_pod(extender: Extender) -> PodDemand:
 
 def score_reference(extender: Extender, snapshot: Snapshot, now: float) -> Outcome:
     """Evaluate the reference pod on every node of the snapshot."""
-    return extender.engine.evaluate(reference_pod(extender), snapshot.table,
-                                    snapshot.table.names, now)
+    return extender.engine.decide(reference_pod(extender), snapshot.table,
+                                  snapshot.table.names, now)
 
 
 def cache_view(snapshot: Snapshot, now: float) -> CacheView:
@@ -69,7 +69,7 @@ def node_views(extender: Extender, snapshot: Snapshot, now: float,
     """One NodeView per node (or only `only`)."""
     table = snapshot.table
     outcome = score_reference(extender, snapshot, now)
-    ev = outcome.evaluation
+    scores = outcome.scores
     units = {entry.name: entry.unit for entry in extender.settings.catalog}
     staleness = extender.settings.cache.max_staleness_s
     pending = extender.engine.ledger.snapshot(now)
@@ -90,7 +90,7 @@ def node_views(extender: Extender, snapshot: Snapshot, now: float,
         fresh_ages = [r.age_s for r in readings.values() if r.fresh and r.age_s is not None]
         rejection = outcome.rejected.get(name)
         views.append(NodeView(
-            name=name, reference_score=int(ev.scores[i]), passed=rejection is None,
+            name=name, reference_score=scores[i], passed=rejection is None,
             reason=rejection.message if rejection else None,
             data_age_s=max(fresh_ages) if fresh_ages else None, metrics=readings,
             pending_placements=len(pending.get(name, []))))

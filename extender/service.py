@@ -85,7 +85,7 @@ class Extender:
         pod = self._pod(args.Pod)
         names = wire.node_names(args)
         now = self.clock()
-        outcome = self.engine.evaluate(pod, self.cache.current().table, names, now)
+        outcome = self.engine.decide(pod, self.cache.current().table, names, now)
         if pod.uid and self.binder is not None:
             with self._demands_lock:
                 self._demands[pod.uid] = pod
@@ -171,7 +171,7 @@ class Extender:
             return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=victims)
         pod = self._pod(args.Pod)
         names = sorted(victims)
-        outcome = self.engine.evaluate(pod, self.cache.current().table, names, self.clock())
+        outcome = self.engine.decide(pod, self.cache.current().table, names, self.clock())
         if self.settings.server.shadow:
             return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=victims)
         # Evicting pods to land on a node our filter would reject gains nothing.

@@ -1,19 +1,29 @@
 """The policy engine: picks the pod's profile, evaluates candidates, remembers placements.
 
 This is what the webhook and the simulator call. It is pure apart from the placement ledger
-(state, no I/O) and takes the time as an argument.
+(state, no I/O) and a cache of baselines, and takes the time as an argument.
+
+Two paths give the same answers:
+- `evaluate()` computes every term for every candidate (the reference; the simulator and the
+  tests use it);
+- `decide()`, the webhook's, reads each candidate's score and verdict from a baseline computed
+  once per table, profile and GPU flag (valid until the next sample goes stale), and evaluates in
+  full only the candidates with recent placements and, on demand, the few it explains. A request
+  then costs a handful of array operations whether it names 10 nodes or 5000.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from extender.policies.hotspot import Ledger, Pending
-from extender.policies.model import NodeTable, PodDemand
+from extender.policies.model import IntArray, NodeTable, PodDemand
 from extender.policies.scoring import (
+    UNKNOWN_NODE,
     CompiledProfile,
     DerivedTerm,
     Evaluation,
@@ -31,10 +41,21 @@ class Outcome:
 
     profile: str
     names: Sequence[str]
-    evaluation: Evaluation
+    score_array: npt.NDArray[np.int64]
     rejected: Mapping[str, Rejection]
     note: str = ""
     """E.g. why an annotation was ignored."""
+    evaluation: Evaluation | None = None
+    """Every term of every candidate (from `Engine.evaluate`; None from `Engine.decide`)."""
+    evaluate_rows: Callable[[Sequence[int]], Evaluation] | None = None
+    """Evaluates the candidates at the given indices in full (from `Engine.decide`)."""
+
+    def detail(self, indices: Sequence[int]) -> Evaluation:
+        """The full evaluation of the candidates at `indices`, in that order."""
+        if self.evaluation is not None:
+            return self.evaluation.take(indices)
+        assert self.evaluate_rows is not None
+        return self.evaluate_rows(indices)
 
     @property
     def passed(self) -> list[str]:
@@ -44,11 +65,11 @@ class Outcome:
 
     @property
     def scores(self) -> list[int]:
-        return self.evaluation.scores.tolist()  # type: ignore[no-any-return]
+        return self.score_array.tolist()  # type: ignore[no-any-return]
 
     def ranking(self, k: int) -> list[int]:
         """Indices of the `k` best-scored candidates not rejected, best first; ties by name."""
-        scores = self.evaluation.scores
+        scores = self.score_array
         eligible = np.ones(len(scores), bool)
         if self.rejected:
             eligible = np.array([name not in self.rejected for name in self.names], bool)
@@ -70,6 +91,19 @@ class Outcome:
         return self.names[top[0]] if top else None
 
 
+@dataclass(frozen=True, eq=False)
+class _Baseline:
+    """Scores and verdicts of every table row for a pod without placements or overrides."""
+
+    table: NodeTable
+    compiled: CompiledProfile
+    computed_at: float
+    valid_until: float
+    scores: npt.NDArray[np.int64]
+    rejected_mask: npt.NDArray[np.bool_]
+    rejections: Mapping[str, Rejection]
+
+
 class Engine:
     """Evaluates pods against a NodeTable under the configured profiles."""
 
@@ -80,6 +114,7 @@ class Engine:
         self.ledger = ledger or Ledger(hot.window_s, hot.settle_s)
         self.derived_terms = dict(derived_terms or {})
         self._compiled: dict[tuple[object, ...], CompiledProfile] = {}
+        self._baselines: dict[tuple[str, bool], _Baseline] = {}
 
     def select_profile(self, pod: PodDemand) -> tuple[str, str]:
         """The profile name for `pod` and a note when its annotation could not be honoured."""
@@ -104,9 +139,9 @@ class Engine:
             self._compiled[key] = found
         return found
 
-    def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
-                 *, pending: bool = True) -> Outcome:
-        """Filter verdicts and scores of `names` for `pod` at time `now`."""
+    def _resolve(self, pod: PodDemand, table: NodeTable) -> tuple[str, str, CompiledProfile,
+                                                                  bool]:
+        """Profile name, note, compiled profile, and whether the pod carries weight overrides."""
         profile, note = self.select_profile(pod)
         weights = pod.weights
         if weights:
@@ -114,30 +149,111 @@ class Engine:
             if unknown:
                 note = (note + "; " if note else "") + f"ignored unknown weights {unknown}"
                 weights = {k: v for k, v in weights.items() if k not in unknown}
-        compiled = self.compiled(profile, table.metrics, weights)
-        rows = table.rows(names)
-        load: Pending | None = None
-        if pending and compiled.hotspot_cols is not None and len(self.ledger):
-            cpu_col = compiled.hotspot_cols[0]
-            known = rows >= 0
-            sampled = np.full(len(rows), np.nan)
-            sampled[known] = table.sampled_at[rows[known], cpu_col]
-            # Candidate index of every table row, so the ledger can look its nodes up by name.
-            position = np.full(len(table.names), -1, dtype=np.intp)
-            position[rows[known]] = np.flatnonzero(known)
-            index = table.index
+        return profile, note, self.compiled(profile, table.metrics, weights), bool(weights)
 
-            def position_of(node: str) -> int | None:
-                row = index.get(node)
-                return None if row is None else int(position[row])
+    def _pending(self, table: NodeTable, rows: IntArray, compiled: CompiledProfile,
+                 now: float) -> Pending | None:
+        if compiled.hotspot_cols is None or not len(self.ledger):
+            return None
+        cpu_col = compiled.hotspot_cols[0]
+        known = rows >= 0
+        sampled = np.full(len(rows), np.nan)
+        sampled[known] = table.sampled_at[rows[known], cpu_col]
+        # Candidate index of every table row, so the ledger can look its nodes up by name.
+        position = np.full(len(table.names), -1, dtype=np.intp)
+        position[rows[known]] = np.flatnonzero(known)
+        index = table.index
 
-            load = self.ledger.pending_rows(position_of, len(rows), sampled, now)
+        def position_of(node: str) -> int | None:
+            row = index.get(node)
+            return None if row is None else int(position[row])
+
+        return self.ledger.pending_rows(position_of, len(rows), sampled, now)
+
+    def _evaluate_rows(self, pod: PodDemand, table: NodeTable, rows: IntArray,
+                       compiled: CompiledProfile, now: float, load: Pending | None) -> Evaluation:
         cache = self.settings.cache
-        ev = evaluate(pod, table, rows, compiled, now=now, max_staleness_s=cache.max_staleness_s,
-                      missing_score=cache.missing_score, pending=load,
-                      derived_terms=self.derived_terms)
+        return evaluate(pod, table, rows, compiled, now=now, max_staleness_s=cache.max_staleness_s,
+                        missing_score=cache.missing_score, pending=load,
+                        derived_terms=self.derived_terms)
+
+    def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
+                 *, pending: bool = True) -> Outcome:
+        """Filter verdicts and scores of `names` for `pod` at time `now`, every term computed."""
+        profile, note, compiled, _ = self._resolve(pod, table)
+        rows = table.rows(names)
+        load = self._pending(table, rows, compiled, now) if pending else None
+        ev = self._evaluate_rows(pod, table, rows, compiled, now, load)
         rejected = rejections(ev, names, compiled, self.settings, table.metrics)
-        return Outcome(profile, names, ev, rejected, note)
+        return Outcome(profile, names, ev.scores, rejected, note, evaluation=ev)
+
+    def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
+        """The same answer as `evaluate()`, from a cached per-table baseline (see the module doc)."""
+        profile, note, compiled, overridden = self._resolve(pod, table)
+        if overridden or (compiled.derived and pod.wants_gpu):
+            return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
+        base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
+        rows = table.rows(names)
+        known = rows >= 0
+        missing = self.settings.cache.missing_score
+        if known.all():
+            scores = base.scores[rows]
+            flagged = np.flatnonzero(base.rejected_mask[rows]).tolist()
+        else:
+            scores = np.where(known, base.scores[np.where(known, rows, 0)], missing)
+            flagged = np.flatnonzero(known & base.rejected_mask[np.where(known, rows, 0)]).tolist()
+        rejected: dict[str, Rejection] = {}
+        for i in flagged:
+            found = base.rejections.get(table.names[rows[i]])
+            if found is not None:
+                rejected[names[i]] = found
+        if not known.all() and self.settings.server.unknown_nodes == "reject":
+            for i in np.flatnonzero(~known).tolist():
+                rejected[names[i]] = UNKNOWN_NODE
+        load = self._pending(table, rows, compiled, now)
+        if load is not None:
+            loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0)).tolist()
+            if loaded:
+                # Nodes with recent placements: their values change, evaluate them in full.
+                sub = self._evaluate_rows(pod, table, rows[loaded], compiled, now, Pending(
+                    load.cpu_cores[loaded], load.memory_bytes[loaded]))
+                sub_names = [names[i] for i in loaded]
+                again = rejections(sub, sub_names, compiled, self.settings, table.metrics)
+                scores = scores.copy()
+                scores[loaded] = sub.scores
+                for name in sub_names:
+                    rejected.pop(name, None)
+                rejected.update(again)
+
+        def evaluate_rows(indices: Sequence[int]) -> Evaluation:
+            idx = np.asarray(indices, dtype=np.intp)
+            part = None if load is None else Pending(load.cpu_cores[idx], load.memory_bytes[idx])
+            return self._evaluate_rows(pod, table, rows[idx], compiled, now, part)
+
+        return Outcome(profile, names, scores, rejected, note, evaluate_rows=evaluate_rows)
+
+    def _baseline(self, table: NodeTable, profile: str, compiled: CompiledProfile,
+                  gpu: bool, now: float) -> _Baseline:
+        key = (profile, gpu)
+        cached = self._baselines.get(key)
+        if (cached is not None and cached.table is table and cached.compiled is compiled
+                and cached.computed_at <= now < cached.valid_until):
+            return cached
+        template = PodDemand(name="<baseline>", gpus=int(gpu), gpu_milli=1000 * int(gpu))
+        rows = np.arange(len(table.names), dtype=np.intp)
+        ev = self._evaluate_rows(template, table, rows, compiled, now, None)
+        found = rejections(ev, table.names, compiled, self.settings, table.metrics)
+        mask = np.zeros(len(table.names), bool)
+        mask[[table.index[name] for name in found]] = True
+        # Valid until the next fresh sample turns stale (then scores and verdicts may change).
+        expiry = table.sampled_at + self.settings.cache.max_staleness_s
+        upcoming = expiry[ev.fresh]
+        valid_until = float(upcoming.min()) if upcoming.size else float("inf")
+        base = _Baseline(table, compiled, now, valid_until, ev.scores, mask, found)
+        if len(self._baselines) > 64:
+            self._baselines.clear()
+        self._baselines[key] = base
+        return base
 
     def record_placement(self, node: str, pod: PodDemand, now: float) -> None:
         """Count `pod` as load on `node` until the metrics show it."""

@@ -86,17 +86,18 @@ class Breakdown:
     @classmethod
     def of(cls, outcome: Outcome, metrics: tuple[str, ...], indices: Sequence[int]) -> Breakdown:
         """Copy the rows `indices` of the outcome's evaluation."""
-        ev, rows = outcome.evaluation, list(indices)
+        rows = list(indices)
+        ev = outcome.detail(rows)
         names = [outcome.names[i] for i in rows]
         empty = np.zeros(len(rows))
         return cls(
-            nodes=tuple(names), scores=tuple(ev.scores[rows].tolist()),
+            nodes=tuple(names), scores=tuple(ev.scores.tolist()),
             reasons=tuple(r.message if (r := outcome.rejected.get(n)) else None for n in names),
-            metrics=metrics, weights=ev.weights, values=ev.values[rows], fresh=ev.fresh[rows],
-            goodness=ev.goodness[rows], age_s=ev.age_s[rows],
-            derived=tuple((term, w, ev.derived[term][rows]) for term, w in ev.derived_weights.items()),
-            pending_cpu=ev.pending.cpu_cores[rows] if ev.pending is not None else empty,
-            pending_mem=ev.pending.memory_bytes[rows] if ev.pending is not None else empty)
+            metrics=metrics, weights=ev.weights, values=ev.values, fresh=ev.fresh,
+            goodness=ev.goodness, age_s=ev.age_s,
+            derived=tuple((term, w, ev.derived[term]) for term, w in ev.derived_weights.items()),
+            pending_cpu=ev.pending.cpu_cores if ev.pending is not None else empty,
+            pending_mem=ev.pending.memory_bytes if ev.pending is not None else empty)
 
     def explain(self) -> list[NodeExplanation]:
         """Per-metric explanation of each node (value, weight, contribution, age)."""

@@ -107,6 +107,16 @@ class Evaluation:
     scores: npt.NDArray[np.int64]
     pending: Pending | None
 
+    def take(self, indices: Sequence[int]) -> Evaluation:
+        """The evaluation of the candidates at `indices` only, in that order."""
+        i = np.asarray(indices, dtype=np.intp)
+        pending = None if self.pending is None else Pending(self.pending.cpu_cores[i],
+                                                            self.pending.memory_bytes[i])
+        return Evaluation(self.rows[i], self.values[i], self.age_s[i], self.fresh[i],
+                          self.goodness[i], self.weights,
+                          {term: g[i] for term, g in self.derived.items()}, self.derived_weights,
+                          self.scores[i], pending)
+
 
 def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile, *,
              now: float, max_staleness_s: float, missing_score: int,
@@ -172,6 +182,10 @@ class Rejection:
     message: str
 
 
+UNKNOWN_NODE = Rejection("unknown", "not in the metrics cache: no exporter series match this node "
+                         "(see /api/v1/selfcheck)")
+
+
 def format_value(value: float, unit: str) -> str:
     """`0.93, ratio` -> `93%`; other units keep their name (`1.2e+03 W`)."""
     if unit == "ratio":
@@ -187,11 +201,9 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
     out: dict[str, Rejection] = {}
     cache = settings.cache
     units = {entry.name: entry.unit for entry in settings.catalog}
-    unknown = np.flatnonzero(ev.rows < 0)
     if settings.server.unknown_nodes == "reject":
-        for i in unknown.tolist():
-            out[names[i]] = Rejection("unknown", "not in the metrics cache: no exporter series "
-                                      "match this node (see /api/v1/selfcheck)")
+        for i in np.flatnonzero(ev.rows < 0).tolist():
+            out[names[i]] = UNKNOWN_NODE
     for rule, j in compiled.rules:
         label = rule.label or rule.metric
         if j < 0:
@@ -220,11 +232,12 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
             for i in np.flatnonzero(~ok & (ev.rows >= 0)).tolist():
                 if names[i] in out:
                     continue
-                age = float(ev.age_s[i, j])
-                if np.isnan(ev.values[i, j]) or np.isnan(age):
+                # No age in the text: verdicts are cached until a sample goes stale, and the
+                # explanation carries the exact age.
+                if np.isnan(ev.values[i, j]) or np.isnan(ev.age_s[i, j]):
                     out[names[i]] = Rejection("missing", f"no {metrics[j]} data")
                 else:
-                    out[names[i]] = Rejection("stale", f"{metrics[j]} data {age:.0f}s old > "
+                    out[names[i]] = Rejection("stale", f"{metrics[j]} data older than "
                                               f"{cache.max_staleness_s:.0f}s")
     if cache.missing_data == "reject":
         weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
