@@ -14,6 +14,7 @@ Two paths give the same answers:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,15 @@ class Outcome:
     """Every term of every candidate (from `Engine.evaluate`; None from `Engine.decide`)."""
     evaluate_rows: Callable[[Sequence[int]], Evaluation] | None = None
     """Evaluates the candidates at the given indices in full (from `Engine.decide`)."""
+    rejected_mask: npt.NDArray[np.bool_] | None = None
+    """True for candidates in `rejected` (derived from it when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.rejected_mask is None:
+            mask = np.zeros(len(self.names), bool)
+            if self.rejected:
+                mask[[i for i, name in enumerate(self.names) if name in self.rejected]] = True
+            object.__setattr__(self, "rejected_mask", mask)
 
     def detail(self, indices: Sequence[int]) -> Evaluation:
         """The full evaluation of the candidates at `indices`, in that order."""
@@ -61,7 +71,8 @@ class Outcome:
     def passed(self) -> list[str]:
         if not self.rejected:
             return list(self.names)
-        return [name for name in self.names if name not in self.rejected]
+        assert self.rejected_mask is not None
+        return list(itertools.compress(self.names, (~self.rejected_mask).tolist()))
 
     @property
     def scores(self) -> list[int]:
@@ -70,10 +81,8 @@ class Outcome:
     def ranking(self, k: int) -> list[int]:
         """Indices of the `k` best-scored candidates not rejected, best first; ties by name."""
         scores = self.score_array
-        eligible = np.ones(len(scores), bool)
-        if self.rejected:
-            eligible = np.array([name not in self.rejected for name in self.names], bool)
-        candidates = np.flatnonzero(eligible)
+        assert self.rejected_mask is not None
+        candidates = np.flatnonzero(~self.rejected_mask)
         if candidates.size == 0 or k <= 0:
             return []
         values = scores[candidates]
@@ -203,13 +212,14 @@ class Engine:
             scores = np.where(known, base.scores[np.where(known, rows, 0)], missing)
             flagged = np.flatnonzero(known & base.rejected_mask[np.where(known, rows, 0)]).tolist()
         rejected: dict[str, Rejection] = {}
+        mask = np.zeros(len(names), bool)
         for i in flagged:
-            found = base.rejections.get(table.names[rows[i]])
-            if found is not None:
-                rejected[names[i]] = found
+            rejected[names[i]] = base.rejections[table.names[rows[i]]]
+            mask[i] = True
         if not known.all() and self.settings.server.unknown_nodes == "reject":
             for i in np.flatnonzero(~known).tolist():
                 rejected[names[i]] = UNKNOWN_NODE
+                mask[i] = True
         load = self._pending(table, rows, compiled, now)
         if load is not None:
             loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0)).tolist()
@@ -221,8 +231,9 @@ class Engine:
                 again = rejections(sub, sub_names, compiled, self.settings, table.metrics)
                 scores = scores.copy()
                 scores[loaded] = sub.scores
-                for name in sub_names:
+                for i, name in zip(loaded, sub_names, strict=True):
                     rejected.pop(name, None)
+                    mask[i] = name in again
                 rejected.update(again)
 
         def evaluate_rows(indices: Sequence[int]) -> Evaluation:
@@ -230,7 +241,8 @@ class Engine:
             part = None if load is None else Pending(load.cpu_cores[idx], load.memory_bytes[idx])
             return self._evaluate_rows(pod, table, rows[idx], compiled, now, part)
 
-        return Outcome(profile, names, scores, rejected, note, evaluate_rows=evaluate_rows)
+        return Outcome(profile, names, scores, rejected, note, evaluate_rows=evaluate_rows,
+                       rejected_mask=mask)
 
     def _baseline(self, table: NodeTable, profile: str, compiled: CompiledProfile,
                   gpu: bool, now: float) -> _Baseline:
