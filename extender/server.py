@@ -270,9 +270,9 @@ def _error_response(exc: Exception) -> Response:
 
 
 def _derived_terms() -> dict[str, Any]:
-    """Allocation-derived score terms available to profiles (see extender.policies)."""
-    try:
-        from extender.policies.fragmentation import DERIVED_TERMS
-    except ImportError:
-        return {}
+    """Allocation-derived score terms available to profiles. `gpu_fragmentation` counts only
+    where the table carries allocation state (the simulator's); the cache does not build it yet,
+    so in the webhook that term is dropped like a missing metric."""
+    from extender.policies.fragmentation import DERIVED_TERMS
+
     return dict(DERIVED_TERMS)
