@@ -1,6 +1,7 @@
 """The replay: the trace's arrivals and departures on the whole cluster, with modelled usage.
 
-Tasks arrive at `creation_time` and leave at `deletion_time` (departures first at equal times). A
+Tasks arrive at `creation_time` and leave after their trace duration (departures first at equal
+times); arrivals can be brought closer in time (`compress`) for more load. A
 task that fits nowhere when it arrives is not retried and counts as a deadline miss. Between
 events nothing changes, so per-node integrals (hot-spot time, energy, task progress) are updated
 only when a node's tasks change, and once at the end. The models are in `extender.sim.models`.
@@ -147,17 +148,38 @@ class _State:
         return Observation(now, seen, util, mem, gpu_util, self.power.copy(), risk)
 
 
-def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int) -> ReplayResult:
-    """Replay `pods` on `nodes` under `policy`; deterministic for a given seed."""
+def compress(pods: Pods, speedup: float) -> Pods:
+    """The same tasks with arrivals `speedup` times closer together, durations kept: more load.
+
+    Replayed literally the OpenB list keeps at most ~40 tasks alive at once on 1523 nodes (median
+    task 9 minutes over 149 days); 1000x gives a 3.6-hour window at about 5% mean GPU demand.
+    """
+    if speedup <= 0:
+        raise ValueError(f"speedup must be > 0, got {speedup}")
+    duration = pods.deletion - pods.creation
+    start = float(pods.creation.min())
+    creation = start + (pods.creation - start) / speedup
+    return Pods(pods.names, pods.cpu_milli, pods.memory_mib, pods.num_gpu, pods.gpu_milli,
+                pods.spec, pods.qos, creation, creation + duration)
+
+
+def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
+               speedup: float = 1.0) -> ReplayResult:
+    """Replay `pods` on `nodes` under `policy` (arrivals `speedup` times denser, see `compress`);
+    deterministic for a given seed."""
     if not pods.has_times:
         raise TraceError("the replay needs creation_time and deletion_time for every pod "
                          "(this pod list has none; use the saturation experiment)")
+    if speedup != 1.0:
+        pods = compress(pods, speedup)
     wall = time.perf_counter()
     usage = models.draw_usage(pods.qos, seed)
     rng = np.random.default_rng(seed + 1_000_003)
     order = np.argsort(pods.creation, kind="stable")
     start = float(pods.creation[order[0]])
-    end = float(max(pods.deletion.max(), pods.creation.max()))
+    # Measured from the first to the last arrival: the few services that outlive the trace would
+    # otherwise stretch the measurement over an empty cluster.
+    end = float(pods.creation.max())
     cluster = Cluster(nodes)
     state = _State(nodes, start)
     departures: list[tuple[float, int]] = []
@@ -214,12 +236,15 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         if isinstance(policy, Stateful):
             policy.placed(node, task, pods.names[i])
         heapq.heappush(departures, (max(float(pods.deletion[i]), now), int(i)))
-    while departures:
+    while departures and departures[0][0] <= end:
         t, j = heapq.heappop(departures)
         depart(t, j)
     account(end)
     for node in range(len(nodes)):
         state.advance(node, end)
+    for node, _, began, progress0 in placement.values():  # still running: judged so far
+        if (state.progress[node] - progress0) * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9:
+            misses += 1
     span = max(end - start, 1e-9)
     idle_j = float(state.idle_w.sum()) * span
     return ReplayResult(
