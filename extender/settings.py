@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -248,14 +248,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
-    """Nested overrides from `PREFIX<KEY>__<KEY>=value` variables (keys lower-cased)."""
+def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX,
+                  sections: Collection[str] | None = None) -> dict[str, Any]:
+    """Nested overrides from `PREFIX<SECTION>__<KEY>=value` variables (keys lower-cased).
+
+    Only variables naming a section (`sections`, when given) and a key are read: Kubernetes'
+    service links inject `EXTENDER_SERVICE_HOST`, `EXTENDER_PORT_8888_TCP`, ... for a Service
+    called `extender`, and those must not be taken for settings.
+    """
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(prefix) or key == prefix + "CONFIG":
+        if not key.startswith(prefix) or "__" not in key:
             continue
         path = [part.lower() for part in key[len(prefix) :].split("__") if part]
-        if not path:
+        if len(path) < 2 or (sections is not None and path[0] not in sections):
             continue
         node = tree
         for part in path[:-1]:
@@ -302,7 +308,8 @@ def load_section(path: Path | str, type_: type[T], *, environ: Mapping[str, str]
     path = Path(path)
     data = read_yaml(path)
     if env_prefix:
-        data = merge(data, env_overrides(os.environ if environ is None else environ, env_prefix))
+        data = merge(data, env_overrides(os.environ if environ is None else environ, env_prefix,
+                                         getattr(type_, "__struct_fields__", None)))
     return convert(data, type_, str(path))
 
 
@@ -316,7 +323,7 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     """
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
-    data = merge(read_yaml(path), env_overrides(environ))
+    data = merge(read_yaml(path), env_overrides(environ, ENV_PREFIX, Settings.__struct_fields__))
     if overrides:
         data = merge(data, overrides)
     if "catalog" in data or "source" in data:

@@ -142,7 +142,7 @@ def load_monitoring_catalog(path: Path | str, *, cache_entries: Collection[str] 
     """
     path = Path(path)
     data = merge(read_yaml(path), env_overrides(os.environ if environ is None else environ,
-                                                ENV_PREFIX))
+                                                ENV_PREFIX, MonitoringCatalog.__struct_fields__))
     catalog = convert(data, MonitoringCatalog, str(path))
     params = {"partition_namespace": catalog.discovery.namespace, **(defaults or {}),
               **catalog.params}

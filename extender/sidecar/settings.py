@@ -98,7 +98,8 @@ def load_sidecar_settings(path: Path | str | None = None, *,
     """
     environ = os.environ if environ is None else environ
     if path is None:
-        settings = convert(env_overrides(environ, ENV_PREFIX), SidecarSettings, "<defaults>")
+        settings = convert(env_overrides(environ, ENV_PREFIX, SidecarSettings.__struct_fields__),
+                           SidecarSettings, "<defaults>")
     else:
         settings = load_section(path, SidecarSettings, environ=environ, env_prefix=ENV_PREFIX)
         settings = msgspec.structs.replace(settings, source=str(path))

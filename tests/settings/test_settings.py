@@ -115,3 +115,12 @@ def test_check_config_command_reports_ok_and_errors(tmp_path: Path,
     assert "ok (17 catalog metrics, 36 monitoring metrics" in out
     with pytest.raises(ConfigError):
         check_config.run(Namespace(file=write(tmp_path, {"cache": {"missing_data": "maybe"}})))
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    # A Service called `extender` injects these into every pod of its namespace.
+    env = {"EXTENDER_SERVICE_HOST": "10.96.0.7", "EXTENDER_SERVICE_PORT": "8888",
+           "EXTENDER_PORT": "tcp://10.96.0.7:8888", "EXTENDER_PORT_8888_TCP_PROTO": "tcp",
+           "EXTENDER_SERVICE__PORT_HTTP": "8888", "EXTENDER_CACHE__MAX_STALENESS_S": "45"}
+    s = load_settings(CONFIG, environ=env)
+    assert s.cache.max_staleness_s == 45
