@@ -93,12 +93,11 @@ class Extender:
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
                 now: float, started: float, top: list[int] | None = None) -> DecisionRecord:
-        table = self.cache.current().table
         decision = DecisionRecord(
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
-            breakdown=Breakdown.of(outcome, table.metrics,
+            breakdown=Breakdown.of(outcome,
                                    top if top is not None else outcome.ranking(TOP_NODES)),
             duration_ms=round((time.perf_counter() - started) * 1e3, 3),
         )

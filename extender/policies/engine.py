@@ -15,7 +15,7 @@ Two paths give the same answers:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +46,10 @@ class Outcome:
     rejected: Mapping[str, Rejection]
     note: str = ""
     """E.g. why an annotation was ignored."""
+    context: Context | None = None
+    """What the candidates were evaluated with (to explain any of them later)."""
     evaluation: Evaluation | None = None
     """Every term of every candidate (from `Engine.evaluate`; None from `Engine.decide`)."""
-    evaluate_rows: Callable[[Sequence[int]], Evaluation] | None = None
-    """Evaluates the candidates at the given indices in full (from `Engine.decide`)."""
     rejected_mask: npt.NDArray[np.bool_] | None = None
     """True for candidates in `rejected` (derived from it when not given)."""
 
@@ -64,8 +64,8 @@ class Outcome:
         """The full evaluation of the candidates at `indices`, in that order."""
         if self.evaluation is not None:
             return self.evaluation.take(indices)
-        assert self.evaluate_rows is not None
-        return self.evaluate_rows(indices)
+        assert self.context is not None
+        return self.context.evaluate(indices)
 
     @property
     def passed(self) -> list[str]:
@@ -98,6 +98,30 @@ class Outcome:
         """The highest-scoring node not rejected; ties go to the first name in sorted order."""
         top = self.ranking(1)
         return self.names[top[0]] if top else None
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """The inputs of one evaluation: enough to evaluate any of its candidates again."""
+
+    pod: PodDemand
+    table: NodeTable
+    rows: IntArray
+    compiled: CompiledProfile
+    now: float
+    pending: Pending | None
+    max_staleness_s: float
+    missing_score: int
+    derived_terms: Mapping[str, DerivedTerm]
+
+    def evaluate(self, indices: Sequence[int]) -> Evaluation:
+        """The full evaluation of the candidates at `indices`, in that order."""
+        idx = np.asarray(indices, dtype=np.intp)
+        part = None if self.pending is None else Pending(self.pending.cpu_cores[idx],
+                                                         self.pending.memory_bytes[idx])
+        return evaluate(self.pod, self.table, self.rows[idx], self.compiled, now=self.now,
+                        max_staleness_s=self.max_staleness_s, missing_score=self.missing_score,
+                        pending=part, derived_terms=self.derived_terms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,12 +203,15 @@ class Engine:
 
         return self.ledger.pending_rows(position_of, len(rows), sampled, now)
 
+    def _context(self, pod: PodDemand, table: NodeTable, rows: IntArray,
+                 compiled: CompiledProfile, now: float, load: Pending | None) -> Context:
+        cache = self.settings.cache
+        return Context(pod, table, rows, compiled, now, load, cache.max_staleness_s,
+                       cache.missing_score, self.derived_terms)
+
     def _evaluate_rows(self, pod: PodDemand, table: NodeTable, rows: IntArray,
                        compiled: CompiledProfile, now: float, load: Pending | None) -> Evaluation:
-        cache = self.settings.cache
-        return evaluate(pod, table, rows, compiled, now=now, max_staleness_s=cache.max_staleness_s,
-                        missing_score=cache.missing_score, pending=load,
-                        derived_terms=self.derived_terms)
+        return self._context(pod, table, rows, compiled, now, load).evaluate(range(len(rows)))
 
     def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
                  *, pending: bool = True) -> Outcome:
@@ -192,14 +219,15 @@ class Engine:
         profile, note, compiled, _ = self._resolve(pod, table)
         rows = table.rows(names)
         load = self._pending(table, rows, compiled, now) if pending else None
-        ev = self._evaluate_rows(pod, table, rows, compiled, now, load)
+        context = self._context(pod, table, rows, compiled, now, load)
+        ev = context.evaluate(range(len(rows)))
         rejected = rejections(ev, names, compiled, self.settings, table.metrics)
-        return Outcome(profile, names, ev.scores, rejected, note, evaluation=ev)
+        return Outcome(profile, names, ev.scores, rejected, note, context=context, evaluation=ev)
 
     def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
         """The same answer as `evaluate()`, from a cached per-table baseline (see the module doc)."""
         profile, note, compiled, overridden = self._resolve(pod, table)
-        if overridden or (compiled.derived and pod.wants_gpu):
+        if overridden or compiled.derived:
             return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
         base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
         rows = table.rows(names)
@@ -236,12 +264,8 @@ class Engine:
                     mask[i] = name in again
                 rejected.update(again)
 
-        def evaluate_rows(indices: Sequence[int]) -> Evaluation:
-            idx = np.asarray(indices, dtype=np.intp)
-            part = None if load is None else Pending(load.cpu_cores[idx], load.memory_bytes[idx])
-            return self._evaluate_rows(pod, table, rows[idx], compiled, now, part)
-
-        return Outcome(profile, names, scores, rejected, note, evaluate_rows=evaluate_rows,
+        return Outcome(profile, names, scores, rejected, note,
+                       context=self._context(pod, table, rows, compiled, now, load),
                        rejected_mask=mask)
 
     def _baseline(self, table: NodeTable, profile: str, compiled: CompiledProfile,

@@ -11,15 +11,16 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
 from extender.policies.engine import Outcome
-from extender.policies.model import FloatArray
+from extender.policies.hotspot import Pending
+from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
+from extender.policies.scoring import CompiledProfile, DerivedTerm, Evaluation, evaluate
 
 TOP_NODES = 5  # nodes broken down per decision
 MAX_REJECTIONS = 200  # reasons kept per decision (the counters on /metrics keep the totals)
@@ -67,46 +68,70 @@ class Decision(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Breakdown:
-    """The raw numbers behind the best candidates of one decision: small array slices copied
-    from the Evaluation. Explanations are built from them only when someone reads them."""
+    """The inputs behind the best candidates of one decision: their raw values and sample times
+    (copied rows of the table), their pending load, and the pod and profile. The explanation is
+    computed from them only when someone reads it, by the same `evaluate` that decided."""
 
     nodes: tuple[str, ...]
     scores: tuple[int, ...]
     reasons: tuple[str | None, ...]
     metrics: tuple[str, ...]
-    weights: FloatArray
     values: FloatArray
-    fresh: npt.NDArray[np.bool_]
-    goodness: FloatArray
-    age_s: FloatArray
-    derived: tuple[tuple[str, float, FloatArray], ...]
-    pending_cpu: FloatArray
-    pending_mem: FloatArray
+    sampled_at: FloatArray
+    pending: Pending | None
+    derived: Mapping[str, FloatArray]
+    pod: PodDemand
+    compiled: CompiledProfile
+    now: float
+    max_staleness_s: float
+    missing_score: int
 
     @classmethod
-    def of(cls, outcome: Outcome, metrics: tuple[str, ...], indices: Sequence[int]) -> Breakdown:
-        """Copy the rows `indices` of the outcome's evaluation."""
-        rows = list(indices)
-        ev = outcome.detail(rows)
-        names = [outcome.names[i] for i in rows]
-        empty = np.zeros(len(rows))
+    def of(cls, outcome: Outcome, indices: Sequence[int]) -> Breakdown:
+        """Copy what explaining the candidates at `indices` of `outcome` will need."""
+        ctx = outcome.context
+        assert ctx is not None
+        idx = np.asarray(list(indices), dtype=np.intp)
+        rows = ctx.rows[idx]
+        table = ctx.table
+        values = np.full((len(idx), len(table.metrics)), np.nan)
+        sampled = values.copy()
+        known = rows >= 0
+        if len(table.names):
+            values[known] = table.values[rows[known]]
+            sampled[known] = table.sampled_at[rows[known]]
+        pending = None if ctx.pending is None else Pending(ctx.pending.cpu_cores[idx],
+                                                           ctx.pending.memory_bytes[idx])
+        derived = {} if outcome.evaluation is None else {
+            term: g[idx] for term, g in outcome.evaluation.derived.items()}
+        names = [outcome.names[i] for i in idx.tolist()]
         return cls(
-            nodes=tuple(names), scores=tuple(ev.scores.tolist()),
+            nodes=tuple(names), scores=tuple(outcome.score_array[idx].tolist()),
             reasons=tuple(r.message if (r := outcome.rejected.get(n)) else None for n in names),
-            metrics=metrics, weights=ev.weights, values=ev.values, fresh=ev.fresh,
-            goodness=ev.goodness, age_s=ev.age_s,
-            derived=tuple((term, w, ev.derived[term]) for term, w in ev.derived_weights.items()),
-            pending_cpu=ev.pending.cpu_cores if ev.pending is not None else empty,
-            pending_mem=ev.pending.memory_bytes if ev.pending is not None else empty)
+            metrics=table.metrics, values=values, sampled_at=sampled, pending=pending,
+            derived=derived, pod=ctx.pod, compiled=ctx.compiled, now=ctx.now,
+            max_staleness_s=ctx.max_staleness_s, missing_score=ctx.missing_score)
+
+    def evaluation(self) -> Evaluation:
+        """The full evaluation of the explained nodes, recomputed from the copied inputs."""
+        table = NodeTable(names=self.nodes, metrics=self.metrics, values=self.values,
+                          sampled_at=self.sampled_at)
+        derived_terms = {term: _fixed(g) for term, g in self.derived.items()}
+        return evaluate(self.pod, table, np.arange(len(self.nodes), dtype=np.intp), self.compiled,
+                        now=self.now, max_staleness_s=self.max_staleness_s,
+                        missing_score=self.missing_score, pending=self.pending,
+                        derived_terms=derived_terms)
 
     def explain(self) -> list[NodeExplanation]:
         """Per-metric explanation of each node (value, weight, contribution, age)."""
+        ev = self.evaluation()
         out = []
-        weights = self.weights.tolist()
+        weights = ev.weights.tolist()
         for i, name in enumerate(self.nodes):
-            values, fresh_row = self.values[i].tolist(), self.fresh[i].tolist()
-            goodness, ages = self.goodness[i].tolist(), self.age_s[i].tolist()
-            derived = [(term, w, float(g[i])) for term, w, g in self.derived]
+            values, fresh_row = ev.values[i].tolist(), ev.fresh[i].tolist()
+            goodness, ages = ev.goodness[i].tolist(), ev.age_s[i].tolist()
+            derived = [(term, w, float(ev.derived[term][i]))
+                       for term, w in ev.derived_weights.items()]
             total = sum(w for w, f in zip(weights, fresh_row, strict=True) if f) + sum(
                 w for _, w, g in derived if g == g)
             terms = []
@@ -126,13 +151,22 @@ class Breakdown:
                     contribution=round(10 * weight * g / total, 3) if ok and total else 0.0,
                     age_s=0.0, fresh=ok))
             fresh_ages = [a for a, f in zip(ages, fresh_row, strict=True) if f]
+            pending_cpu = 0.0 if self.pending is None else float(self.pending.cpu_cores[i])
+            pending_mem = 0.0 if self.pending is None else float(self.pending.memory_bytes[i])
             out.append(NodeExplanation(
                 node=name, score=self.scores[i], passed=self.reasons[i] is None,
                 reason=self.reasons[i],
                 data_age_s=round(max(fresh_ages), 1) if fresh_ages else None,
-                pending_cpu_cores=float(self.pending_cpu[i]),
-                pending_memory_bytes=float(self.pending_mem[i]), terms=terms))
+                pending_cpu_cores=pending_cpu, pending_memory_bytes=pending_mem, terms=terms))
         return out
+
+
+def _fixed(goodness: FloatArray) -> DerivedTerm:
+    """A derived term that returns the goodness computed when the decision was made."""
+    def term(pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray:
+        return goodness
+
+    return term
 
 
 @dataclass(frozen=True, slots=True, eq=False)
