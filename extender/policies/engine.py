@@ -237,8 +237,9 @@ class Engine:
             scores = base.scores[rows]
             flagged = np.flatnonzero(base.rejected_mask[rows]).tolist()
         else:
-            scores = np.where(known, base.scores[np.where(known, rows, 0)], missing)
-            flagged = np.flatnonzero(known & base.rejected_mask[np.where(known, rows, 0)]).tolist()
+            scores = np.full(len(rows), missing, dtype=np.int64)
+            scores[known] = base.scores[rows[known]]
+            flagged = np.flatnonzero(known)[base.rejected_mask[rows[known]]].tolist()
         rejected: dict[str, Rejection] = {}
         mask = np.zeros(len(names), bool)
         for i in flagged:

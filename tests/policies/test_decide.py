@@ -63,3 +63,12 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
         assert top == slow.ranking(3)
         detail = fast.detail(top)
         assert detail.scores.tolist() == [slow.scores[i] for i in top]
+
+
+def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:
+    s = SETTINGS["neutral"]
+    empty = NodeTable.empty(tuple(e.name for e in s.catalog))
+    out = Engine(s).decide(PodDemand(name="x"), empty, ["a", "b"], NOW)
+    assert out.scores == [0, 0] and out.rejected == {}
+    rejecting = Engine(SETTINGS["reject"]).decide(PodDemand(name="x"), empty, ["a"], NOW)
+    assert rejecting.rejected["a"].code == "unknown"

@@ -149,3 +149,12 @@ def test_event_sink_drops_when_full_instead_of_blocking() -> None:
     for _ in range(1100):
         sink.decision(decision)
     assert sink.dropped >= 99
+
+
+def test_requests_before_the_first_refresh_are_answered_neutrally() -> None:
+    s = settings()
+    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    client = app.test_client()
+    assert client.post("/filter", json=REQUEST).get_json()["NodeNames"] == NODES
+    scores = client.post("/prioritize", json=REQUEST).get_json()
+    assert {h["Score"] for h in scores} == {s.cache.missing_score}
