@@ -15,6 +15,8 @@ from extender.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
 FIXTURES = REPO.parent / "shared" / "fixtures" / "kube-scheduler"
+OPENB = REPO.parent / "shared" / "traces" / "openb"
+"""The OpenB trace, beside the repository as CI and developers have it."""
 
 
 def settings(**sections: Mapping[str, Any]) -> Settings:

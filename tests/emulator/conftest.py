@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from extender.emulator import EmulatedNode, Emulator, EmulatorServer, load_nodes
+from tests.support import OPENB
 
-OPENB_NODES = Path("/work/shared/traces/openb/openb_node_list_all_node.csv")
+OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 
 
 class FakeClock:

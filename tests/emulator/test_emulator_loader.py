@@ -8,8 +8,9 @@ import pytest
 
 from extender.emulator import load_nodes, node_ip
 from extender.errors import ConfigError
+from tests.support import OPENB
 
-OPENB_NODES = Path("/work/shared/traces/openb/openb_node_list_all_node.csv")
+OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 
 
 def test_every_row_becomes_a_node_with_a_distinct_fake_ip() -> None:

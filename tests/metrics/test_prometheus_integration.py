@@ -19,11 +19,11 @@ from extender.metrics.cache import MetricsCache, Snapshot
 from extender.metrics.prometheus import PrometheusSource
 from extender.server import create_app
 from extender.settings import Settings
-from tests.support import REPO, fixture, settings
+from tests.support import OPENB, fixture, settings
 
 pytestmark = pytest.mark.prometheus
 
-OPENB = REPO.parent / "shared" / "traces" / "openb" / "openb_node_list_all_node.csv"
+OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    emulator = Emulator(load_nodes(OPENB, limit=10, seed=3), seed=3)
+    emulator = Emulator(load_nodes(OPENB_NODES, limit=10, seed=3), seed=3)
     with EmulatorServer(emulator) as server:
         prom = localstack.prometheus(server.scrape_targets(), scrape_interval_s=1).start()
         try:

@@ -25,9 +25,9 @@ from extender.monitoring.catalog import DiscoverySettings
 from extender.monitoring.discovery import Worker, target_groups, write_file_sd
 from extender.server import create_app
 from tests.monitoring.world import APPS, PARTITION_NAMESPACE, Extras, World, build_world
-from tests.support import REPO, settings
+from tests.support import OPENB, REPO, settings
 
-OPENB_NODES = Path("/work/shared/traces/openb/openb_node_list_all_node.csv")
+OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 WINDOW = "5s"
 
 
