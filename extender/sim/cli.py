@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from extender.errors import ExtenderError
 
 if TYPE_CHECKING:
+    from extender.settings import Settings
     from extender.sim.replay import ReplayResult
     from extender.sim.report import SummaryRow
     from extender.sim.saturation import SaturationResult
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extender settings whose profiles are policies (default: %(default)s)")
     parser.add_argument("--ratio", type=float, default=1.3,
                         help="saturation: arrived GPU demand / capacity at the end")
+    parser.add_argument("--speedup", type=float, default=1.0,
+                        help="replay: bring arrivals this many times closer (more load)")
     parser.add_argument("--extender-weight", type=float, default=5.0,
                         help="ours: kube-scheduler extender weight (scores 0..10 x weight x 10)")
     parser.add_argument("--in-tree", choices=("least-allocated", "most-allocated"),
@@ -66,8 +69,10 @@ class Outcome:
 def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Sequence[str],
              seeds: int, *, config: Path | None = None, ratio: float = 1.3,
              extender_weight: float = 5.0, in_tree: str = "least-allocated",
+             speedup: float = 1.0, settings: Settings | None = None,
              progress: Callable[[str], None] | None = None) -> Outcome:
-    """Run every policy for `seeds` seeds; returns summary rows and the raw results."""
+    """Run every policy for `seeds` seeds; returns summary rows and the raw results. Profiles
+    come from `settings`, else from the file `config` (read only when a profile is asked for)."""
     from extender.policies import allocation
     from extender.policies.fragmentation import TargetWorkload
     from extender.settings import load_settings
@@ -84,8 +89,7 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
     nodes = load_nodes(nodes_path)
     pods = load_pods(pods_path)
     workload = TargetWorkload.from_tasks(pods.cpu_milli, pods.num_gpu, pods.gpu_milli, pods.spec)
-    settings = None
-    if any(p not in registry.BASELINE_NAMES for p in policies):
+    if settings is None and any(p not in registry.BASELINE_NAMES for p in policies):
         settings = load_settings(config)
     out = Outcome()
     tree = allocation.most_allocated if in_tree == "most-allocated" else allocation.kube_default
@@ -102,7 +106,7 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
                                         workload=workload, ratio=ratio)
                 out.saturation.append(result)
             else:
-                result = run_replay(nodes, pods, policy, name=name, seed=seed)
+                result = run_replay(nodes, pods, policy, name=name, seed=seed, speedup=speedup)
                 out.replay.append(result)
             out.rows.append(summarise(result))
             if progress:
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = simulate(args.nodes, args.pods, args.experiment, names, args.seeds,
                        config=args.config, ratio=args.ratio,
                        extender_weight=args.extender_weight, in_tree=args.in_tree,
+                       speedup=args.speedup,
                        progress=log.info)
     summary = write_summary(outcome.rows, args.out / "summary.csv")
     print_table(outcome.rows, f"{args.experiment}: {args.pods.name} on {args.nodes.name}")

@@ -36,9 +36,6 @@ BASELINES: dict[str, Policy] = {
 }
 BASELINE_NAMES = (*BASELINES, "fgd")
 EXTENDER_WEIGHT = 5  # manifests/base/scheduler-config.yaml: extender scores 0..10 -> 0..500
-SATURATION_STEP_S = 60.0
-"""The saturation experiment has no clock: arrivals are spaced so that each decision sees fresh
-metrics and no pending placements (beyond the hot-spot window)."""
 
 METRICS = ("cpu_utilisation", "cpu_cores", "memory_available_ratio", "memory_total_bytes",
            "gpu_utilisation", "gpu_memory_free_ratio", "host_power_watts", "node_ready",
@@ -70,10 +67,6 @@ class OursPolicy:
         """The metrics as the extender's cache holds them now."""
         self.observation = observation
         self.clock = observation.at
-
-    def tick(self) -> None:
-        """Advance the clock of a run without one (saturation)."""
-        self.clock += SATURATION_STEP_S
 
     def table(self, view: ClusterView) -> NodeTable:
         """The NodeTable the extender would hold: observed usage, current allocation."""

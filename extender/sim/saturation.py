@@ -17,10 +17,15 @@ import numpy.typing as npt
 
 from extender.policies.allocation import Policy
 from extender.policies.fragmentation import TargetWorkload, node_fragmentation
+from extender.sim import models
 from extender.sim.cluster import Cluster, Stateful, decide, task_of
+from extender.sim.replay import Observation
 from extender.sim.trace import Nodes, Pods
 
 RATIO = 1.3  # arrived GPU requests / GPU capacity at the end, as published
+STEP_S = 60.0
+"""The experiment has no clock; for policies that read metrics, arrivals are spaced so that each
+decision sees fresh metrics (usage from `models.draw_usage`, no lag) and no pending placements."""
 CURVE_STEP = 0.01  # fragmentation is sampled every 1% of capacity of arrived demand
 
 
@@ -77,6 +82,18 @@ class SaturationResult:
         return 1.0 - self.gpu_alloc_ratio
 
 
+def _observation(at: float, cluster: Cluster, cpu_used: npt.NDArray[np.float64],
+                 memory_used: npt.NDArray[np.float64]) -> Observation:
+    nodes = cluster.nodes
+    gpus = np.maximum(nodes.gpus, 1) * 1000
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gpu = np.where(nodes.gpus > 0,
+                       1.0 - np.maximum(cluster.gpu_free, 0).sum(axis=1) / gpus, np.nan)
+    cpu = np.clip(cpu_used / np.maximum(nodes.cpu_milli, 1), 0.0, 1.0)
+    n = len(nodes)
+    return Observation(at, at, cpu, memory_used, gpu, np.full(n, np.nan), np.zeros(n))
+
+
 def run_saturation(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
                    workload: TargetWorkload, ratio: float = RATIO) -> SaturationResult:
     """Run one policy and seed; deterministic for a given seed."""
@@ -92,14 +109,19 @@ def run_saturation(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed:
     latencies = np.zeros(len(arrivals))
     placed = failed = 0
     demand = arrivals.total_gpu_milli
+    usage = models.draw_usage(arrivals.qos, seed)
+    cpu_used = np.zeros(len(nodes))
+    memory_used = np.zeros(len(nodes))
     for i in range(len(arrivals)):
         task = task_of(arrivals, i, nodes.models)
         if isinstance(policy, Stateful):
-            policy.tick()
+            policy.observe(_observation(i * STEP_S, cluster, cpu_used, memory_used))
         node, gpus, latencies[i] = decide(task, cluster, policy, rng)
         if node >= 0:
             cluster.place(node, task, gpus)
             placed += 1
+            cpu_used[node] += task.cpu_milli * usage.cpu[i]
+            memory_used[node] += task.memory_mib * usage.memory[i]
             if isinstance(policy, Stateful):
                 policy.placed(node, task, arrivals.names[i])
         else:

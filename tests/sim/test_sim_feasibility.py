@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_support import make_nodes, make_pods
 
 from extender.policies.allocation import Task, feasible, pick_gpus
 from extender.sim.cluster import Cluster, task_of
-
-from sim_support import make_nodes, make_pods
 
 
 def cluster_with_free(free: list[int], cpu: int = 32000) -> Cluster:

@@ -1,0 +1,175 @@
+"""Simulation benchmark: the OpenB saturation experiment for every policy, and the trace replay.
+
+Writes section `simulation` of benchmarks/RESULTS.md with our GPU allocation at 130% demand next
+to the figures published in the FGD paper (Weng et al., ATC'23), and the replay's hot spots,
+deadline misses and energy. Plots and summary CSVs go to out/bench-sim/.
+
+    python -m benchmarks.sim_bench [--seeds 10] [--ours-seeds 3] [--replay-seeds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+from benchmarks.results import markdown_table, write_section
+from extender.settings import load_settings
+from extender.sim.cli import simulate
+from extender.sim.replay import ReplayResult
+from extender.sim.report import SummaryRow, mean_spread, plot, print_table, write_summary
+from extender.sim.saturation import SaturationResult
+
+TRACE = Path("/work/shared/traces/openb")
+PUBLISHED = {"random": 87.5, "dot-product": 90.9, "gpu-clustering": 91.9, "gpu-packing": 92.0,
+             "best-fit": 93.1, "fgd": 95.4}
+"""GPU allocation ratio (%) at 130% arrived demand, default list, mean of 10 seeds (FGD paper)."""
+BASELINES = ["random", "dot-product", "gpu-clustering", "gpu-packing", "best-fit", "fgd",
+             "kube-default", "trimaran-tlp"]
+OURS = ["metrics-aware", "gpu", "power", "gpu-fgd"]
+PROPOSED = {
+    "gpu-fgd": {
+        "description": "FGD first (fragmentation dominant), then usage, power and deadlines.",
+        "filters": [{"metric": "cpu_utilisation", "above": 0.90, "label": "cpu"},
+                    {"metric": "memory_available_ratio", "below": 0.10,
+                     "label": "memory available"}],
+        "weights": {"gpu_fragmentation": 20, "cpu_utilisation": 1, "host_power_watts": 0.5,
+                    "deadline_miss_ratio": 1},
+    },
+}
+"""Profiles proposed for config/extender.yaml, added on top of the shipped ones for this run."""
+OUT = Path("out/bench-sim")
+
+
+def _pct(values: list[float]) -> str:
+    mean, spread = mean_spread([v * 100 for v in values])
+    return "-" if math.isnan(mean) else f"{mean:.2f} ± {spread:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10, help="saturation seeds per baseline")
+    parser.add_argument("--ours-seeds", type=int, default=3, help="saturation seeds per profile")
+    parser.add_argument("--replay-seeds", type=int, default=1)
+    parser.add_argument("--config", type=Path, default=Path("config/extender.yaml"))
+    args = parser.parse_args()
+    gpu_nodes = TRACE / "openb_node_list_gpu_node.csv"
+    all_nodes = TRACE / "openb_node_list_all_node.csv"
+    pods = TRACE / "openb_pod_list_default.csv"
+
+    runs: list[tuple[str, str, int, str]] = [
+        *[(p, "least-allocated", args.seeds, p) for p in BASELINES],
+        *[(p, "least-allocated", args.ours_seeds, p) for p in OURS],
+        ("gpu-fgd", "most-allocated", args.ours_seeds, "gpu-fgd (in-tree MostAllocated)"),
+    ]
+    settings = load_settings(args.config, overrides={"policy": {"profiles": PROPOSED}})
+    sat_rows: list[SummaryRow] = []
+    curves: list[SaturationResult] = []
+    wall: dict[str, float] = {}
+    for policy, in_tree, seeds, label in runs:
+        start = time.perf_counter()
+        outcome = simulate(gpu_nodes, pods, "saturation", [policy], seeds, settings=settings,
+                           in_tree=in_tree)
+        wall[label] = (time.perf_counter() - start) / seeds
+        for row, result in zip(outcome.rows, outcome.saturation, strict=True):
+            result.policy = label
+            sat_rows.append(dataclasses.replace(row, policy=label))
+            curves.append(result)
+    write_summary(sat_rows, OUT / "saturation" / "summary.csv")
+    plot(sat_rows, OUT / "saturation", curves)
+    print_table(sat_rows, "saturation (OpenB default list, GPU nodes, 130%)")
+
+    rep_rows: list[tuple[SummaryRow, ReplayResult]] = []
+    rep_wall: dict[str, float] = {}
+    for policy in [*BASELINES, *OURS]:
+        start = time.perf_counter()
+        outcome = simulate(all_nodes, pods, "replay", [policy], args.replay_seeds,
+                           settings=settings)
+        rep_wall[policy] = (time.perf_counter() - start) / args.replay_seeds
+        rep_rows.extend(zip(outcome.rows, outcome.replay, strict=True))
+    write_summary([r for r, _ in rep_rows], OUT / "replay" / "summary.csv")
+    plot([r for r, _ in rep_rows], OUT / "replay")
+    print_table([r for r, _ in rep_rows], "replay (OpenB default list, all nodes)")
+
+    groups: dict[str, list[float]] = {}
+    for row in sat_rows:
+        groups.setdefault(row.policy, []).append(row.gpu_alloc_ratio)
+    sat_table = []
+    for label, values in groups.items():
+        published = PUBLISHED.get(label)
+        mean = mean_spread([v * 100 for v in values])[0]
+        diff = f"{mean - published:+.2f}" if published is not None else ""
+        sat_table.append([label, len(values), _pct(values),
+                          f"{published:.1f}" if published is not None else "", diff,
+                          f"{wall[label]:.1f}"])
+    rep_groups: dict[str, list[tuple[SummaryRow, ReplayResult]]] = {}
+    for row, result in rep_rows:
+        rep_groups.setdefault(row.policy, []).append((row, result))
+    rep_table = []
+    for policy, items in rep_groups.items():
+        rows = [r for r, _ in items]
+        results = [res for _, res in items]
+        above = [res.energy_kwh - res.idle_energy_kwh for res in results]
+        rep_table.append([
+            policy, len(rows),
+            f"{mean_spread([r.hotspot_node_minutes for r in rows])[0]:.0f}",
+            _pct([r.deadline_miss_rate for r in rows]),
+            f"{mean_spread([r.energy_kwh for r in rows])[0]:.0f}",
+            f"{mean_spread(above)[0]:.0f}",
+            f"{mean_spread([r.decision_p99_ms for r in rows])[0]:.2f}",
+            f"{rep_wall[policy]:.1f}"])
+    body = "\n\n".join([
+        "### Saturation: GPU allocation at 130% arrived GPU demand",
+        "OpenB default list on the 1213 GPU nodes (6212 GPUs); tasks shuffled and resampled per "
+        f"seed (seeds 42..), arrivals only. Baselines {args.seeds} seeds, our profiles "
+        f"{args.ours_seeds} seeds. `±` is the sample standard deviation over seeds.",
+        markdown_table(["policy", "seeds", "GPU alloc % (ours)", "published %", "diff pp",
+                        "s per run"], sat_table),
+        NOTES,
+        "### Replay: the trace's own arrivals and lifetimes on all 1523 nodes",
+        f"{args.replay_seeds} seed(s); usage, contention, power and metrics-lag models in "
+        "`extender/sim/models.py`; measured from the first to the last arrival.",
+        markdown_table(["policy", "seeds", "hot-spot node-min", "deadline miss %", "energy kWh",
+                        "energy above idle kWh", "decision p99 ms", "s per run"], rep_table),
+        REPLAY_NOTES,
+        f"Plots and per-seed CSVs: `{OUT}/saturation/`, `{OUT}/replay/`.",
+    ])
+    path = write_section("simulation", "Trace-driven simulation (OpenB)",
+                         "python -m benchmarks.sim_bench", body)
+    print(f"wrote {path}")
+    return 0
+
+
+NOTES = """How our figures differ from the paper's, and why:
+- FGD's target workload keeps every task type of the list (`POPULARITY = 1.0`). The artifact's
+  experiment script keeps the most popular types covering 95%; with that cut our FGD drops to
+  about 90% (measured on seed 0: 90.0%), because every multi-GPU type falls out of the target
+  (0.9% of tasks, 9% of GPU demand) and FGD stops protecting idle 8-GPU nodes. We could not find
+  what in the artifact compensates; with all types we land within the 0.5 pp asked.
+- Integer scores with random tie-breaking are reproduced for every baseline (the artifact runs
+  its plugins inside kube-scheduler's framework); continuous FGD scores do worse (94.7% on seed 0).
+- GPU Packing and GPU Clustering follow the artifact's plugin formulas but land below the
+  published figures (see the table); CPU-only tasks score 0 on every node under both, so they are
+  placed at random, which costs CPU on GPU nodes. We did not find the difference in time.
+- kube-default (LeastAllocated + BalancedAllocation on CPU and memory, GPUs unscored) and
+  Trimaran TargetLoadPacking are not in the paper.
+- Ours runs the extender's own engine: scores 0..10 (extender weight 5 as shipped in
+  `manifests/base/scheduler-config.yaml`) added to kube-scheduler's in-tree LeastAllocated and
+  BalancedAllocation; the GPU inside a node is the device plugin's best fit (an extender cannot
+  choose it). `gpu-fgd` is a profile proposed for `config/extender.yaml` (see `PROPOSED`);
+  "in-tree MostAllocated" is the same profile with bin-packing in-tree scoring, a scheduler
+  configuration change, not an extender one. In the saturation experiment ours sees CPU usage
+  from the same usage model as the replay, without lag (there is no clock)."""
+
+REPLAY_NOTES = """Replay caveats: replayed literally the trace keeps at most about 40 tasks alive
+at once on 1523 nodes (median task 9 minutes over 149 days), so the cluster is never short of
+GPUs; what placement changes is where load piles up (hot spots and CPU contention, hence deadline
+misses) and how many nodes and GPUs leave their idle power state (energy). Energy is dominated by
+the all-idle floor, so differences show in "energy above idle". `extender simulate --speedup`
+compresses arrivals for more load."""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
