@@ -1,0 +1,77 @@
+"""Ours: the extender's engine inside the simulator, and the fragmentation term it calls."""
+
+from __future__ import annotations
+
+import numpy as np
+from sim_support import make_nodes
+
+from extender.policies.allocation import Task
+from extender.policies.fragmentation import (
+    DERIVED_TERMS,
+    TargetWorkload,
+    fragmentation_term,
+)
+from extender.policies.model import Allocation, NodeTable, PodDemand
+from extender.settings import load_settings
+from extender.sim.cluster import Cluster, decide
+from extender.sim.policies import OursPolicy, build
+from extender.sim.replay import Observation
+
+
+def table(gpu_free: list[list[float]], cpu_free: list[float]) -> NodeTable:
+    n = len(cpu_free)
+    return NodeTable(names=tuple(f"n{i}" for i in range(n)), metrics=(),
+                     values=np.zeros((n, 0)), sampled_at=np.zeros((n, 0)),
+                     allocation=Allocation(cpu_free_milli=np.array(cpu_free, float),
+                                           memory_free_mib=np.full(n, 1e6),
+                                           gpu_free_milli=np.array(gpu_free, float),
+                                           gpu_model=("T4",) * n))
+
+
+def test_fragmentation_term_scores_the_least_fragmenting_node_one() -> None:
+    term = fragmentation_term(TargetWorkload.from_tasks([1000], [1], [500]))
+    pod = PodDemand(name="p", cpu_cores=1.0, gpus=1, gpu_milli=500)
+    good = term(pod, table([[700, 0], [1000, 1000]], [8000, 8000]), np.array([0, 1, -1]))
+    assert good is not None
+    assert good[1] == 1.0 and good[0] < 0.01 and np.isnan(good[2])
+
+
+def test_fragmentation_term_gives_zero_where_the_pod_cannot_go_and_none_without_allocation() -> None:
+    term = DERIVED_TERMS["gpu_fragmentation"]
+    pod = PodDemand(name="p", cpu_cores=1.0, gpus=2, gpu_milli=2000)
+    good = term(pod, table([[1000, 1000], [1000, -1]], [8000, 8000]), np.array([0, 1]))
+    assert good is not None and good.tolist() == [1.0, 0.0]
+    bare = NodeTable(names=("n0",), metrics=(), values=np.zeros((1, 0)),
+                     sampled_at=np.zeros((1, 0)))
+    assert term(pod, bare, np.array([0])) is None
+
+
+def observation(cpu: list[float]) -> Observation:
+    n = len(cpu)
+    return Observation(100.0, 85.0, np.array(cpu), np.zeros(n), np.full(n, np.nan),
+                       np.full(n, 300.0), np.zeros(n))
+
+
+def test_metrics_aware_profile_avoids_the_busy_node_and_filters_the_overloaded_one() -> None:
+    settings = load_settings("config/extender.yaml", environ={})
+    nodes = make_nodes([(32000, 131072, 0, "")] * 3)
+    wl = TargetWorkload.from_tasks([1000], [0], [0])
+    policy = build("metrics-aware", nodes=nodes, workload=wl, settings=settings)
+    assert isinstance(policy, OursPolicy)
+    policy.observe(observation([0.95, 0.60, 0.10]))
+    task = Task(cpu_milli=1000, memory_mib=1024)
+    scores = policy(task, Cluster(nodes).view(), np.ones(3, bool), np.random.default_rng(0)).scores
+    assert scores[0] == -np.inf  # cpu above the profile's 90% filter
+    assert scores[2] > scores[1]
+    node, _, _ = decide(task, Cluster(nodes), policy, np.random.default_rng(0))
+    assert node == 2
+
+
+def test_placements_reach_the_engine_ledger() -> None:
+    settings = load_settings("config/extender.yaml", environ={})
+    nodes = make_nodes([(32000, 131072, 0, "")] * 2)
+    policy = OursPolicy(settings, "metrics-aware", nodes, TargetWorkload.from_tasks([1], [0], [0]))
+    policy.observe(observation([0.1, 0.1]))
+    policy.placed(0, Task(cpu_milli=16000, memory_mib=1024), "big")
+    pending = policy.engine.ledger.pending(["node-0", "node-1"], np.array([85.0, 85.0]), 100.0)
+    assert pending.cpu_cores.tolist() == [16.0, 0.0]
