@@ -120,7 +120,8 @@ def gpu_fit_count(task: Task, gpu_free: I64) -> I64:
     """Per node, how many GPUs could each take the task's per-GPU share."""
     if task.num_gpu == 0:
         return np.zeros(len(gpu_free), np.int64)
-    return (gpu_free >= task.gpu_milli).sum(axis=1)
+    count: I64 = (gpu_free >= task.gpu_milli).sum(axis=1)
+    return count
 
 
 def model_allowed(task: Task, gpu_model: I64) -> Bools:
@@ -175,7 +176,8 @@ def select(scores: F64, feasible_nodes: Bools, rng: np.random.Generator) -> int:
 
 
 def _gpu_left_total(view: ClusterView) -> I64:
-    return np.maximum(view.gpu_free, 0).sum(axis=1)
+    left: I64 = np.maximum(view.gpu_free, 0).sum(axis=1)
+    return left
 
 
 def kube_default(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:

@@ -121,7 +121,8 @@ def _base(cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload
 def _total(ok: Bools, small: npt.NDArray[np.int64] | F64, idle: npt.NDArray[np.int64] | F64,
            w_gpu: F64, w_cpu: float) -> F64:
     frag = np.where(ok, small, idle[..., None])
-    return (frag * w_gpu).sum(axis=-1) + w_cpu * idle
+    total: F64 = (frag * w_gpu).sum(axis=-1) + w_cpu * idle
+    return total
 
 
 def node_fragmentation(cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload) -> F64:

@@ -88,7 +88,8 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
         raise ExtenderError("--policy: name at least one policy")
     nodes = load_nodes(nodes_path)
     pods = load_pods(pods_path)
-    workload = TargetWorkload.from_tasks(pods.cpu_milli, pods.num_gpu, pods.gpu_milli, pods.spec)
+    workload = TargetWorkload.from_tasks(pods.cpu_milli.tolist(), pods.num_gpu.tolist(),
+                                         pods.gpu_milli.tolist(), pods.spec)
     if settings is None and any(p not in registry.BASELINE_NAMES for p in policies):
         settings = load_settings(config)
     out = Outcome()

@@ -97,7 +97,7 @@ def decide(task: Task, cluster: Cluster, policy: Policy, rng: np.random.Generato
     start = time.perf_counter()
     view = cluster.view(cpu_usage)
     ok = feasible(task, view)
-    node, gpus = -1, ()
+    node, gpus = -1, tuple[int, ...]()
     if ok.any():
         decision = policy(task, view, ok, rng)
         node = select(decision.scores, ok, rng)

@@ -116,11 +116,11 @@ class OursPolicy:
                  rng: np.random.Generator) -> Decision:
         rows = np.flatnonzero(ok)
         offered = [self.names[i] for i in rows]
-        outcome = self.engine.evaluate(self.demand(task), self.table(view), offered, self.clock)
+        outcome = self.engine.decide(self.demand(task), self.table(view), offered, self.clock)
         scores = np.full(len(view), -np.inf)
-        extender = outcome.evaluation.scores.astype(np.float64)
-        if outcome.rejected:
-            extender[[name in outcome.rejected for name in offered]] = -np.inf
+        extender = outcome.score_array.astype(np.float64)
+        if outcome.rejected_mask is not None:
+            extender[outcome.rejected_mask] = -np.inf
         in_tree = self.in_tree(task, view, ok, rng).scores[rows]
         scores[rows] = in_tree + self.extender_weight * 10 * extender
         return Decision(scores)
