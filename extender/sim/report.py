@@ -108,7 +108,10 @@ def print_table(rows: Sequence[SummaryRow], title: str) -> None:
         table.add_column(header, justify="left" if header == "policy" else "right")
     for row in table_rows(rows):
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # pipes and logs: no wrapping of numbers into two lines
+    console.print(table)
 
 
 def plot(rows: Sequence[SummaryRow], out: Path,
