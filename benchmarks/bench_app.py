@@ -84,17 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     options = serve.gunicorn_options(serve_args(args.bind, workers=args.workers,
                                                 threads=args.threads), (None, None))
 
-    from gunicorn.app.base import BaseApplication
-
-    class Application(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return build_app(args.app, args.config, args.nodes)
-
-    Application().run()
+    serve.run_gunicorn(options, lambda: build_app(args.app, args.config, args.nodes))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,12 @@ def gunicorn_options(args: argparse.Namespace, tls: tuple[str | None, str | None
     return options
 
 
-def run(args: argparse.Namespace) -> int:
+def run_gunicorn(options: dict[str, Any], load: Callable[[], Any]) -> None:
+    """Serve the WSGI app made by `load()` under gunicorn with `options` (until stopped).
+
+    `load` runs in each worker after fork, so threads it starts (the refresher) live there.
+    """
     from gunicorn.app.base import BaseApplication
-
-    from extender.server import create_app
-    from extender.settings import load_settings
-
-    settings = load_settings(args.config, overrides=overrides(args))
-    options = gunicorn_options(args, (settings.server.tls_cert_file, settings.server.tls_key_file))
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -77,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            # Runs in each worker after fork: the refresher thread starts there.
-            app = create_app(settings)
+            app = load()
             # Move everything alive now (modules, settings, the app) out of the collector's
             # view: full collections would otherwise rescan ~60k objects and pause requests
             # for tens of milliseconds.
@@ -86,4 +84,13 @@ def run(args: argparse.Namespace) -> int:
             return app
 
     Application().run()
+
+
+def run(args: argparse.Namespace) -> int:
+    from extender.server import create_app
+    from extender.settings import load_settings
+
+    settings = load_settings(args.config, overrides=overrides(args))
+    options = gunicorn_options(args, (settings.server.tls_cert_file, settings.server.tls_key_file))
+    run_gunicorn(options, lambda: create_app(settings))
     return 0
