@@ -157,3 +157,31 @@ def test_prometheus_killed_and_restarted_no_failed_request_staleness_visible_rec
         assert json.loads(client.get("/readyz").data)["status"] == "ok"
     finally:
         prom.stop()
+
+
+def test_nodes_command_prints_the_live_snapshot(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from argparse import Namespace
+
+    from extender.commands import nodes
+
+    monkeypatch.setenv("EXTENDER_CACHE__RATE_WINDOW", "5s")
+    monkeypatch.setenv("COLUMNS", "250")
+    warm(MetricsCache(stack.settings(), PrometheusSource(stack.settings().prometheus)),
+         stack.emulator, [n.name for n in stack.emulator.nodes])
+    args = Namespace(config=None, prometheus_url=stack.prometheus.url, metrics=None)
+    assert nodes.run(args) == 0
+    out = capsys.readouterr().out
+    for node in stack.emulator.nodes:
+        assert node.name in out
+    assert "cpu_utilisation" in out and f"nodes from {stack.prometheus.url}" in out
+
+
+def test_nodes_command_says_when_prometheus_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    from argparse import Namespace
+
+    from extender.commands import nodes
+
+    url = f"http://127.0.0.1:{localstack.free_port()}"
+    assert nodes.run(Namespace(config=None, prometheus_url=url, metrics=None)) == 1
+    assert "Prometheus unreachable" in capsys.readouterr().out
