@@ -87,8 +87,9 @@ class ApiEventSink:
         namespace, name = decision.pod.split("/", 1)
         top = decision.breakdown
         best = ", ".join(f"{n}={s}" for n, s in list(zip(top.nodes, top.scores, strict=True))[:3])
-        message = (f"{decision.verb} ({decision.profile}): {decision.candidates} candidates, "
-                   f"{len(decision.rejected)} rejected; best {best or 'none'}")
+        head = decision.head
+        message = (f"{head.verb} ({head.profile}): {head.candidates} candidates, "
+                   f"{len(head.rejected)} rejected; best {best or 'none'}")
         now = dt.datetime.now(dt.UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),

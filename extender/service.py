@@ -21,6 +21,7 @@ from extender.policies.engine import Engine, Outcome
 from extender.policies.explain import (
     TOP_NODES,
     Breakdown,
+    Decision,
     DecisionLog,
     DecisionRecord,
     rejected_summary,
@@ -93,14 +94,13 @@ class Extender:
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
                 now: float, started: float, top: list[int] | None = None) -> DecisionRecord:
-        decision = DecisionRecord(
+        head = Decision(
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
-            breakdown=Breakdown.of(outcome,
-                                   top if top is not None else outcome.ranking(TOP_NODES)),
-            duration_ms=round((time.perf_counter() - started) * 1e3, 3),
-        )
+            nodes=[], duration_ms=round((time.perf_counter() - started) * 1e3, 3))
+        decision = DecisionRecord(head, Breakdown.of(
+            outcome, top if top is not None else outcome.ranking(TOP_NODES)))
         self.decisions.add(decision)
         if self.events is not None:
             self.events.decision(decision)

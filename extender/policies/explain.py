@@ -171,27 +171,22 @@ def _fixed(goodness: FloatArray) -> DerivedTerm:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DecisionRecord:
-    """What the ring keeps per decision; `view()` renders the JSON `Decision`."""
+    """What the ring keeps per decision: the JSON `Decision` without its per-node explanations,
+    and the breakdown they are computed from when read."""
 
-    id: int
-    time: float
-    verb: str
-    pod: str
-    uid: str
-    profile: str
-    note: str
-    shadow: bool
-    candidates: int
-    chosen: str | None
-    rejected: dict[str, str]
+    head: Decision
     breakdown: Breakdown
-    duration_ms: float
+
+    @property
+    def pod(self) -> str:
+        return self.head.pod
+
+    @property
+    def uid(self) -> str:
+        return self.head.uid
 
     def view(self) -> Decision:
-        return Decision(id=self.id, time=self.time, verb=self.verb, pod=self.pod, uid=self.uid,
-                        profile=self.profile, note=self.note, shadow=self.shadow,
-                        candidates=self.candidates, chosen=self.chosen, rejected=self.rejected,
-                        nodes=self.breakdown.explain(), duration_ms=self.duration_ms)
+        return msgspec.structs.replace(self.head, nodes=self.breakdown.explain())
 
 
 class DecisionLog:
