@@ -145,14 +145,15 @@ def main() -> int:
 NOTES = """How our figures differ from the paper's, and why:
 - FGD's target workload keeps every task type of the list (`POPULARITY = 1.0`). The artifact's
   experiment script keeps the most popular types covering 95%; with that cut our FGD drops to
-  about 90% (measured on seed 0: 90.0%), because every multi-GPU type falls out of the target
+  about 90% (seed 0, measured during development), because every multi-GPU type falls out of the target
   (0.9% of tasks, 9% of GPU demand) and FGD stops protecting idle 8-GPU nodes. We could not find
   what in the artifact compensates; with all types we land within the 0.5 pp asked.
 - Integer scores with random tie-breaking are reproduced for every baseline (the artifact runs
-  its plugins inside kube-scheduler's framework); continuous FGD scores do worse (94.7% on seed 0).
-- GPU Packing and GPU Clustering follow the artifact's plugin formulas but land below the
-  published figures (see the table); CPU-only tasks score 0 on every node under both, so they are
-  placed at random, which costs CPU on GPU nodes. We did not find the difference in time.
+  its plugins inside kube-scheduler's framework); continuous FGD scores do worse (94.7%, seed 0).
+- GPU Packing and GPU Clustering follow the artifact's plugin formulas but land about 3 points
+  below the published figures, DotProduct about half a point; CPU-only tasks score 0 on every
+  node under Packing and Clustering, so they are placed at random, which costs CPU on GPU nodes.
+  We did not find the remaining difference in the time we had.
 - kube-default (LeastAllocated + BalancedAllocation on CPU and memory, GPUs unscored) and
   Trimaran TargetLoadPacking are not in the paper.
 - Ours runs the extender's own engine: scores 0..10 (extender weight 5 as shipped in
@@ -161,7 +162,12 @@ NOTES = """How our figures differ from the paper's, and why:
   choose it). `gpu-fgd` is a profile proposed for `config/extender.yaml` (see `PROPOSED`);
   "in-tree MostAllocated" is the same profile with bin-packing in-tree scoring, a scheduler
   configuration change, not an extender one. In the saturation experiment ours sees CPU usage
-  from the same usage model as the replay, without lag (there is no clock)."""
+  from the same usage model as the replay, without lag (there is no clock).
+- No profile of ours reaches FGD's allocation here: the extender's 11 score levels, the in-tree
+  scores added to them, and the GPU inside the node being the device plugin's choice cost a few
+  tenths of a point to about one point (letting ours pick the GPU, as a binding extender could,
+  did not close the gap in a 2-seed trial). The `gpu` profiles trade that for fewer hot spots,
+  fewer deadline misses and less energy than FGD in the replay below."""
 
 REPLAY_NOTES = """Replay caveats: replayed literally the trace keeps at most about 40 tasks alive
 at once on 1523 nodes (median task 9 minutes over 149 days), so the cluster is never short of
