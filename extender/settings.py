@@ -252,16 +252,17 @@ def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX,
                   sections: Collection[str] | None = None) -> dict[str, Any]:
     """Nested overrides from `PREFIX<SECTION>__<KEY>=value` variables (keys lower-cased).
 
-    Only variables naming a section (`sections`, when given) and a key are read: Kubernetes'
-    service links inject `EXTENDER_SERVICE_HOST`, `EXTENDER_PORT_8888_TCP`, ... for a Service
-    called `extender`, and those must not be taken for settings.
+    Only variables whose first part names a field of `sections` (when given; else a section
+    and a key) are read: Kubernetes' service links inject `EXTENDER_SERVICE_HOST`,
+    `EXTENDER_PORT_8888_TCP`, ... for a Service called `extender`, and those are no settings.
     """
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(prefix) or "__" not in key:
+        if not key.startswith(prefix):
             continue
         path = [part.lower() for part in key[len(prefix) :].split("__") if part]
-        if len(path) < 2 or (sections is not None and path[0] not in sections):
+        if not path or (sections is not None and path[0] not in sections) or (
+                sections is None and len(path) < 2):
             continue
         node = tree
         for part in path[:-1]:
