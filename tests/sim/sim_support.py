@@ -8,7 +8,7 @@ import numpy as np
 
 from extender.sim.trace import Nodes, Pods
 
-OPENB = Path("/work/shared/traces/openb")
+OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
 
 
 def make_nodes(specs: list[tuple[int, int, int, str]]) -> Nodes:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sim_support import OPENB
 
 from extender.sim.trace import TraceError, load_nodes, load_pods
 
@@ -60,9 +61,9 @@ def test_nodes_without_gpus_have_no_model(tmp_path: Path) -> None:
     assert nodes.max_gpus == 8
 
 
-@pytest.mark.skipif(not Path("/work/shared/traces/openb").exists(), reason="OpenB trace absent")
+@pytest.mark.skipif(not OPENB.exists(), reason="OpenB trace absent")
 def test_openb_lists_load() -> None:
-    base = Path("/work/shared/traces/openb")
+    base = OPENB
     assert len(load_nodes(base / "openb_node_list_gpu_node.csv")) == 1213
     pods = load_pods(base / "openb_pod_list_default.csv")
     assert len(pods) == 8152 and pods.has_times
