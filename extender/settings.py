@@ -370,6 +370,13 @@ DERIVED_TERMS = frozenset({"gpu_fragmentation"})
 """Score terms computed from allocation state rather than read from the catalog."""
 
 
+def require_positive(source: str, values: Mapping[str, float]) -> None:
+    """ConfigError `source: key: expected a number > 0` for the first value that is not."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{source}: {key}: expected a number > 0, got {value}")
+
+
 def validate(settings: Settings) -> None:
     """Cross-field checks that types alone cannot express; ConfigError on the first problem."""
     src = settings.source
@@ -406,9 +413,7 @@ def validate(settings: Settings) -> None:
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
     }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{src}: {key}: expected a number > 0, got {value}")
+    require_positive(src, positive)
     if not 0 <= settings.cache.missing_score <= 10:
         raise ConfigError(f"{src}: cache.missing_score: expected 0..10, got {settings.cache.missing_score}")
     if settings.prometheus.retries < 0:

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from extender.errors import ConfigError
-from extender.settings import Struct, load_section
+from extender.settings import Struct, load_section, require_positive
 
 ENV_PREFIX = "PARTITION_"
 DEFAULT_CONFIG = Path("config/partition.yaml")
@@ -147,9 +147,7 @@ def validate(settings: PartitionSettings) -> None:
         "rollout.backoff_initial_s": settings.rollout.backoff_initial_s,
         "rollout.max_unavailable": settings.rollout.max_unavailable,
     }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{src}: {key}: expected a number > 0, got {value}")
+    require_positive(src, positive)
     if settings.rollout.backoff_max_s < settings.rollout.backoff_initial_s:
         raise ConfigError(f"{src}: rollout.backoff_max_s: must be >= rollout.backoff_initial_s")
     if settings.min_reconcile_interval_s < 0 or settings.eligibility.not_ready_grace_s < 0:

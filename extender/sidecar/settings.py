@@ -21,7 +21,7 @@ import msgspec
 import yaml
 
 from extender.errors import ConfigError
-from extender.settings import Struct, convert, env_overrides, load_section
+from extender.settings import Struct, convert, env_overrides, load_section, require_positive
 
 ENV_PREFIX = "EXTENDER_SIDECAR_"
 JOB = "extract-deadline"
@@ -122,9 +122,7 @@ def validate(settings: SidecarSettings) -> None:
         "push.backoff_max_s": settings.push.backoff_max_s,
         "max_running": settings.max_running,
     }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{src}: {key}: expected a number > 0, got {value}")
+    require_positive(src, positive)
     if settings.estimator.alpha > 1:
         raise ConfigError(f"{src}: estimator.alpha: expected 0 < alpha <= 1, got "
                           f"{settings.estimator.alpha}")
