@@ -14,8 +14,10 @@ Two paths give the same answers:
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,6 @@ import numpy.typing as npt
 from extender.policies.hotspot import Ledger, Pending
 from extender.policies.model import IntArray, NodeTable, PodDemand
 from extender.policies.scoring import (
-    UNKNOWN_NODE,
     CompiledProfile,
     DerivedTerm,
     Evaluation,
@@ -124,17 +125,57 @@ class Context:
                         pending=part, derived_terms=self.derived_terms)
 
 
-@dataclass(frozen=True, eq=False)
 class _Baseline:
-    """Scores and verdicts of every table row for a pod without placements or overrides."""
+    """Scores and verdicts of every table row for a pod without overrides (`template`), and of
+    rows with pending load (`loaded`), valid for one table until a fresh sample goes stale.
 
-    table: NodeTable
-    compiled: CompiledProfile
-    computed_at: float
-    valid_until: float
-    scores: npt.NDArray[np.int64]
-    rejected_mask: npt.NDArray[np.bool_]
-    rejections: Mapping[str, Rejection]
+    Row `len(table)` (index -1) holds the answer for candidates not in the table.
+    """
+
+    def __init__(self, table: NodeTable, compiled: CompiledProfile, template: PodDemand,
+                 computed_at: float, valid_until: float, scores: npt.NDArray[np.int64],
+                 verdicts: list[Rejection | None]) -> None:
+        self.table, self.compiled, self.template = table, compiled, template
+        self.computed_at, self.valid_until = computed_at, valid_until
+        self.scores = scores
+        self.verdicts = verdicts
+        self.rejected_mask = np.array([v is not None for v in verdicts], bool)
+        # Rows with pending load: the load they were evaluated with (NaN: not yet), and the result.
+        # Placements change one node at a time, so most calls find every loaded row here.
+        n = len(verdicts)
+        self._load_cpu = np.full(n, np.nan)
+        self._load_mem = np.full(n, np.nan)
+        self._loaded_scores = np.zeros(n, np.int64)
+        self._loaded_mask = np.zeros(n, bool)
+        self._loaded_verdicts: dict[int, Rejection] = {}
+        self._lock = threading.Lock()
+
+    def loaded(self, rows: IntArray, load: Pending,
+               evaluate: Callable[[IntArray, Pending], tuple[npt.NDArray[np.int64],
+                                                              list[Rejection | None]]],
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], dict[int, Rejection]]:
+        """Scores and rejected flags of `rows` under `load`, and the verdicts of the rejected by
+        row; rows whose load changed since they were last seen are evaluated again."""
+        with self._lock:
+            changed = np.flatnonzero((self._load_cpu[rows] != load.cpu_cores)
+                                     | (self._load_mem[rows] != load.memory_bytes))
+            if changed.size:
+                again = rows[changed]
+                part = Pending(load.cpu_cores[changed], load.memory_bytes[changed])
+                scores, verdicts = evaluate(again, part)
+                self._load_cpu[again] = part.cpu_cores
+                self._load_mem[again] = part.memory_bytes
+                self._loaded_scores[again] = scores
+                for row, verdict in zip(again.tolist(), verdicts, strict=True):
+                    self._loaded_mask[row] = verdict is not None
+                    if verdict is None:
+                        self._loaded_verdicts.pop(row, None)
+                    else:
+                        self._loaded_verdicts[row] = verdict
+            mask = self._loaded_mask[rows]
+            found = self._loaded_verdicts
+            return (self._loaded_scores[rows], mask,
+                    {row: found[row] for row in rows[mask].tolist()})
 
 
 class Engine:
@@ -213,6 +254,15 @@ class Engine:
                        compiled: CompiledProfile, now: float, load: Pending | None) -> Evaluation:
         return self._context(pod, table, rows, compiled, now, load).evaluate(range(len(rows)))
 
+    def _verdicts(self, pod: PodDemand, table: NodeTable, compiled: CompiledProfile, now: float,
+                  rows: IntArray, load: Pending) -> tuple[npt.NDArray[np.int64],
+                                                          list[Rejection | None]]:
+        """Scores and filter verdicts (None: passed) of table `rows` under `load`."""
+        ev = self._evaluate_rows(pod, table, rows, compiled, now, load)
+        names = [table.names[r] for r in rows.tolist()]
+        found = rejections(ev, names, compiled, self.settings, table.metrics)
+        return ev.scores, [found.get(name) for name in names]
+
     def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
                  *, pending: bool = True) -> Outcome:
         """Filter verdicts and scores of `names` for `pod` at time `now`, every term computed."""
@@ -231,40 +281,23 @@ class Engine:
             return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
         base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
         rows = table.rows(names)
-        known = rows >= 0
-        missing = self.settings.cache.missing_score
-        if known.all():
-            scores = base.scores[rows]
-            flagged = np.flatnonzero(base.rejected_mask[rows]).tolist()
-        else:
-            scores = np.full(len(rows), missing, dtype=np.int64)
-            scores[known] = base.scores[rows[known]]
-            flagged = np.flatnonzero(known)[base.rejected_mask[rows[known]]].tolist()
-        rejected: dict[str, Rejection] = {}
-        mask = np.zeros(len(names), bool)
-        for i in flagged:
-            rejected[names[i]] = base.rejections[table.names[rows[i]]]
-            mask[i] = True
-        if not known.all() and self.settings.server.unknown_nodes == "reject":
-            for i in np.flatnonzero(~known).tolist():
-                rejected[names[i]] = UNKNOWN_NODE
-                mask[i] = True
-        load = self._pending(table, rows, compiled, now)
+        scores = base.scores[rows]
+        mask = base.rejected_mask[rows]
+        found: dict[int, Rejection] = {}  # verdicts of loaded rows, by row
+        load = None
+        if compiled.hotspot_cols is not None:
+            load = self.ledger.pending_for(table, compiled.hotspot_cols[0], rows, now)
         if load is not None:
-            loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0)).tolist()
-            if loaded:
+            loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0))
+            if loaded.size:
                 # Nodes with recent placements: their values change, evaluate them in full.
-                sub = self._evaluate_rows(pod, table, rows[loaded], compiled, now, Pending(
-                    load.cpu_cores[loaded], load.memory_bytes[loaded]))
-                sub_names = [names[i] for i in loaded]
-                again = rejections(sub, sub_names, compiled, self.settings, table.metrics)
-                scores = scores.copy()
-                scores[loaded] = sub.scores
-                for i, name in zip(loaded, sub_names, strict=True):
-                    rejected.pop(name, None)
-                    mask[i] = name in again
-                rejected.update(again)
-
+                scores[loaded], mask[loaded], found = base.loaded(
+                    rows[loaded], Pending(load.cpu_cores[loaded], load.memory_bytes[loaded]),
+                    functools.partial(self._verdicts, base.template, table, compiled, now))
+        verdicts = base.verdicts
+        rejected = {names[i]: found.get(row) or verdicts[row]
+                    for i, row in zip(np.flatnonzero(mask).tolist(), rows[mask].tolist(),
+                                      strict=True)}
         return Outcome(profile, names, scores, rejected, note,
                        context=self._context(pod, table, rows, compiled, now, load),
                        rejected_mask=mask)
@@ -277,16 +310,17 @@ class Engine:
                 and cached.computed_at <= now < cached.valid_until):
             return cached
         template = PodDemand(name="<baseline>", gpus=int(gpu), gpu_milli=1000 * int(gpu))
-        rows = np.arange(len(table.names), dtype=np.intp)
+        # Every row, then -1 for the candidates not in the table (an empty name stands for them).
+        rows = np.append(np.arange(len(table.names), dtype=np.intp), -1)
         ev = self._evaluate_rows(template, table, rows, compiled, now, None)
-        found = rejections(ev, table.names, compiled, self.settings, table.metrics)
-        mask = np.zeros(len(table.names), bool)
-        mask[[table.index[name] for name in found]] = True
+        names = (*table.names, "")
+        found = rejections(ev, names, compiled, self.settings, table.metrics)
+        verdicts = [found.get(name) for name in names]
         # Valid until the next fresh sample turns stale (then scores and verdicts may change).
         expiry = table.sampled_at + self.settings.cache.max_staleness_s
-        upcoming = expiry[ev.fresh]
+        upcoming = expiry[ev.fresh[:-1]]
         valid_until = float(upcoming.min()) if upcoming.size else float("inf")
-        base = _Baseline(table, compiled, now, valid_until, ev.scores, mask, found)
+        base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts)
         if len(self._baselines) > 64:
             self._baselines.clear()
         self._baselines[key] = base

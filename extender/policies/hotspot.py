@@ -8,21 +8,32 @@ added to the node's estimated usage while
 - the node's latest sample was taken less than `settle_s` after the placement (a later sample is
   assumed to include the pod).
 
+Loads are summed in whole millicores and bytes (Kubernetes quantities have no finer grain), so
+sums taken in any order are exact and the two ways of computing them below agree to the bit:
+- `pending()` / `pending_rows()` walk the per-node logs (the reference, O(log n) per node);
+- `pending_for()`, the webhook's, reads running per-row totals kept for the latest NodeTable and
+  updated on each placement and expiry, so a request costs one gather however full the ledger is.
+
 The ledger holds state but does no I/O; the clock is passed in, so tests and the simulator drive it.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from extender.policies.model import FloatArray, PodDemand
+from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
 
 MAX_PER_NODE = 256  # a bound on memory; a node receiving more within one window is saturated anyway
+CLOCK_SKEW_S = 1.0
+"""Threads take the time before the ledger's lock, so calls arrive slightly out of time order. A
+call up to this much behind the latest one sees the window as of that call (running totals only
+move forward); further behind, the totals are rebuilt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,8 @@ class Placement:
     cpu_cores: float
     memory_bytes: float
     pod: str
+    seq: int = 0
+    """Unique within a ledger."""
 
 
 @dataclass(frozen=True)
@@ -45,35 +58,46 @@ class Pending:
         return bool(self.cpu_cores.any() or self.memory_bytes.any())
 
 
+def _millicores(cpu_cores: float) -> int:
+    return round(cpu_cores * 1000)
+
+
 class _NodeLog:
     """One node's placements in time order, with prefix sums so that the load placed after any
     instant is a difference of two sums found by bisection (O(log n) per candidate)."""
 
-    __slots__ = ("times", "cum_cpu", "cum_mem", "placements", "keys")
+    __slots__ = ("times", "cum_mcpu", "cum_mem", "placements", "keys")
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self.cum_cpu: list[float] = [0.0]
-        self.cum_mem: list[float] = [0.0]
+        self.cum_mcpu: list[int] = [0]
+        self.cum_mem: list[int] = [0]
         self.placements: list[Placement] = []
         self.keys: set[str] = set()
 
-    def append(self, placement: Placement) -> None:
+    def append(self, placement: Placement) -> float:
+        """Add `placement`; returns the time it is filed under."""
         # Threads may record a few microseconds out of order: keep the list sorted by clamping.
         at = max(placement.at, self.times[-1]) if self.times else placement.at
         self.times.append(at)
-        self.cum_cpu.append(self.cum_cpu[-1] + placement.cpu_cores)
-        self.cum_mem.append(self.cum_mem[-1] + placement.memory_bytes)
+        self.cum_mcpu.append(self.cum_mcpu[-1] + _millicores(placement.cpu_cores))
+        self.cum_mem.append(self.cum_mem[-1] + round(placement.memory_bytes))
         self.placements.append(placement)
         self.keys.add(placement.pod)
+        return at
 
-    def forget_before(self, horizon: float, keep_at_most: int) -> None:
-        k = max(bisect.bisect_left(self.times, horizon), len(self.times) - keep_at_most)
+    def forget_before(self, horizon: float, keep_at_most: int) -> list[Placement]:
+        """Drop placements older than `horizon`, and the oldest beyond `keep_at_most`; returns
+        those of the latter that were still inside the window."""
+        expired = bisect.bisect_left(self.times, horizon)
+        k = max(expired, len(self.times) - keep_at_most)
         if k <= 0:
-            return
+            return []
+        evicted = self.placements[expired:k]
         for placement in self.placements[:k]:
             self.keys.discard(placement.pod)
-        del self.times[:k], self.cum_cpu[:k], self.cum_mem[:k], self.placements[:k]
+        del self.times[:k], self.cum_mcpu[:k], self.cum_mem[:k], self.placements[:k]
+        return evicted
 
     def since(self, horizon: float, sample: float, settle_s: float) -> tuple[float, float]:
         """Load of placements at or after `horizon` that the sample taken at `sample` (NaN: none)
@@ -81,7 +105,60 @@ class _NodeLog:
         k = bisect.bisect_left(self.times, horizon)
         if sample == sample:
             k = max(k, bisect.bisect_right(self.times, sample - settle_s))
-        return self.cum_cpu[-1] - self.cum_cpu[k], self.cum_mem[-1] - self.cum_mem[k]
+        return ((self.cum_mcpu[-1] - self.cum_mcpu[k]) / 1000,
+                float(self.cum_mem[-1] - self.cum_mem[k]))
+
+
+class _Totals:
+    """Per-row sums of the placements that count against one table's samples.
+
+    Within one table the samples are fixed, so whether a placement is visible in its node's sample
+    is decided once, when it is added; what remains is expiry, in time order, from a heap, and
+    eviction by the per-node bound. Row `len(table)` (index -1) stays zero: it stands for
+    candidates not in the table.
+    """
+
+    __slots__ = ("table", "column", "visible_until", "mcpu", "mem", "heap", "counted", "horizon")
+
+    def __init__(self, table: NodeTable, column: int, settle_s: float, horizon: float,
+                 logs: Mapping[str, _NodeLog]) -> None:
+        self.table, self.column, self.horizon = table, column, horizon
+        # A placement at or before this instant is in the node's sample (NaN: no sample).
+        self.visible_until = (table.sampled_at[:, column] - settle_s).tolist()
+        self.mcpu = np.zeros(len(table.names) + 1)
+        self.mem = np.zeros(len(table.names) + 1)
+        self.heap: list[tuple[float, int]] = []  # (time, seq) of the counted placements
+        self.counted: dict[int, tuple[int, int, int]] = {}  # seq -> row, millicores, bytes
+        index = table.index
+        for node, log in logs.items():
+            row = index.get(node)
+            if row is not None:
+                for j, at in enumerate(log.times):
+                    self.add(row, at, log.placements[j].seq, log.cum_mcpu[j + 1] - log.cum_mcpu[j],
+                             log.cum_mem[j + 1] - log.cum_mem[j])
+
+    def add(self, row: int, at: float, seq: int, mcpu: int, mem: int) -> None:
+        if at < self.horizon or at <= self.visible_until[row]:
+            return
+        self.mcpu[row] += mcpu
+        self.mem[row] += mem
+        self.counted[seq] = (row, mcpu, mem)
+        heapq.heappush(self.heap, (at, seq))
+
+    def remove(self, seq: int) -> None:
+        """Stop counting placement `seq` (no-op if it is not counted); its heap entry stays and
+        is skipped when it expires."""
+        found = self.counted.pop(seq, None)
+        if found is not None:
+            row, mcpu, mem = found
+            self.mcpu[row] -= mcpu
+            self.mem[row] -= mem
+
+    def expire(self, horizon: float) -> None:
+        heap = self.heap
+        while heap and heap[0][0] < horizon:
+            self.remove(heapq.heappop(heap)[1])
+        self.horizon = max(self.horizon, horizon)
 
 
 class Ledger:
@@ -91,6 +168,8 @@ class Ledger:
         self.window_s = window_s
         self.settle_s = settle_s
         self._by_node: dict[str, _NodeLog] = {}
+        self._totals: _Totals | None = None
+        self._seq = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -104,12 +183,23 @@ class Ledger:
                 log = self._by_node[node] = _NodeLog()
             if pod.key in log.keys:
                 return  # prioritize winner and bind may both report the same pod
-            log.append(Placement(at, pod.cpu_cores, pod.memory_bytes, pod.key))
-            log.forget_before(at - self.window_s, MAX_PER_NODE)
+            self._seq += 1
+            filed = log.append(Placement(at, pod.cpu_cores, pod.memory_bytes, pod.key, self._seq))
+            evicted = log.forget_before(at - self.window_s, MAX_PER_NODE)
+            totals = self._totals
+            if totals is not None:
+                row = totals.table.index.get(node)
+                if row is not None:
+                    totals.add(row, filed, self._seq, log.cum_mcpu[-1] - log.cum_mcpu[-2],
+                               log.cum_mem[-1] - log.cum_mem[-2])
+                for placement in evicted:
+                    totals.remove(placement.seq)
             if len(self._by_node) > 4 * MAX_PER_NODE:
                 self._forget_idle(at - self.window_s)
 
     def _forget_idle(self, horizon: float) -> None:
+        # Every placement of these nodes is older than the window: the totals count none of them
+        # once expired, and their heap entries expire on their own.
         for node in [n for n, log in self._by_node.items() if log.times[-1] < horizon]:
             del self._by_node[node]
 
@@ -126,7 +216,7 @@ class Ledger:
         """`pending` for `count` candidates; `position(node)` is the node's candidate index
         (None or -1 when it is no candidate).
 
-        Walks the ledger's nodes (a burst's few dozen), not the candidates (hundreds).
+        Walks the ledger's nodes, not the candidates.
         """
         cpu = np.zeros(count)
         mem = np.zeros(count)
@@ -137,6 +227,26 @@ class Ledger:
                 if i is not None and i >= 0:
                     cpu[i], mem[i] = log.since(horizon, float(sampled_at[i]), self.settle_s)
         return Pending(cpu, mem)
+
+    def pending_for(self, table: NodeTable, column: int, rows: IntArray,
+                    now: float) -> Pending | None:
+        """`pending` for the candidates at table `rows` (-1: not in the table), whose usage
+        samples are `table.sampled_at[:, column]`; None when nothing is pending anywhere.
+
+        Reads running totals kept for the latest table (built on the first call for a table).
+        """
+        horizon = now - self.window_s
+        with self._lock:
+            totals = self._totals
+            if (totals is None or totals.table is not table or totals.column != column
+                    or horizon < totals.horizon - CLOCK_SKEW_S):
+                totals = self._totals = _Totals(table, column, self.settle_s, horizon,
+                                                self._by_node)
+            else:
+                totals.expire(horizon)
+            if not totals.counted:
+                return None
+            return Pending(totals.mcpu[rows] / 1000, totals.mem[rows])
 
     def snapshot(self, now: float) -> dict[str, list[Placement]]:
         """Placements still inside the window, per node (for the Monitoring API)."""

@@ -39,10 +39,11 @@ def random_table(seed: int, mode: str) -> NodeTable:
        candidates=st.lists(st.sampled_from(NODES + ["ghost-1", "ghost-2"]), min_size=1,
                            max_size=14, unique=True),
        placements=st.lists(st.tuples(st.sampled_from(NODES), st.floats(0, 90)), max_size=6),
-       later=st.sampled_from([0.0, 5.0, 15.0, 95.0]))
+       later=st.sampled_from([0.0, 5.0, 15.0, 95.0]),
+       between=st.lists(st.sampled_from(NODES), max_size=3))
 def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str | None,
                                  candidates: list[str], placements: list[tuple[str, float]],
-                                 later: float) -> None:
+                                 later: float, between: list[str]) -> None:
     s = SETTINGS[mode]
     table = random_table(seed, mode)
     engine = Engine(s)
@@ -52,8 +53,11 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
     pod = PodDemand(namespace="ns", name="x", cpu_cores=1, memory_bytes=2**30, gpus=int(gpu),
                     gpu_milli=1000 * int(gpu), policy=profile)
     # Decide first at NOW (building the baseline), then later: the baseline must expire when a
-    # sample goes stale in between.
-    for now in (NOW, NOW + later):
+    # sample goes stale in between, and nodes placed on in between must be evaluated again.
+    for step, now in enumerate((NOW, NOW + later)):
+        for k, node in enumerate(between if step else []):
+            engine.record_placement(node, PodDemand(namespace="ns", name=f"q{k}", cpu_cores=2,
+                                                    memory_bytes=2**29), now)
         fast = engine.decide(pod, table, candidates, now)
         slow = engine.evaluate(pod, table, candidates, now)
         assert fast.scores == slow.scores

@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.policies.hotspot import MAX_PER_NODE, Ledger
-from extender.policies.model import PodDemand
+from extender.policies.model import NodeTable, PodDemand
 
 WINDOW, SETTLE = 60.0, 30.0
 
 placements = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
                                 st.floats(0, 200, allow_nan=False),
-                                st.floats(0, 8, allow_nan=False)), max_size=40)
+                                # Whole millicores, as Kubernetes quantities are.
+                                st.integers(0, 8000).map(lambda m: m / 1000)), max_size=40)
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,6 +43,7 @@ def test_pending_matches_the_definition(placements: list[tuple[str, float, float
         assert got[i] == pytest.approx(expected, abs=1e-9)
 
 
+
 def test_same_pod_is_counted_once() -> None:
     ledger = Ledger(WINDOW, SETTLE)
     pod = PodDemand(namespace="ns", name="p", cpu_cores=2)
@@ -55,3 +57,54 @@ def test_ledger_is_bounded_per_node() -> None:
     for k in range(3 * MAX_PER_NODE):
         ledger.record("a", PodDemand(namespace="ns", name=f"p{k}", cpu_cores=1), 10.0 + k * 1e-3)
     assert len(ledger.snapshot(11.0)["a"]) == MAX_PER_NODE
+
+
+def test_running_totals_follow_the_per_node_bound() -> None:
+    ledger = Ledger(WINDOW, SETTLE)
+    table = NodeTable(names=("a",), metrics=("cpu",), values=np.zeros((1, 1)),
+                      sampled_at=np.full((1, 1), math.nan))
+    rows = table.rows(["a"])
+    assert ledger.pending_for(table, 0, rows, 10.0) is None
+    for k in range(MAX_PER_NODE + 50):  # totals exist while the bound starts evicting
+        ledger.record("a", PodDemand(namespace="ns", name=f"p{k}", cpu_cores=1), 10.0 + k * 1e-3)
+        fast = ledger.pending_for(table, 0, rows, 11.0)
+        assert fast is not None and fast.cpu_cores[0] == min(k + 1, MAX_PER_NODE)
+    assert ledger.pending(["a"], np.array([math.nan]), 11.0).cpu_cores[0] == MAX_PER_NODE
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("record"), st.sampled_from(["a", "b", "c", "d"]), st.floats(0, 5),
+              st.integers(0, 4000), st.integers(0, 2**33)),
+    st.tuples(st.just("query"), st.floats(0, 5)),
+    st.tuples(st.just("refresh"), st.lists(st.one_of(st.just(math.nan), st.floats(0, 300)),
+                                           min_size=3, max_size=3))), max_size=30))
+def test_running_totals_equal_the_reference(steps: list[tuple]) -> None:
+    """`pending_for` (running totals) gives bit-identical loads to `pending_rows` (the logs) while
+    placements, queries and new tables interleave, the clock moving forward."""
+    ledger = Ledger(WINDOW, SETTLE)
+    names = ("a", "b", "c")  # "d" is placed on but is no table node
+    table = NodeTable(names=names, metrics=("cpu",), values=np.zeros((3, 1)),
+                      sampled_at=np.full((3, 1), math.nan))
+    candidates = ["c", "ghost", "a", "b"]
+    rows = table.rows(candidates)
+    now, k = 100.0, 0
+    for step in steps:
+        if step[0] == "record":
+            _, node, dt, mcpu, mem = step
+            now += dt
+            k += 1
+            ledger.record(node, PodDemand(namespace="ns", name=f"p{k}", cpu_cores=mcpu / 1000,
+                                          memory_bytes=mem), now)
+        elif step[0] == "refresh":
+            table = NodeTable(names=names, metrics=("cpu",), values=np.zeros((3, 1)),
+                              sampled_at=np.array(step[1]).reshape(3, 1))
+        else:
+            now += step[1]
+        fast = ledger.pending_for(table, 0, rows, now)
+        slow = ledger.pending(candidates, table.sampled_at[rows, 0], now)
+        if fast is None:
+            assert not slow.any
+        else:
+            assert fast.cpu_cores.tolist() == slow.cpu_cores.tolist()
+            assert fast.memory_bytes.tolist() == slow.memory_bytes.tolist()
