@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.policies.hotspot import Ledger, Pending
-from extender.policies.model import IntArray, NodeTable, PodDemand
+from extender.policies.model import IntArray, NodeTable, PodDemand, name_ranks
 from extender.policies.scoring import (
     CompiledProfile,
     DerivedTerm,
@@ -89,11 +89,17 @@ class Outcome:
         values = scores[candidates]
         # Only candidates scoring at least the k-th best can be in the top k: sort just those.
         threshold = np.partition(values, -min(k, values.size))[-min(k, values.size)]
-        top = candidates[values >= threshold].tolist()
-        # Two stable C-level sorts (by name, then by score descending) instead of a key lambda.
-        top.sort(key=self.names.__getitem__)
-        top.sort(key=scores.tolist().__getitem__, reverse=True)
-        return top[:k]
+        top = candidates[values >= threshold]
+        order = np.lexsort((self._name_ranks(top), -scores[top]))
+        return top[order[:k]].tolist()  # type: ignore[no-any-return]
+
+    def _name_ranks(self, indices: IntArray) -> IntArray:
+        """Numbers that sort like the names of the candidates at `indices`."""
+        if self.context is not None:
+            rows = self.context.rows[indices]
+            if rows.size and rows.min() >= 0:
+                return self.context.table.name_ranks[rows]
+        return name_ranks([self.names[i] for i in indices.tolist()])
 
     def best(self) -> str | None:
         """The highest-scoring node not rejected; ties go to the first name in sorted order."""
@@ -260,7 +266,7 @@ class Engine:
         """Scores and filter verdicts (None: passed) of table `rows` under `load`."""
         ev = self._evaluate_rows(pod, table, rows, compiled, now, load)
         names = [table.names[r] for r in rows.tolist()]
-        found = rejections(ev, names, compiled, self.settings, table.metrics)
+        found = rejections(ev, names, compiled, self.settings)
         return ev.scores, [found.get(name) for name in names]
 
     def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
@@ -271,7 +277,7 @@ class Engine:
         load = self._pending(table, rows, compiled, now) if pending else None
         context = self._context(pod, table, rows, compiled, now, load)
         ev = context.evaluate(range(len(rows)))
-        rejected = rejections(ev, names, compiled, self.settings, table.metrics)
+        rejected = rejections(ev, names, compiled, self.settings)
         return Outcome(profile, names, ev.scores, rejected, note, context=context, evaluation=ev)
 
     def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
@@ -314,7 +320,7 @@ class Engine:
         rows = np.append(np.arange(len(table.names), dtype=np.intp), -1)
         ev = self._evaluate_rows(template, table, rows, compiled, now, None)
         names = (*table.names, "")
-        found = rejections(ev, names, compiled, self.settings, table.metrics)
+        found = rejections(ev, names, compiled, self.settings)
         verdicts = [found.get(name) for name in names]
         # Valid until the next fresh sample turns stale (then scores and verdicts may change).
         expiry = table.sampled_at + self.settings.cache.max_staleness_s
@@ -325,6 +331,19 @@ class Engine:
             self._baselines.clear()
         self._baselines[key] = base
         return base
+
+    def prepare(self, table: NodeTable, now: float) -> None:
+        """Build what `decide()` caches per table (default profile's baselines, ledger totals,
+        name order), so that the first requests after a refresh do not pay for it."""
+        table.name_ranks  # noqa: B018 - computed and cached on first access
+        for gpu in (False, True):
+            pod = PodDemand(name="<prepare>", gpus=int(gpu), gpu_milli=1000 * int(gpu))
+            profile, _, compiled, _ = self._resolve(pod, table)
+            if not compiled.derived:
+                self._baseline(table, profile, compiled, gpu, now)
+            if compiled.hotspot_cols is not None:
+                self.ledger.pending_for(table, compiled.hotspot_cols[0],
+                                        np.empty(0, dtype=np.intp), now)
 
     def record_placement(self, node: str, pod: PodDemand, now: float) -> None:
         """Count `pod` as load on `node` until the metrics show it."""

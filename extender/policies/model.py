@@ -9,6 +9,8 @@ table from its (lagged) usage model, so both run exactly the same policy code.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,8 +183,13 @@ class NodeTable:
 
     def rows(self, names: Sequence[str]) -> IntArray:
         """Row index of each name, -1 for names not in the table."""
-        get = self.index.get
-        return np.array([get(name, -1) for name in names], dtype=np.intp)
+        return np.fromiter(map(self.index.get, names, itertools.repeat(-1)), dtype=np.intp,
+                           count=len(names))
+
+    @functools.cached_property
+    def name_ranks(self) -> IntArray:
+        """Each row's position in the sorted order of the names (ranks ties by name cheaply)."""
+        return name_ranks(self.names)
 
     def value(self, node: str, metric: str) -> float:
         """One value (NaN when absent)."""
@@ -190,3 +197,10 @@ class NodeTable:
         if i is None or j is None:
             return float("nan")
         return float(self.values[i, j])
+
+
+def name_ranks(names: Sequence[str]) -> IntArray:
+    """Numbers that sort like `names`: the position of each in their sorted order."""
+    ranks = np.empty(len(names), dtype=np.intp)
+    ranks[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return ranks

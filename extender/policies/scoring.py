@@ -36,6 +36,36 @@ DerivedTerm = Callable[[PodDemand, NodeTable, IntArray], FloatArray | None]
 
 
 @dataclass(frozen=True, eq=False)
+class RuleChecks:
+    """Filter rules as arrays, one entry per rule (in order) whose metric the table has, so that
+    every rule is checked on every candidate in a few array operations."""
+
+    rules: tuple[FilterRule, ...]
+    columns: IntArray
+    above: FloatArray
+    """+inf where the rule has no upper limit."""
+    below: FloatArray
+    """-inf where the rule has no lower limit."""
+    reject_missing: BoolArray
+    """Whether a missing or stale value fails the rule."""
+    units: tuple[str, ...]
+    """The unit of each rule's metric, for the reason's text."""
+
+    @classmethod
+    def of(cls, rules: Sequence[tuple[FilterRule, int]], settings: Settings) -> RuleChecks:
+        kept = [(rule, j) for rule, j in rules if j >= 0]
+        units = {entry.name: entry.unit for entry in settings.catalog}
+        missing_data = settings.cache.missing_data
+        return cls(
+            rules=tuple(rule for rule, _ in kept), units=tuple(units.get(r.metric, "") for r, _ in kept),
+            columns=np.array([j for _, j in kept], dtype=np.intp),
+            above=np.array([np.inf if r.above is None else r.above for r, _ in kept]),
+            below=np.array([-np.inf if r.below is None else r.below for r, _ in kept]),
+            reject_missing=np.array([(r.on_missing or missing_data) == "reject" for r, _ in kept],
+                                    dtype=bool))
+
+
+@dataclass(frozen=True, eq=False)
 class CompiledProfile:
     """A profile resolved against a table's metric columns, ready for vectorised evaluation."""
 
@@ -51,6 +81,8 @@ class CompiledProfile:
     derived: Mapping[str, float]
     rules: tuple[tuple[FilterRule, int], ...]
     """Filter rules with their column (-1 when the table lacks the metric)."""
+    checks: RuleChecks
+    """The rules whose metric the table has, as arrays."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
 
@@ -84,7 +116,8 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
         if min(cols) >= 0:
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
     return CompiledProfile(name, w, np.where(gpu_only, 0.0, w), gpu_only, lower.astype(float),
-                           low, span, derived, rules, hot_cols)
+                           low, span, derived, rules,
+                           RuleChecks.of(rules, settings), hot_cols)
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,49 +229,42 @@ def format_value(value: float, unit: str) -> str:
 
 
 def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
-               settings: Settings, metrics: Sequence[str]) -> dict[str, Rejection]:
+               settings: Settings) -> dict[str, Rejection]:
     """The filter verdict for each candidate that fails, by node name (passing nodes absent)."""
     out: dict[str, Rejection] = {}
     cache = settings.cache
-    units = {entry.name: entry.unit for entry in settings.catalog}
     if settings.server.unknown_nodes == "reject":
         for i in np.flatnonzero(ev.rows < 0).tolist():
             out[names[i]] = UNKNOWN_NODE
-    for rule, j in compiled.rules:
-        label = rule.label or rule.metric
-        if j < 0:
-            continue
-        col, ok = ev.values[:, j], ev.fresh[:, j]
-        bad = np.zeros(len(col), bool)
+    checks = compiled.checks
+    if checks.rules:
+        values, ok = ev.values[:, checks.columns], ev.fresh[:, checks.columns]
         # Comparisons with NaN are False and do not warn.
-        if rule.above is not None:
-            bad |= ok & (col > rule.above)
-        if rule.below is not None:
-            bad |= ok & (col < rule.below)
-        unit = units.get(rule.metric, "")
-        for i in np.flatnonzero(bad).tolist():
+        bad = ok & ((values > checks.above) | (values < checks.below))
+        failed = bad | (~ok & checks.reject_missing & (ev.rows >= 0)[:, None])
+        for i in np.flatnonzero(failed.any(axis=1)).tolist():
             if names[i] in out:
                 continue
-            if rule.reason:
+            r = int(failed[i].argmax())  # the first rule, in configuration order, that fails
+            rule, value = checks.rules[r], float(values[i, r])
+            label = rule.label or rule.metric
+            if bad[i, r] and rule.reason:
                 out[names[i]] = Rejection(label, rule.reason)
-                continue
-            if rule.above is not None and col[i] > rule.above:
-                limit, op = rule.above, ">"
-            else:
-                limit, op = rule.below if rule.below is not None else 0.0, "<"
-            out[names[i]] = Rejection(label, f"{label} {format_value(float(col[i]), unit)} {op} "
-                                      f"{format_value(limit, unit)}")
-        if (rule.on_missing or cache.missing_data) == "reject":
-            for i in np.flatnonzero(~ok & (ev.rows >= 0)).tolist():
-                if names[i] in out:
-                    continue
-                # No age in the text: verdicts are cached until a sample goes stale, and the
-                # explanation carries the exact age.
-                if np.isnan(ev.values[i, j]) or np.isnan(ev.age_s[i, j]):
-                    out[names[i]] = Rejection("missing", f"no {metrics[j]} data")
+            elif bad[i, r]:
+                if rule.above is not None and value > rule.above:
+                    limit, op = rule.above, ">"
                 else:
-                    out[names[i]] = Rejection("stale", f"{metrics[j]} data older than "
-                                              f"{cache.max_staleness_s:.0f}s")
+                    limit, op = rule.below if rule.below is not None else 0.0, "<"
+                unit = checks.units[r]
+                out[names[i]] = Rejection(label, f"{label} {format_value(value, unit)} {op} "
+                                          f"{format_value(limit, unit)}")
+            # No age in the text: verdicts are cached until a sample goes stale, and the
+            # explanation carries the exact age.
+            elif value != value or np.isnan(ev.age_s[i, checks.columns[r]]):
+                out[names[i]] = Rejection("missing", f"no {rule.metric} data")
+            else:
+                out[names[i]] = Rejection("stale", f"{rule.metric} data older than "
+                                          f"{cache.max_staleness_s:.0f}s")
     if cache.missing_data == "reject":
         weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
         if ev.weights.any():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.policies.engine import Engine
+from extender.policies.engine import Engine, Outcome
 from extender.policies.model import NodeTable, PodDemand
+from extender.policies.scoring import UNKNOWN_NODE, format_value
 from tests.support import settings as load
 
 NOW = 1_000_000.0
@@ -76,3 +79,72 @@ def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:
     assert out.scores == [0, 0] and out.rejected == {}
     rejecting = Engine(SETTINGS["reject"]).decide(PodDemand(name="x"), empty, ["a"], NOW)
     assert rejecting.rejected["a"].code == "unknown"
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+       rejected=st.lists(st.booleans(), min_size=12, max_size=12),
+       ghosts=st.lists(st.booleans(), min_size=12, max_size=12), k=st.integers(0, 6),
+       order=st.randoms(use_true_random=False))
+def test_ranking_is_best_score_first_then_name(scores: list[int], rejected: list[bool],
+                                               ghosts: list[bool], k: int, order) -> None:
+    """Whether the names are table rows or not (ties then rank by the table's name order)."""
+    names = [("ghost-" if ghosts[i] else "") + f"n{i}" for i in range(len(scores))]
+    order.shuffle(names)
+    table = random_table(0, "neutral")
+    out = Engine(SETTINGS["neutral"]).evaluate(PodDemand(name="x"), table, names, NOW)
+    flagged = {n: UNKNOWN_NODE for n, r in zip(names, rejected[:len(names)], strict=True) if r}
+    out = Outcome(out.profile, names, np.array(scores), flagged, context=out.context)
+    expected = sorted((i for i, name in enumerate(names) if name not in out.rejected),
+                      key=lambda i: (-scores[i], names[i]))[:k]
+    assert out.ranking(k) == expected
+    without_table = Outcome(out.profile, names, out.score_array, out.rejected)
+    assert without_table.ranking(k) == expected
+
+
+def rule_by_rule(ev, names, compiled, s) -> dict[str, str]:
+    """The filter verdicts as the configuration reads: rule after rule, first failure wins."""
+    units = {entry.name: entry.unit for entry in s.catalog}
+    out: dict[str, str] = {}
+    if s.server.unknown_nodes == "reject":
+        out.update({names[i]: UNKNOWN_NODE.message for i in range(len(names)) if ev.rows[i] < 0})
+    for rule, j in compiled.rules:
+        if j < 0:
+            continue
+        label, unit = rule.label or rule.metric, units.get(rule.metric, "")
+        for i, name in enumerate(names):
+            value, fresh = float(ev.values[i, j]), bool(ev.fresh[i, j])
+            if name in out:
+                continue
+            if fresh and rule.above is not None and value > rule.above:
+                out[name] = rule.reason or (f"{label} {format_value(value, unit)} > "
+                                            f"{format_value(rule.above, unit)}")
+            elif fresh and rule.below is not None and value < rule.below:
+                out[name] = rule.reason or (f"{label} {format_value(value, unit)} < "
+                                            f"{format_value(rule.below, unit)}")
+            elif not fresh and ev.rows[i] >= 0 and \
+                    (rule.on_missing or s.cache.missing_data) == "reject":
+                out[name] = (f"no {rule.metric} data" if math.isnan(value)
+                             or math.isnan(ev.age_s[i, j]) else
+                             f"{rule.metric} data older than {s.cache.max_staleness_s:.0f}s")
+    if s.cache.missing_data == "reject" and ev.weights.any():
+        weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
+        for i, name in enumerate(names):
+            if not weighted[i] and ev.rows[i] >= 0:
+                out.setdefault(name, "no fresh metric data")
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(["neutral", "reject"]),
+       profile=st.sampled_from(["metrics-aware", "power", "gpu"]),
+       candidates=st.lists(st.sampled_from(NODES + ["ghost-1"]), min_size=1, max_size=13,
+                           unique=True))
+def test_filter_verdicts_are_the_first_failing_rule(seed: int, mode: str, profile: str,
+                                                    candidates: list[str]) -> None:
+    s = SETTINGS[mode]
+    table = random_table(seed, mode)
+    out = Engine(s).evaluate(PodDemand(name="x", policy=profile), table, candidates, NOW)
+    assert out.evaluation is not None and out.context is not None
+    expected = rule_by_rule(out.evaluation, candidates, out.context.compiled, s)
+    assert {n: r.message for n, r in out.rejected.items()} == expected
