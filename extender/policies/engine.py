@@ -7,9 +7,12 @@ Two paths give the same answers:
 - `evaluate()` computes every term for every candidate (the reference; the simulator and the
   tests use it);
 - `decide()`, the webhook's, reads each candidate's score and verdict from a baseline computed
-  once per table, profile and GPU flag (valid until the next sample goes stale), and evaluates in
-  full only the candidates with recent placements and, on demand, the few it explains. A request
-  then costs a handful of array operations whether it names 10 nodes or 5000.
+  once per table, profile and GPU flag (valid until the next sample goes stale). Candidates with
+  recent placements are read from the same baseline's cache of loaded rows, and evaluated again
+  only when their pending load changed since (in a burst: the previous pod's node). Pending loads
+  come from the ledger's running totals. A request then costs a handful of array operations
+  whether it names 10 nodes or 5000, however many placements are pending.
+`prepare()` builds the per-table parts when a table arrives, off the request path.
 """
 
 from __future__ import annotations

@@ -91,15 +91,18 @@ class Breakdown:
         """Copy what explaining the candidates at `indices` of `outcome` will need."""
         ctx = outcome.context
         assert ctx is not None
-        idx = np.asarray(list(indices), dtype=np.intp)
+        idx = np.array(indices, dtype=np.intp)
         rows = ctx.rows[idx]
         table = ctx.table
-        values = np.full((len(idx), len(table.metrics)), np.nan)
-        sampled = values.copy()
-        known = rows >= 0
-        if len(table.names):
-            values[known] = table.values[rows[known]]
-            sampled[known] = table.sampled_at[rows[known]]
+        if rows.size and rows.min() >= 0:
+            values, sampled = table.values[rows], table.sampled_at[rows]  # copies
+        else:
+            values = np.full((len(idx), len(table.metrics)), np.nan)
+            sampled = values.copy()
+            known = rows >= 0
+            if len(table.names):
+                values[known] = table.values[rows[known]]
+                sampled[known] = table.sampled_at[rows[known]]
         pending = None if ctx.pending is None else Pending(ctx.pending.cpu_cores[idx],
                                                            ctx.pending.memory_bytes[idx])
         derived = {} if outcome.evaluation is None else {
