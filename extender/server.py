@@ -161,7 +161,6 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
 
     def on_refresh(snapshot: Snapshot) -> None:
         telemetry.refreshed(snapshot)
-        extender.engine.prepare(snapshot.table, clock())
         outcome = score_reference(extender, snapshot, clock())
         telemetry.set_node_scores(outcome.names, outcome.scores)
         if snapshot.refreshes == 1:

@@ -12,7 +12,6 @@ Two paths give the same answers:
   only when their pending load changed since (in a burst: the previous pod's node). Pending loads
   come from the ledger's running totals. A request then costs a handful of array operations
   whether it names 10 nodes or 5000, however many placements are pending.
-`prepare()` builds the per-table parts when a table arrives, off the request path.
 """
 
 from __future__ import annotations
@@ -334,19 +333,6 @@ class Engine:
             self._baselines.clear()
         self._baselines[key] = base
         return base
-
-    def prepare(self, table: NodeTable, now: float) -> None:
-        """Build what `decide()` caches per table (default profile's baselines, ledger totals,
-        name order), so that the first requests after a refresh do not pay for it."""
-        table.name_ranks  # noqa: B018 - computed and cached on first access
-        for gpu in (False, True):
-            pod = PodDemand(name="<prepare>", gpus=int(gpu), gpu_milli=1000 * int(gpu))
-            profile, _, compiled, _ = self._resolve(pod, table)
-            if not compiled.derived:
-                self._baseline(table, profile, compiled, gpu, now)
-            if compiled.hotspot_cols is not None:
-                self.ledger.pending_for(table, compiled.hotspot_cols[0],
-                                        np.empty(0, dtype=np.intp), now)
 
     def record_placement(self, node: str, pod: PodDemand, now: float) -> None:
         """Count `pod` as load on `node` until the metrics show it."""
