@@ -8,11 +8,12 @@ added to the node's estimated usage while
 - the node's latest sample was taken less than `settle_s` after the placement (a later sample is
   assumed to include the pod).
 
-Loads are summed in whole millicores and bytes (Kubernetes quantities have no finer grain), so
-sums taken in any order are exact and the two ways of computing them below agree to the bit:
+Loads are summed in whole millicores and bytes (Kubernetes quantities have no finer grain). Two
+ways to read them, with the same per-node arithmetic:
 - `pending()` / `pending_rows()` walk the per-node logs (the reference, O(log n) per node);
-- `pending_for()`, the webhook's, reads running per-row totals kept for the latest NodeTable and
-  updated on each placement and expiry, so a request costs one gather however full the ledger is.
+- `pending_for()`, the webhook's, reads per-row totals kept for the latest NodeTable, recomputed
+  for a node when it gets a placement and when its oldest counted placement leaves the window, so
+  a request costs one gather however full the ledger is.
 
 The ledger holds state but does no I/O; the clock is passed in, so tests and the simulator drive it.
 """
@@ -42,8 +43,6 @@ class Placement:
     cpu_cores: float
     memory_bytes: float
     pod: str
-    seq: int = 0
-    """Unique within a ledger."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,7 @@ class _NodeLog:
         self.placements: list[Placement] = []
         self.keys: set[str] = set()
 
-    def append(self, placement: Placement) -> float:
-        """Add `placement`; returns the time it is filed under."""
+    def append(self, placement: Placement) -> None:
         # Threads may record a few microseconds out of order: keep the list sorted by clamping.
         at = max(placement.at, self.times[-1]) if self.times else placement.at
         self.times.append(at)
@@ -84,81 +82,70 @@ class _NodeLog:
         self.cum_mem.append(self.cum_mem[-1] + round(placement.memory_bytes))
         self.placements.append(placement)
         self.keys.add(placement.pod)
-        return at
 
-    def forget_before(self, horizon: float, keep_at_most: int) -> list[Placement]:
-        """Drop placements older than `horizon`, and the oldest beyond `keep_at_most`; returns
-        those of the latter that were still inside the window."""
-        expired = bisect.bisect_left(self.times, horizon)
-        k = max(expired, len(self.times) - keep_at_most)
+    def forget_before(self, horizon: float, keep_at_most: int) -> None:
+        """Drop placements older than `horizon`, and the oldest beyond `keep_at_most`."""
+        k = max(bisect.bisect_left(self.times, horizon), len(self.times) - keep_at_most)
         if k <= 0:
-            return []
-        evicted = self.placements[expired:k]
+            return
         for placement in self.placements[:k]:
             self.keys.discard(placement.pod)
         del self.times[:k], self.cum_mcpu[:k], self.cum_mem[:k], self.placements[:k]
-        return evicted
 
-    def since(self, horizon: float, sample: float, settle_s: float) -> tuple[float, float]:
-        """Load of placements at or after `horizon` that the sample taken at `sample` (NaN: none)
-        cannot show yet, i.e. placed after `sample - settle_s`."""
+    def first_counted(self, horizon: float, sample: float, settle_s: float) -> int:
+        """Index of the first placement at or after `horizon` that the sample taken at `sample`
+        (NaN: none) cannot show yet, i.e. placed after `sample - settle_s`; all later ones count."""
         k = bisect.bisect_left(self.times, horizon)
         if sample == sample:
             k = max(k, bisect.bisect_right(self.times, sample - settle_s))
+        return k
+
+    def load_from(self, k: int) -> tuple[float, float]:
+        """CPU cores and memory bytes of the placements from index `k` on."""
         return ((self.cum_mcpu[-1] - self.cum_mcpu[k]) / 1000,
                 float(self.cum_mem[-1] - self.cum_mem[k]))
 
 
 class _Totals:
-    """Per-row sums of the placements that count against one table's samples.
+    """Per-row pending load for one table, computed per node from its log as `pending_rows` does.
 
-    Within one table the samples are fixed, so whether a placement is visible in its node's sample
-    is decided once, when it is added; what remains is expiry, in time order, from a heap, and
-    eviction by the per-node bound. Row `len(table)` (index -1) stays zero: it stands for
-    candidates not in the table.
+    A row changes when its node gets or loses a placement (recomputed then) and when its oldest
+    counted placement leaves the window: a heap of (that placement's time, node) says when. Row
+    `len(table)` (index -1) stays zero: it stands for candidates not in the table.
     """
 
-    __slots__ = ("table", "column", "visible_until", "mcpu", "mem", "heap", "counted", "horizon")
+    __slots__ = ("table", "column", "sampled", "settle_s", "cpu", "mem", "heap", "horizon")
 
     def __init__(self, table: NodeTable, column: int, settle_s: float, horizon: float,
                  logs: Mapping[str, _NodeLog]) -> None:
-        self.table, self.column, self.horizon = table, column, horizon
-        # A placement at or before this instant is in the node's sample (NaN: no sample).
-        self.visible_until = (table.sampled_at[:, column] - settle_s).tolist()
-        self.mcpu = np.zeros(len(table.names) + 1)
+        self.table, self.column, self.settle_s, self.horizon = table, column, settle_s, horizon
+        self.sampled = table.sampled_at[:, column].tolist()
+        self.cpu = np.zeros(len(table.names) + 1)
         self.mem = np.zeros(len(table.names) + 1)
-        self.heap: list[tuple[float, int]] = []  # (time, seq) of the counted placements
-        self.counted: dict[int, tuple[int, int, int]] = {}  # seq -> row, millicores, bytes
-        index = table.index
+        self.heap: list[tuple[float, str]] = []
         for node, log in logs.items():
-            row = index.get(node)
-            if row is not None:
-                for j, at in enumerate(log.times):
-                    self.add(row, at, log.placements[j].seq, log.cum_mcpu[j + 1] - log.cum_mcpu[j],
-                             log.cum_mem[j + 1] - log.cum_mem[j])
+            self.update(node, log)
 
-    def add(self, row: int, at: float, seq: int, mcpu: int, mem: int) -> None:
-        if at < self.horizon or at <= self.visible_until[row]:
+    def update(self, node: str, log: _NodeLog | None) -> None:
+        """Recompute `node`'s row from its log (None: the ledger forgot it)."""
+        row = self.table.index.get(node)
+        if row is None:
             return
-        self.mcpu[row] += mcpu
-        self.mem[row] += mem
-        self.counted[seq] = (row, mcpu, mem)
-        heapq.heappush(self.heap, (at, seq))
+        if log is None:
+            self.cpu[row] = self.mem[row] = 0.0
+            return
+        sample = self.sampled[row]
+        k = log.first_counted(self.horizon, sample, self.settle_s)
+        self.cpu[row], self.mem[row] = log.load_from(k)
+        if k < len(log.times):
+            heapq.heappush(self.heap, (log.times[k], node))
 
-    def remove(self, seq: int) -> None:
-        """Stop counting placement `seq` (no-op if it is not counted); its heap entry stays and
-        is skipped when it expires."""
-        found = self.counted.pop(seq, None)
-        if found is not None:
-            row, mcpu, mem = found
-            self.mcpu[row] -= mcpu
-            self.mem[row] -= mem
-
-    def expire(self, horizon: float) -> None:
-        heap = self.heap
-        while heap and heap[0][0] < horizon:
-            self.remove(heapq.heappop(heap)[1])
+    def expire(self, horizon: float, logs: Mapping[str, _NodeLog]) -> None:
         self.horizon = max(self.horizon, horizon)
+        heap = self.heap
+        while heap and heap[0][0] < self.horizon:
+            node = heapq.heappop(heap)[1]
+            self.update(node, logs.get(node))
 
 
 class Ledger:
@@ -169,7 +156,6 @@ class Ledger:
         self.settle_s = settle_s
         self._by_node: dict[str, _NodeLog] = {}
         self._totals: _Totals | None = None
-        self._seq = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -183,23 +169,16 @@ class Ledger:
                 log = self._by_node[node] = _NodeLog()
             if pod.key in log.keys:
                 return  # prioritize winner and bind may both report the same pod
-            self._seq += 1
-            filed = log.append(Placement(at, pod.cpu_cores, pod.memory_bytes, pod.key, self._seq))
-            evicted = log.forget_before(at - self.window_s, MAX_PER_NODE)
-            totals = self._totals
-            if totals is not None:
-                row = totals.table.index.get(node)
-                if row is not None:
-                    totals.add(row, filed, self._seq, log.cum_mcpu[-1] - log.cum_mcpu[-2],
-                               log.cum_mem[-1] - log.cum_mem[-2])
-                for placement in evicted:
-                    totals.remove(placement.seq)
+            log.append(Placement(at, pod.cpu_cores, pod.memory_bytes, pod.key))
+            log.forget_before(at - self.window_s, MAX_PER_NODE)
+            if self._totals is not None:
+                self._totals.update(node, log)
             if len(self._by_node) > 4 * MAX_PER_NODE:
                 self._forget_idle(at - self.window_s)
 
     def _forget_idle(self, horizon: float) -> None:
-        # Every placement of these nodes is older than the window: the totals count none of them
-        # once expired, and their heap entries expire on their own.
+        # Every placement of these nodes is older than the window: their heap entries in the
+        # totals expire on their own, and find no log then (a zero load).
         for node in [n for n, log in self._by_node.items() if log.times[-1] < horizon]:
             del self._by_node[node]
 
@@ -225,7 +204,8 @@ class Ledger:
             for node, log in self._by_node.items():
                 i = position(node)
                 if i is not None and i >= 0:
-                    cpu[i], mem[i] = log.since(horizon, float(sampled_at[i]), self.settle_s)
+                    k = log.first_counted(horizon, float(sampled_at[i]), self.settle_s)
+                    cpu[i], mem[i] = log.load_from(k)
         return Pending(cpu, mem)
 
     def pending_for(self, table: NodeTable, column: int, rows: IntArray,
@@ -243,10 +223,10 @@ class Ledger:
                 totals = self._totals = _Totals(table, column, self.settle_s, horizon,
                                                 self._by_node)
             else:
-                totals.expire(horizon)
-            if not totals.counted:
+                totals.expire(horizon, self._by_node)
+            if not totals.heap:
                 return None
-            return Pending(totals.mcpu[rows] / 1000, totals.mem[rows])
+            return Pending(totals.cpu[rows], totals.mem[rows])
 
     def snapshot(self, now: float) -> dict[str, list[Placement]]:
         """Placements still inside the window, per node (for the Monitoring API)."""
