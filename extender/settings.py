@@ -305,13 +305,17 @@ def _readable(message: str) -> str:
 
 def load_section(path: Path | str, type_: type[T], *, environ: Mapping[str, str] | None = None,
                  env_prefix: str | None = None) -> T:
-    """Load one YAML file into a settings Struct, with optional env overrides under `env_prefix`."""
+    """Load one YAML file into a settings Struct, with optional env overrides under `env_prefix`.
+    A `source` field of the Struct records the file, for error messages of later checks."""
     path = Path(path)
     data = read_yaml(path)
     if env_prefix:
         data = merge(data, env_overrides(os.environ if environ is None else environ, env_prefix,
                                          getattr(type_, "__struct_fields__", None)))
-    return convert(data, type_, str(path))
+    loaded = convert(data, type_, str(path))
+    if "source" in getattr(type_, "__struct_fields__", ()):
+        loaded = msgspec.structs.replace(loaded, source=str(path))  # type: ignore[type-var]
+    return loaded
 
 
 def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None,

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from extender.errors import ConfigError
 from extender.settings import Struct, load_section, require_positive
 
@@ -125,7 +123,6 @@ def load_partition_settings(
     """Load and validate `path` (default config/partition.yaml); ConfigError names file and key."""
     path = Path(path or DEFAULT_CONFIG)
     settings = load_section(path, PartitionSettings, environ=environ, env_prefix=ENV_PREFIX)
-    settings = msgspec.structs.replace(settings, source=str(path))
     validate(settings)
     return settings
 

@@ -17,7 +17,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import msgspec
 import yaml
 
 from extender.errors import ConfigError
@@ -102,7 +101,6 @@ def load_sidecar_settings(path: Path | str | None = None, *,
                            SidecarSettings, "<defaults>")
     else:
         settings = load_section(path, SidecarSettings, environ=environ, env_prefix=ENV_PREFIX)
-        settings = msgspec.structs.replace(settings, source=str(path))
     validate(settings)
     return settings
 
