@@ -298,7 +298,7 @@ class Engine:
         if load is not None:
             loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0))
             if loaded.size:
-                # Nodes with recent placements: their values change, evaluate them in full.
+                # Nodes with recent placements: their values differ from the baseline's.
                 scores[loaded], mask[loaded], found = base.loaded(
                     rows[loaded], Pending(load.cpu_cores[loaded], load.memory_bytes[loaded]),
                     functools.partial(self._verdicts, base.template, table, compiled, now))

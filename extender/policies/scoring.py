@@ -52,12 +52,15 @@ class RuleChecks:
     """The unit of each rule's metric, for the reason's text."""
 
     @classmethod
-    def of(cls, rules: Sequence[tuple[FilterRule, int]], settings: Settings) -> RuleChecks:
-        kept = [(rule, j) for rule, j in rules if j >= 0]
+    def of(cls, rules: Sequence[FilterRule], column: Mapping[str, int],
+           settings: Settings) -> RuleChecks:
+        """The `rules` whose metric has a column in `column` (metric -> column)."""
+        kept = [(rule, column[rule.metric]) for rule in rules if rule.metric in column]
         units = {entry.name: entry.unit for entry in settings.catalog}
         missing_data = settings.cache.missing_data
         return cls(
-            rules=tuple(rule for rule, _ in kept), units=tuple(units.get(r.metric, "") for r, _ in kept),
+            rules=tuple(rule for rule, _ in kept),
+            units=tuple(units.get(rule.metric, "") for rule, _ in kept),
             columns=np.array([j for _, j in kept], dtype=np.intp),
             above=np.array([np.inf if r.above is None else r.above for r, _ in kept]),
             below=np.array([-np.inf if r.below is None else r.below for r, _ in kept]),
@@ -79,10 +82,8 @@ class CompiledProfile:
     low: FloatArray
     span: FloatArray
     derived: Mapping[str, float]
-    rules: tuple[tuple[FilterRule, int], ...]
-    """Filter rules with their column (-1 when the table lacks the metric)."""
     checks: RuleChecks
-    """The rules whose metric the table has, as arrays."""
+    """The filter rules whose metric the table has, as arrays."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
 
@@ -107,7 +108,6 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
         if entry.direction != "info":
             w[j] = merged.get(entry.name, 0.0)
     derived = {term: merged[term] for term in DERIVED_TERMS if merged.get(term, 0.0) > 0}
-    rules = tuple((rule, column.get(rule.metric, -1)) for rule in profile.filters)
     hot = profile.hotspot
     hot_cols = None
     if hot.enabled:
@@ -116,8 +116,8 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
         if min(cols) >= 0:
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
     return CompiledProfile(name, w, np.where(gpu_only, 0.0, w), gpu_only, lower.astype(float),
-                           low, span, derived, rules,
-                           RuleChecks.of(rules, settings), hot_cols)
+                           low, span, derived, RuleChecks.of(profile.filters, column, settings),
+                           hot_cols)
 
 
 @dataclass(frozen=True, eq=False)

@@ -102,13 +102,15 @@ def test_ranking_is_best_score_first_then_name(scores: list[int], rejected: list
     assert without_table.ranking(k) == expected
 
 
-def rule_by_rule(ev, names, compiled, s) -> dict[str, str]:
+def rule_by_rule(ev, names, s, profile, metrics) -> dict[str, str]:
     """The filter verdicts as the configuration reads: rule after rule, first failure wins."""
     units = {entry.name: entry.unit for entry in s.catalog}
     out: dict[str, str] = {}
     if s.server.unknown_nodes == "reject":
         out.update({names[i]: UNKNOWN_NODE.message for i in range(len(names)) if ev.rows[i] < 0})
-    for rule, j in compiled.rules:
+    column = {metric: j for j, metric in enumerate(metrics)}
+    for rule in s.profile(profile).filters:
+        j = column.get(rule.metric, -1)
         if j < 0:
             continue
         label, unit = rule.label or rule.metric, units.get(rule.metric, "")
@@ -146,5 +148,5 @@ def test_filter_verdicts_are_the_first_failing_rule(seed: int, mode: str, profil
     table = random_table(seed, mode)
     out = Engine(s).evaluate(PodDemand(name="x", policy=profile), table, candidates, NOW)
     assert out.evaluation is not None and out.context is not None
-    expected = rule_by_rule(out.evaluation, candidates, out.context.compiled, s)
+    expected = rule_by_rule(out.evaluation, candidates, s, profile, table.metrics)
     assert {n: r.message for n, r in out.rejected.items()} == expected
