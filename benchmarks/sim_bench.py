@@ -28,18 +28,9 @@ PUBLISHED = {"random": 87.5, "dot-product": 90.9, "gpu-clustering": 91.9, "gpu-p
 """GPU allocation ratio (%) at 130% arrived demand, default list, mean of 10 seeds (FGD paper)."""
 BASELINES = ["random", "dot-product", "gpu-clustering", "gpu-packing", "best-fit", "fgd",
              "kube-default", "trimaran-tlp"]
-OURS = ["metrics-aware", "gpu", "power", "gpu-fgd"]
-PROPOSED = {
-    "gpu-fgd": {
-        "description": "FGD first (fragmentation dominant), then usage, power and deadlines.",
-        "filters": [{"metric": "cpu_utilisation", "above": 0.90, "label": "cpu"},
-                    {"metric": "memory_available_ratio", "below": 0.10,
-                     "label": "memory available"}],
-        "weights": {"gpu_fragmentation": 20, "cpu_utilisation": 1, "host_power_watts": 0.5,
-                    "deadline_miss_ratio": 1},
-    },
-}
-"""Profiles proposed for config/extender.yaml, added on top of the shipped ones for this run."""
+OURS = ["metrics-aware", "gpu", "power"]
+GPU_OVERLAY = ("gpu", "none", "gpu (in-tree scoring off)")
+"""The `gpu` profile as manifests/overlays/gpu deploys it: resource score plugins disabled."""
 OUT = Path("out/bench-sim")
 
 
@@ -62,9 +53,9 @@ def main() -> int:
     runs: list[tuple[str, str, int, str]] = [
         *[(p, "least-allocated", args.seeds, p) for p in BASELINES],
         *[(p, "least-allocated", args.ours_seeds, p) for p in OURS],
-        ("gpu-fgd", "most-allocated", args.ours_seeds, "gpu-fgd (in-tree MostAllocated)"),
+        (GPU_OVERLAY[0], GPU_OVERLAY[1], args.seeds, GPU_OVERLAY[2]),
     ]
-    settings = load_settings(args.config, overrides={"policy": {"profiles": PROPOSED}})
+    settings = load_settings(args.config)
     sat_rows: list[SummaryRow] = []
     curves: list[SaturationResult] = []
     wall: dict[str, float] = {}
@@ -83,12 +74,15 @@ def main() -> int:
 
     rep_rows: list[tuple[SummaryRow, ReplayResult]] = []
     rep_wall: dict[str, float] = {}
-    for policy in [*BASELINES, *OURS]:
+    for policy, in_tree, label in [*[(p, "least-allocated", p) for p in [*BASELINES, *OURS]],
+                                   GPU_OVERLAY]:
         start = time.perf_counter()
         outcome = simulate(all_nodes, pods, "replay", [policy], args.replay_seeds,
-                           settings=settings)
-        rep_wall[policy] = (time.perf_counter() - start) / args.replay_seeds
-        rep_rows.extend(zip(outcome.rows, outcome.replay, strict=True))
+                           settings=settings, in_tree=in_tree)
+        rep_wall[label] = (time.perf_counter() - start) / args.replay_seeds
+        for row, result in zip(outcome.rows, outcome.replay, strict=True):
+            result.policy = label
+            rep_rows.append((dataclasses.replace(row, policy=label), result))
     write_summary([r for r, _ in rep_rows], OUT / "replay" / "summary.csv")
     plot([r for r, _ in rep_rows], OUT / "replay")
     print_table([r for r, _ in rep_rows], "replay (OpenB default list, all nodes)")

@@ -128,7 +128,13 @@ class CacheSettings(Struct):
 
 
 class FilterRule(Struct):
-    """Reject a node when `metric` is above `above` or below `below`."""
+    """Reject a node when `metric` is above `above` or below `below`.
+
+    `metric` may be a derived term (`gpu_fragmentation`): its goodness (0..1) is then taken
+    relative to the best candidate that passed the metric rules, so `below: 0.02` keeps the nodes
+    whose placement fragments GPUs at most ~39 milli-GPU more than the best one. Rules on derived
+    terms are checked after the metric rules and pass every node when the term does not apply
+    (no allocation state, no GPU model data)."""
 
     metric: str
     above: float | None = None
@@ -140,6 +146,10 @@ class FilterRule(Struct):
     on_missing: MissingData | None = None
     """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
     Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
+    with_pod: bool = False
+    """Check the value the node would show with this pod's requests added (its CPU cores over the
+    node's cores, its memory over the node's total): "would this pod make the node hot", not
+    "is it hot already". Only for the profile's hot-spot CPU and memory metrics."""
 
 
 class HotspotSettings(Struct):
@@ -399,10 +409,14 @@ def validate(settings: Settings) -> None:
             if not weight >= 0:
                 raise ConfigError(f"{where}.weights.{metric}: expected a number >= 0, got {weight}")
         for i, rule in enumerate(profile.filters):
-            if rule.metric not in known:
+            if rule.metric not in known and rule.metric not in DERIVED_TERMS:
                 raise ConfigError(f"{where}.filters.{i}.metric: {rule.metric!r} is not in the catalog")
             if rule.above is None and rule.below is None:
                 raise ConfigError(f"{where}.filters.{i}: set `above` or `below`")
+            if rule.with_pod and not (profile.hotspot.enabled and rule.metric in (
+                    profile.hotspot.cpu_metric, profile.hotspot.memory_metric)):
+                raise ConfigError(f"{where}.filters.{i}.with_pod: only for the hot-spot CPU and "
+                                  "memory metrics, with hotspot.enabled")
         hot = profile.hotspot
         if hot.enabled:
             for field in ("cpu_metric", "memory_metric", "cores_metric", "memory_total_metric"):

@@ -203,6 +203,14 @@ def most_allocated(task: Task, view: ClusterView, ok: Bools,
     return Decision(used + balanced)
 
 
+def no_resource_scoring(task: Task, view: ClusterView, ok: Bools,
+                        rng: np.random.Generator) -> Decision:
+    """No in-tree resource scoring: a scheduler profile that disables NodeResourcesFit and
+    NodeResourcesBalancedAllocation scoring, leaving placement to the extender (ties at random)."""
+    return Decision(np.zeros(len(view)))
+
+
+
 def _free_fraction(task: Task, view: ClusterView) -> F64:
     """Mean of CPU and memory left after placement, as fractions of capacity."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -285,7 +285,7 @@ class Engine:
     def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
         """The same answer as `evaluate()`, from a cached per-table baseline (see the module doc)."""
         profile, note, compiled, overridden = self._resolve(pod, table)
-        if overridden or compiled.derived:
+        if overridden or compiled.per_pod:
             return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
         base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
         rows = table.rows(names)

@@ -216,30 +216,35 @@ def fgd_policy(workload: TargetWorkload, models: Sequence[str]) -> Callable[
             group = view.gpu_model[rows]
             delta, slot = placement_delta(task, view.cpu_free[rows], view.gpu_free[rows],
                                           by_model[group], workload, group=group)
-            scores[rows] = np.floor(_sigmoid(-delta / MILLI) * MAX_NODE_SCORE)
+            scores[rows] = fgd_levels(delta)
             gpu[rows] = slot
         return Decision(scores, gpu)
 
     return fgd
 
 
-GOODNESS_SCALE_MILLI = 10.0
-"""Fragmentation growth (milli-GPU) beyond the best node that divides the goodness by e. Small,
-because the extender's score has only 11 levels: a node must be within a few milli-GPU of the
-best to keep the top score, as FGD's 0..100 sigmoid keeps about 10 milli."""
+def fgd_levels(delta: F64) -> F64:
+    """FGD's integer score 0..100 for a fragmentation growth (milli-GPU; +inf: cannot go)."""
+    return np.floor(_sigmoid(-delta / MILLI) * MAX_NODE_SCORE)
+
+
+GOODNESS_PER_LEVEL = 4.0
+"""Each level of FGD's score below the best candidate's divides the goodness by e^4 (one level is
+about 40 milli-GPU of growth near zero), so only the best level keeps the extender's top score."""
 
 
 def goodness(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: TargetWorkload, *,
              group: I64 | None = None) -> F64:
-    """0..1 per node: exp(-(growth - least growth) / GOODNESS_SCALE_MILLI), so 1 where placing
-    `task` grows the fragmentation least among these nodes; 0 where the task cannot go."""
+    """0..1 per node: exp(-GOODNESS_PER_LEVEL x (FGD levels below the best of these nodes)), so 1
+    exactly on the nodes FGD would draw from (its best integer score), 0 where the task cannot
+    go. A filter rule `below: 0.999` on it keeps just FGD's choices."""
     delta, _ = placement_delta(task, cpu_free, gpu_free, access, wl, group=group)
     finite = np.isfinite(delta)
     if not finite.any():
         return np.zeros(len(delta))
-    best = delta[finite].min()
-    return np.where(finite, np.exp(-(np.where(finite, delta, best) - best)
-                                   / GOODNESS_SCALE_MILLI), 0.0)
+    levels = fgd_levels(delta)
+    best = levels[finite].max()
+    return np.where(finite, np.exp(-(best - levels) * GOODNESS_PER_LEVEL), 0.0)
 
 
 def fragmentation_term(workload: TargetWorkload) -> Callable[

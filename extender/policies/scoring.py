@@ -50,6 +50,8 @@ class RuleChecks:
     """Whether a missing or stale value fails the rule."""
     units: tuple[str, ...]
     """The unit of each rule's metric, for the reason's text."""
+    with_pod: BoolArray
+    """Whether the rule checks the value with the pod's own requests added."""
 
     @classmethod
     def of(cls, rules: Sequence[FilterRule], column: Mapping[str, int],
@@ -65,7 +67,8 @@ class RuleChecks:
             above=np.array([np.inf if r.above is None else r.above for r, _ in kept]),
             below=np.array([-np.inf if r.below is None else r.below for r, _ in kept]),
             reject_missing=np.array([(r.on_missing or missing_data) == "reject" for r, _ in kept],
-                                    dtype=bool))
+                                    dtype=bool),
+            with_pod=np.array([r.with_pod for r, _ in kept], dtype=bool))
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,10 +85,18 @@ class CompiledProfile:
     low: FloatArray
     span: FloatArray
     derived: Mapping[str, float]
+    """Derived term -> weight, for the terms weighted or filtered on (weight 0: filter only)."""
     checks: RuleChecks
     """The filter rules whose metric the table has, as arrays."""
+    derived_rules: tuple[FilterRule, ...]
+    """The filter rules on derived terms, checked after `checks` (see `FilterRule`)."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
+
+    @property
+    def per_pod(self) -> bool:
+        """Whether results depend on the pod beyond its GPU flag (no shared baseline then)."""
+        return bool(self.derived) or bool(self.checks.with_pod.any())
 
 
 def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Sequence[str],
@@ -107,7 +118,9 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
         lower[j] = entry.direction == "lower_is_better"
         if entry.direction != "info":
             w[j] = merged.get(entry.name, 0.0)
-    derived = {term: merged[term] for term in DERIVED_TERMS if merged.get(term, 0.0) > 0}
+    derived_rules = tuple(rule for rule in profile.filters if rule.metric in DERIVED_TERMS)
+    derived = {term: merged.get(term, 0.0) for term in DERIVED_TERMS
+               if merged.get(term, 0.0) > 0 or any(r.metric == term for r in derived_rules)}
     hot = profile.hotspot
     hot_cols = None
     if hot.enabled:
@@ -117,7 +130,7 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
     return CompiledProfile(name, w, np.where(gpu_only, 0.0, w), gpu_only, lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
-                           hot_cols)
+                           derived_rules, hot_cols)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,6 +152,9 @@ class Evaluation:
     derived_weights: Mapping[str, float]
     scores: npt.NDArray[np.int64]
     pending: Pending | None
+    own: FloatArray | None = None
+    """(k, m) change the pod's own requests would make to the values (hot-spot CPU and memory
+    columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
 
     def take(self, indices: Sequence[int]) -> Evaluation:
         """The evaluation of the candidates at `indices` only, in that order."""
@@ -148,7 +164,7 @@ class Evaluation:
         return Evaluation(self.rows[i], self.values[i], self.age_s[i], self.fresh[i],
                           self.goodness[i], self.weights,
                           {term: g[i] for term, g in self.derived.items()}, self.derived_weights,
-                          self.scores[i], pending)
+                          self.scores[i], pending, None if self.own is None else self.own[i])
 
 
 def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile, *,
@@ -203,8 +219,15 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     scored = denominator > 0
     ratio = np.divide(numerator, denominator, out=np.zeros(len(rows)), where=scored)
     scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
+    own = None
+    if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
+        cpu, mem, cores, total = compiled.hotspot_cols
+        own = np.zeros_like(values)
+        np.divide(pod.cpu_cores, values[:, cores], out=own[:, cpu], where=values[:, cores] > 0)
+        np.divide(-pod.memory_bytes, values[:, total], out=own[:, mem],
+                  where=values[:, total] > 0)
     return Evaluation(rows, values, age, fresh, goodness, weights, derived, derived_weights,
-                      scores.astype(np.int64), pending)
+                      scores.astype(np.int64), pending, own)
 
 
 @dataclass(frozen=True)
@@ -229,6 +252,62 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def _reject_derived(rule: FilterRule, ev: Evaluation, names: Sequence[str],
+                    out: dict[str, Rejection]) -> None:
+    """Add the candidates failing `rule` (on a derived term) to `out`. The goodness is taken
+    relative to the best candidate still passing, so that the metric rules cannot empty the
+    band: when they reject the best nodes, the band follows the best of the rest."""
+    goodness = ev.derived.get(rule.metric)
+    if goodness is None:
+        return
+    alive = np.array([name not in out for name in names], bool) & ~np.isnan(goodness)
+    best = float(goodness[alive].max()) if alive.any() else 0.0
+    if best <= 0:  # the term ranks no passing candidate: nothing to keep a band around
+        return
+    relative = goodness / best
+    above = np.inf if rule.above is None else rule.above
+    below = -np.inf if rule.below is None else rule.below
+    label = rule.label or rule.metric
+    for i in np.flatnonzero(alive & ((relative > above) | (relative < below))).tolist():
+        out[names[i]] = Rejection(label, rule.reason or (
+            f"{label} {relative[i]:.2f} relative to the best node, limit "
+            f"{rule.below if rule.below is not None else rule.above:g}"))
+
+
+def _failures(checks: RuleChecks, ev: Evaluation) -> tuple[FloatArray, BoolArray, BoolArray]:
+    """(k, rules) values checked, out-of-limit flags, and failures (incl. missing under reject)."""
+    values, ok = ev.values[:, checks.columns], ev.fresh[:, checks.columns]
+    if ev.own is not None:
+        values = values + ev.own[:, checks.columns] * checks.with_pod
+    # Comparisons with NaN are False and do not warn.
+    bad = ok & ((values > checks.above) | (values < checks.below))
+    failed = bad | (~ok & checks.reject_missing & (ev.rows >= 0)[:, None])
+    return values, bad, failed
+
+
+def _reason(checks: RuleChecks, r: int, i: int, values: FloatArray, bad: BoolArray,
+            ev: Evaluation, max_staleness_s: float) -> Rejection:
+    """Why candidate `i` fails rule `r` of `checks`."""
+    rule, value = checks.rules[r], float(values[i, r])
+    label = rule.label or rule.metric
+    if bad[i, r] and rule.reason:
+        return Rejection(label, rule.reason)
+    if bad[i, r]:
+        if rule.above is not None and value > rule.above:
+            limit, op = rule.above, ">"
+        else:
+            limit, op = rule.below if rule.below is not None else 0.0, "<"
+        unit = checks.units[r]
+        mine = " with this pod" if rule.with_pod else ""
+        return Rejection(label, f"{label} {format_value(value, unit)}{mine} {op} "
+                         f"{format_value(limit, unit)}")
+    # No age in the text: verdicts are cached until a sample goes stale, and the explanation
+    # carries the exact age.
+    if value != value or np.isnan(ev.age_s[i, checks.columns[r]]):
+        return Rejection("missing", f"no {rule.metric} data")
+    return Rejection("stale", f"{rule.metric} data older than {max_staleness_s:.0f}s")
+
+
 def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
                settings: Settings) -> dict[str, Rejection]:
     """The filter verdict for each candidate that fails, by node name (passing nodes absent)."""
@@ -239,33 +318,13 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
             out[names[i]] = UNKNOWN_NODE
     checks = compiled.checks
     if checks.rules:
-        values, ok = ev.values[:, checks.columns], ev.fresh[:, checks.columns]
-        # Comparisons with NaN are False and do not warn.
-        bad = ok & ((values > checks.above) | (values < checks.below))
-        failed = bad | (~ok & checks.reject_missing & (ev.rows >= 0)[:, None])
+        values, bad, failed = _failures(checks, ev)
         for i in np.flatnonzero(failed.any(axis=1)).tolist():
-            if names[i] in out:
-                continue
-            r = int(failed[i].argmax())  # the first rule, in configuration order, that fails
-            rule, value = checks.rules[r], float(values[i, r])
-            label = rule.label or rule.metric
-            if bad[i, r] and rule.reason:
-                out[names[i]] = Rejection(label, rule.reason)
-            elif bad[i, r]:
-                if rule.above is not None and value > rule.above:
-                    limit, op = rule.above, ">"
-                else:
-                    limit, op = rule.below if rule.below is not None else 0.0, "<"
-                unit = checks.units[r]
-                out[names[i]] = Rejection(label, f"{label} {format_value(value, unit)} {op} "
-                                          f"{format_value(limit, unit)}")
-            # No age in the text: verdicts are cached until a sample goes stale, and the
-            # explanation carries the exact age.
-            elif value != value or np.isnan(ev.age_s[i, checks.columns[r]]):
-                out[names[i]] = Rejection("missing", f"no {rule.metric} data")
-            else:
-                out[names[i]] = Rejection("stale", f"{rule.metric} data older than "
-                                          f"{cache.max_staleness_s:.0f}s")
+            if names[i] not in out:
+                r = int(failed[i].argmax())  # the first rule, in configuration order, that fails
+                out[names[i]] = _reason(checks, r, i, values, bad, ev, cache.max_staleness_s)
+    for rule in compiled.derived_rules:
+        _reject_derived(rule, ev, names, out)
     if cache.missing_data == "reject":
         weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
         if ev.weights.any():

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FIRST_SEED = 42  # the OpenB artifact's seeds are 42..51
+IN_TREE = {"least-allocated": "kube_default", "most-allocated": "most_allocated",
+           "none": "no_resource_scoring"}
+"""--in-tree choice -> the function of `extender.policies.allocation` scoring like it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replay: bring arrivals this many times closer (more load)")
     parser.add_argument("--extender-weight", type=float, default=5.0,
                         help="ours: kube-scheduler extender weight (scores 0..10 x weight x 10)")
-    parser.add_argument("--in-tree", choices=("least-allocated", "most-allocated"),
-                        default="least-allocated",
-                        help="ours: kube-scheduler's in-tree resource scoring around the extender")
+    parser.add_argument("--in-tree", choices=tuple(IN_TREE), default="least-allocated",
+                        help="ours: kube-scheduler's in-tree resource scoring around the extender "
+                             "(none: the resource score plugins disabled, as in "
+                             "manifests/overlays/gpu; default: %(default)s)")
     http = parser.add_mutually_exclusive_group()
     http.add_argument("--http", metavar="URL", help="send ours' decisions to a running extender")
     http.add_argument("--http-gunicorn", action="store_true",
@@ -93,7 +97,9 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
     if settings is None and any(p not in registry.BASELINE_NAMES for p in policies):
         settings = load_settings(config)
     out = Outcome()
-    tree = allocation.most_allocated if in_tree == "most-allocated" else allocation.kube_default
+    if in_tree not in IN_TREE:
+        raise ExtenderError(f"--in-tree: expected one of {', '.join(IN_TREE)}, got {in_tree!r}")
+    tree = getattr(allocation, IN_TREE[in_tree])
     for name in policies:
         for seed in range(FIRST_SEED, FIRST_SEED + seeds):
             # A fresh policy per run: ours keeps a placement ledger.

@@ -24,7 +24,7 @@ from tests.deploy.schemas import CRDS, validate_crd
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-OVERLAYS = ("dev", "production", "tls")
+OVERLAYS = ("dev", "gpu", "production", "tls")
 """Every overlay under manifests/overlays (test_overlay_list_is_complete keeps this honest)."""
 NAMESPACE = "extract"
 

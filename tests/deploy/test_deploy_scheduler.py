@@ -158,3 +158,17 @@ def test_scheduler_config_check_catches_mistakes(change: dict[str, Any], complai
     data["extenders"][0].update(change)
     with pytest.raises(SchemaError, match=complaint):
         load_scheduler_config(data, "mutated")
+
+
+def test_gpu_overlay_leaves_resource_scoring_to_the_gpu_profile(tmp_path: Path) -> None:
+    objects = render("manifests/overlays/gpu")
+    (profile,) = scheduler_config(objects).profiles
+    assert profile.plugins is not None and profile.plugins.score is not None
+    assert {p.name for p in profile.plugins.score.disabled} == {
+        "NodeResourcesFit", "NodeResourcesBalancedAllocation"}
+    assert profile.plugins.filter is None, "filtering by requests must stay on"
+    container = find(objects, "Deployment", "extender")["spec"]["template"]["spec"]["containers"][0]
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = load_settings(write_config(objects, tmp_path) / "extender.yaml", environ=environ)
+    assert settings.policy.default == "gpu"
+    assert any(r.metric == "gpu_fragmentation" for r in settings.profile("gpu").filters)

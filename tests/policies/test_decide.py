@@ -102,8 +102,10 @@ def test_ranking_is_best_score_first_then_name(scores: list[int], rejected: list
     assert without_table.ranking(k) == expected
 
 
-def rule_by_rule(ev, names, s, profile, metrics) -> dict[str, str]:
-    """The filter verdicts as the configuration reads: rule after rule, first failure wins."""
+def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
+    """The filter verdicts as the configuration reads: rule after rule, first failure wins; a
+    `with_pod` rule checks the value with the pod's requests added."""
+    hot = s.profile(profile).hotspot
     units = {entry.name: entry.unit for entry in s.catalog}
     out: dict[str, str] = {}
     if s.server.unknown_nodes == "reject":
@@ -114,15 +116,22 @@ def rule_by_rule(ev, names, s, profile, metrics) -> dict[str, str]:
         if j < 0:
             continue
         label, unit = rule.label or rule.metric, units.get(rule.metric, "")
+        mine = " with this pod" if rule.with_pod else ""
         for i, name in enumerate(names):
             value, fresh = float(ev.values[i, j]), bool(ev.fresh[i, j])
             if name in out:
                 continue
+            if rule.with_pod and rule.metric == hot.cpu_metric:
+                cores = float(ev.values[i, column[hot.cores_metric]])
+                value += pod.cpu_cores / cores if cores > 0 else 0.0
+            elif rule.with_pod:
+                total = float(ev.values[i, column[hot.memory_total_metric]])
+                value -= pod.memory_bytes / total if total > 0 else 0.0
             if fresh and rule.above is not None and value > rule.above:
-                out[name] = rule.reason or (f"{label} {format_value(value, unit)} > "
+                out[name] = rule.reason or (f"{label} {format_value(value, unit)}{mine} > "
                                             f"{format_value(rule.above, unit)}")
             elif fresh and rule.below is not None and value < rule.below:
-                out[name] = rule.reason or (f"{label} {format_value(value, unit)} < "
+                out[name] = rule.reason or (f"{label} {format_value(value, unit)}{mine} < "
                                             f"{format_value(rule.below, unit)}")
             elif not fresh and ev.rows[i] >= 0 and \
                     (rule.on_missing or s.cache.missing_data) == "reject":
@@ -146,7 +155,8 @@ def test_filter_verdicts_are_the_first_failing_rule(seed: int, mode: str, profil
                                                     candidates: list[str]) -> None:
     s = SETTINGS[mode]
     table = random_table(seed, mode)
-    out = Engine(s).evaluate(PodDemand(name="x", policy=profile), table, candidates, NOW)
+    pod = PodDemand(name="x", policy=profile, cpu_cores=4.0, memory_bytes=8 * 2**30)
+    out = Engine(s).evaluate(pod, table, candidates, NOW)
     assert out.evaluation is not None and out.context is not None
-    expected = rule_by_rule(out.evaluation, candidates, s, profile, table.metrics)
+    expected = rule_by_rule(out.evaluation, candidates, s, profile, table.metrics, pod)
     assert {n: r.message for n, r in out.rejected.items()} == expected

@@ -124,3 +124,12 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
            "EXTENDER_SERVICE__PORT_HTTP": "8888", "EXTENDER_CACHE__MAX_STALENESS_S": "45"}
     s = load_settings(CONFIG, environ=env)
     assert s.cache.max_staleness_s == 45
+
+
+def test_with_pod_only_on_the_hot_spot_metrics(tmp_path: Path) -> None:
+    data = yaml.safe_load(CONFIG.read_text())["policy"]
+    data["profiles"]["metrics-aware"]["filters"].append(
+        {"metric": "network_receive_bytes", "above": 1e9, "with_pod": True})
+    with pytest.raises(ConfigError, match=r"metrics-aware.filters.5.with_pod: only for the "
+                                          r"hot-spot CPU and memory metrics"):
+        load_settings(write(tmp_path, {"policy": data}), environ={})

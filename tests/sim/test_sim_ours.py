@@ -75,3 +75,57 @@ def test_placements_reach_the_engine_ledger() -> None:
     policy.placed(0, Task(cpu_milli=16000, memory_mib=1024), "big")
     pending = policy.engine.ledger.pending(["node-0", "node-1"], np.array([85.0, 85.0]), 100.0)
     assert pending.cpu_cores.tolist() == [16.0, 0.0]
+
+
+def gpu_cluster() -> tuple[Cluster, TargetWorkload]:
+    """Six 4-GPU nodes in different states (partly used GPUs and CPUs)."""
+    nodes = make_nodes([(64000, 262144, 4, "V100")] * 6)
+    cluster = Cluster(nodes)
+    for node, (cpu, share) in enumerate([(8000, 500), (8000, 300), (4000, 1000), (60000, 200),
+                                         (2000, 750), (0, 0)]):
+        gpus = (0,) if share else ()
+        cluster.place(node, Task(cpu_milli=cpu, memory_mib=1024, num_gpu=int(bool(share)),
+                                 gpu_milli=share), gpus)
+    wl = TargetWorkload.from_tasks([4000, 8000, 2000, 16000], [1, 1, 1, 0], [500, 1000, 250, 0])
+    return cluster, wl
+
+
+def test_gpu_profile_keeps_exactly_fgds_best_nodes() -> None:
+    settings = load_settings("config/extender.yaml", environ={})
+    cluster, wl = gpu_cluster()
+    fgd = build("fgd", nodes=cluster.nodes, workload=wl)
+    ours = build("gpu", nodes=cluster.nodes, workload=wl, settings=settings)
+    assert isinstance(ours, OursPolicy)
+    ours.observe(observation([0.1] * 6))
+    rng = np.random.default_rng(0)
+    for task in (Task(cpu_milli=4000, memory_mib=1024, num_gpu=1, gpu_milli=500),
+                 Task(cpu_milli=2000, memory_mib=1024, num_gpu=1, gpu_milli=250),
+                 Task(cpu_milli=8000, memory_mib=1024, num_gpu=1, gpu_milli=1000),
+                 Task(cpu_milli=16000, memory_mib=1024)):
+        view = cluster.view()
+        ok = np.ones(6, bool)
+        levels = fgd(task, view, ok, rng).scores
+        kept = np.isfinite(ours(task, view, ok, rng).scores)
+        assert kept.tolist() == (levels == levels.max()).tolist(), task
+        assert 0 < kept.sum() < 6, task  # the cluster is uneven enough to split every task
+
+
+def test_gpu_profile_band_follows_the_best_node_the_pod_does_not_make_hot() -> None:
+    settings = load_settings("config/extender.yaml", environ={})
+    cluster, wl = gpu_cluster()
+    fgd = build("fgd", nodes=cluster.nodes, workload=wl)
+    ours = build("gpu", nodes=cluster.nodes, workload=wl, settings=settings)
+    assert isinstance(ours, OursPolicy)
+    task = Task(cpu_milli=4000, memory_mib=1024, num_gpu=1, gpu_milli=500)
+    view, ok, rng = cluster.view(), np.ones(6, bool), np.random.default_rng(0)
+    levels = fgd(task, view, ok, rng).scores
+    best = np.flatnonzero(levels == levels.max())
+    # FGD's best nodes run at 88% CPU: 4 more cores of 64 take them over the 90% limit.
+    cpu = np.full(6, 0.1)
+    cpu[best] = 0.88
+    ours.observe(observation(cpu.tolist()))
+    kept = np.isfinite(ours(task, view, ok, rng).scores)
+    rest = np.setdiff1d(np.arange(6), best)
+    assert not kept[best].any()
+    assert kept.tolist() == (np.isin(np.arange(6), rest)
+                             & (levels == levels[rest].max())).tolist()
