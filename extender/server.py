@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -33,9 +33,16 @@ from prometheus_client.registry import Collector
 
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
-from extender.metrics.cache import ChildFetcher, Fetcher, MetricsCache, Snapshot
+from extender.metrics.cache import (
+    ChildFetcher,
+    Fetcher,
+    MetricsCache,
+    Snapshot,
+    TableCollector,
+)
 from extender.metrics.prometheus import MetricsSource, PrometheusSource
 from extender.policies.engine import Engine
+from extender.policies.scoring import DerivedTerm
 from extender.service import Binder, EventSink, Extender
 
 if TYPE_CHECKING:
@@ -124,12 +131,16 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
                source_factory: Callable[[], MetricsSource] | None = None,
                binder: Binder | None = None, events: EventSink | None = None,
                clock: Callable[[], float] = time.time, start_refresher: bool = True,
-               blueprints: list[Blueprint] | None = None) -> Flask:
+               blueprints: list[Blueprint] | None = None,
+               fetcher: TableCollector | None = None,
+               derived_terms: Mapping[str, DerivedTerm] | None = None) -> Flask:
     """Build the WSGI app. Starts the metrics refresher (in this process) unless told not to.
 
     Metrics come from `source` (refreshed in a thread; tests), else from `source_factory()`
     (default: the Prometheus of `settings`), refreshed in a child process when
-    `cache.refresh_in_child` is set (the factory must then be picklable). `binder` defaults to
+    `cache.refresh_in_child` is set (the factory must then be picklable), unless a `fetcher` is
+    given (the simulator's, which returns the tables it is sent). `derived_terms` default to
+    `extender.policies.fragmentation.DERIVED_TERMS`. `binder` defaults to
     the in-cluster Kubernetes API when `server.bind_enabled` is set.
     """
     from extender.api import monitoring_api, score_reference, selfcheck
@@ -137,10 +148,9 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
     app.config["MAX_CONTENT_LENGTH"] = None  # we check the size ourselves, to answer in wire form
-    fetcher: Fetcher | ChildFetcher
-    if source is not None:
+    if fetcher is None and source is not None:
         fetcher = Fetcher(settings, source)
-    else:
+    elif fetcher is None:
         factory = source_factory or functools.partial(PrometheusSource, settings.prometheus)
         fetcher = (ChildFetcher(settings, factory) if settings.cache.refresh_in_child
                    else Fetcher(settings, factory()))
@@ -154,7 +164,8 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
         from extender.kube import ApiEventSink
 
         events = ApiEventSink()
-    extender = Extender(settings, cache, Engine(settings, derived_terms=_derived_terms()),
+    extender = Extender(settings, cache, Engine(settings, derived_terms=(
+        _derived_terms() if derived_terms is None else derived_terms)),
                         binder=binder if settings.server.bind_enabled else None,
                         events=events, observer=telemetry, clock=clock)
     app.extensions["extender"] = extender

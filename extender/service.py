@@ -120,9 +120,11 @@ class Extender:
             failed = {node: r.message for node, r in outcome.rejected.items()}
         chosen = None
         if len(passed) == 1 and not self.settings.server.shadow:
-            # kube-scheduler skips prioritize when one node is feasible: this is the placement.
+            # kube-scheduler skips prioritize when one node is feasible: this is the placement
+            # (with bind served, bind records it).
             chosen = passed[0]
-            self._placed(chosen, pod, now, "filter")
+            if not self.settings.server.bind_enabled:
+                self._placed(chosen, pod, now, "filter")
         self._record("filter", pod, outcome, chosen, now, started)
         return wire.filter_result(args, names, passed, failed)
 

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -127,6 +128,12 @@ def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolve
             sampled[i, j] = at
     return NodeTable(names=ordered, metrics=metrics, values=values, sampled_at=sampled,
                      built_at=at, index=index), unmatched
+
+
+class TableCollector(Protocol):
+    """Produces a table per refresh: `Fetcher`, `ChildFetcher`, or the simulator's feed."""
+
+    def collect(self, at: float) -> tuple[NodeTable, RefreshStatus]: ...
 
 
 class Fetcher:
@@ -239,7 +246,7 @@ class MetricsCache:
     """Holds the current Snapshot and refreshes it in a background thread."""
 
     def __init__(self, settings: Settings, source: MetricsSource | None = None, *,
-                 fetcher: Fetcher | ChildFetcher | None = None,
+                 fetcher: TableCollector | None = None,
                  clock: Callable[[], float] = time.time,
                  on_refresh: Callable[[Snapshot], None] | None = None) -> None:
         if fetcher is None:

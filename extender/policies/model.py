@@ -24,8 +24,14 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
 GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MILLI_ANNOTATION = "alibabacloud.com/gpu-milli"
+"""GPU sharing as in the OpenB trace and its scheduler: share of each GPU, 1000 = a whole GPU."""
+GPU_COUNT_ANNOTATION = "alibabacloud.com/gpu-count"
+GPU_MODEL_ANNOTATION = "alibabacloud.com/gpu-card-model"
+"""Accepted GPU models, separated by `|` or `,`."""
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_DIVISOR = {"m": 1e3, "u": 1e6, "n": 1e9}
 _SUFFIX = {
     "": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9,
     "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -45,7 +51,11 @@ def parse_quantity(value: str | int | float) -> float:
     match = _QUANTITY.match(value.strip())
     if not match or match.group(2) not in _SUFFIX:
         raise ValueError(f"invalid quantity {value!r}")
-    return float(match.group(1)) * _SUFFIX[match.group(2)]
+    number, suffix = float(match.group(1)), match.group(2)
+    # Divide for the decimal fractions: 0.001 is inexact, and "300m" should be 300 / 1000 exactly.
+    if suffix in _DIVISOR:
+        return number / _DIVISOR[suffix]
+    return number * _SUFFIX[suffix]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +113,15 @@ def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
         total[key] = total.get(key, 0.0) + parse_quantity(raw)
     annotations = pod.metadata.annotations or {}
     gpus = int(total.get(GPU_RESOURCE, 0.0))
+    gpu_milli = 1000 * gpus
+    if not gpus and annotations.get(GPU_MILLI_ANNOTATION):
+        gpus = int(annotations.get(GPU_COUNT_ANNOTATION) or 1)
+        gpu_milli = int(parse_quantity(annotations[GPU_MILLI_ANNOTATION])) * gpus
+        if gpus < 1 or not 0 < gpu_milli <= 1000 * gpus:
+            raise ValueError(f"invalid GPU share: {GPU_MILLI_ANNOTATION}="
+                             f"{annotations[GPU_MILLI_ANNOTATION]!r}, {GPU_COUNT_ANNOTATION}="
+                             f"{annotations.get(GPU_COUNT_ANNOTATION)!r}")
+    models = re.split(r"[|,]", annotations.get(GPU_MODEL_ANNOTATION) or "")
     return PodDemand(
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,
@@ -110,7 +129,8 @@ def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
         cpu_cores=total.get("cpu", 0.0),
         memory_bytes=total.get("memory", 0.0),
         gpus=gpus,
-        gpu_milli=1000 * gpus,
+        gpu_milli=gpu_milli,
+        gpu_models=tuple(m.strip() for m in models if m.strip()),
         policy=annotations.get(policy_annotation) or None,
         weights=parse_weights(annotations[weights_annotation])
         if annotations.get(weights_annotation) else None,

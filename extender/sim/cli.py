@@ -24,6 +24,7 @@ from extender.errors import ExtenderError
 
 if TYPE_CHECKING:
     from extender.settings import Settings
+    from extender.sim.http import Comparison
     from extender.sim.replay import ReplayResult
     from extender.sim.report import SummaryRow
     from extender.sim.saturation import SaturationResult
@@ -56,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ours: kube-scheduler's in-tree resource scoring around the extender "
                              "(none: the resource score plugins disabled, as in "
                              "manifests/overlays/gpu; default: %(default)s)")
-    http = parser.add_mutually_exclusive_group()
-    http.add_argument("--http", metavar="URL", help="send ours' decisions to a running extender")
-    http.add_argument("--http-gunicorn", action="store_true",
-                      help="start the extender under gunicorn and send ours' decisions to it")
+    parser.add_argument("--http", action="store_true",
+                        help="ours: send every decision through the extender served by gunicorn "
+                             "on a loopback port (filter, prioritize, bind), check each against "
+                             "the in-process answer, and fail on any difference")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -68,19 +69,24 @@ class Outcome:
     rows: list[SummaryRow] = field(default_factory=list)
     saturation: list[SaturationResult] = field(default_factory=list)
     replay: list[ReplayResult] = field(default_factory=list)
+    http: list[tuple[str, int, Comparison]] = field(default_factory=list)
+    """(policy, seed, HTTP vs in-process comparison) of each run made with `http`."""
 
 
 def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Sequence[str],
              seeds: int, *, config: Path | None = None, ratio: float = 1.3,
              extender_weight: float = 5.0, in_tree: str = "least-allocated",
-             speedup: float = 1.0, settings: Settings | None = None,
+             speedup: float = 1.0, settings: Settings | None = None, http: bool = False,
              progress: Callable[[str], None] | None = None) -> Outcome:
     """Run every policy for `seeds` seeds; returns summary rows and the raw results. Profiles
-    come from `settings`, else from the file `config` (read only when a profile is asked for)."""
+    come from `settings`, else from the file `config` (read only when a profile is asked for).
+    With `http`, ours' decisions go through the HTTP extender (a fresh server per run) and are
+    compared with the in-process ones (`Outcome.http`)."""
     from extender.policies import allocation
     from extender.policies.fragmentation import TargetWorkload
     from extender.settings import load_settings
     from extender.sim import policies as registry
+    from extender.sim.http import HttpPolicy, start_server
     from extender.sim.replay import run_replay
     from extender.sim.report import summarise
     from extender.sim.saturation import run_saturation
@@ -104,17 +110,31 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
         for seed in range(FIRST_SEED, FIRST_SEED + seeds):
             # A fresh policy per run: ours keeps a placement ledger.
             policy = registry.build(name, nodes=nodes, workload=workload, settings=settings)
+            server = None
             if isinstance(policy, registry.OursPolicy):
                 policy.extender_weight = extender_weight
                 policy.in_tree = tree
+                if http:
+                    assert settings is not None
+                    server = start_server(settings, workload)
+                    policy = HttpPolicy(policy, server.url)
             result: SaturationResult | ReplayResult
-            if experiment == "saturation":
-                result = run_saturation(nodes, pods, policy, name=name, seed=seed,
-                                        workload=workload, ratio=ratio)
-                out.saturation.append(result)
-            else:
-                result = run_replay(nodes, pods, policy, name=name, seed=seed, speedup=speedup)
-                out.replay.append(result)
+            try:
+                if experiment == "saturation":
+                    result = run_saturation(nodes, pods, policy, name=name, seed=seed,
+                                            workload=workload, ratio=ratio)
+                    out.saturation.append(result)
+                else:
+                    result = run_replay(nodes, pods, policy, name=name, seed=seed,
+                                        speedup=speedup)
+                    out.replay.append(result)
+            finally:
+                if isinstance(policy, HttpPolicy):
+                    policy.session.close()
+                if server is not None:
+                    server.stop()
+            if isinstance(policy, HttpPolicy):
+                out.http.append((name, seed, policy.comparison))
             out.rows.append(summarise(result))
             if progress:
                 progress(f"{name} seed {seed}: {result.wall_s:.1f} s")
@@ -124,14 +144,11 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
 def run(args: argparse.Namespace) -> int:
     from extender.sim.report import plot, print_table, write_summary
 
-    if args.http or args.http_gunicorn:
-        raise ExtenderError("--http/--http-gunicorn: not implemented yet; decisions run "
-                            "in-process (the same engine code the server runs)")
     names = [p.strip() for p in args.policy.split(",") if p.strip()]
     outcome = simulate(args.nodes, args.pods, args.experiment, names, args.seeds,
                        config=args.config, ratio=args.ratio,
                        extender_weight=args.extender_weight, in_tree=args.in_tree,
-                       speedup=args.speedup,
+                       speedup=args.speedup, http=args.http,
                        progress=log.info)
     summary = write_summary(outcome.rows, args.out / "summary.csv")
     print_table(outcome.rows, f"{args.experiment}: {args.pods.name} on {args.nodes.name}")
@@ -139,4 +156,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         for path in plot(outcome.rows, args.out, outcome.saturation):
             print(f"wrote {path}")
-    return 0
+    failed = False
+    for policy, seed, check in outcome.http:
+        print(f"HTTP check {policy} seed {seed}: {check.decisions} decisions through gunicorn, "
+              f"{check.mismatches} differ from in-process{': ' if check.mismatches else ''}"
+              f"{check.first_mismatch}")
+        failed = failed or check.mismatches > 0
+    if args.http and not outcome.http:
+        print("HTTP check: no policy of ours among --policy (baselines run in-process)")
+    return 1 if failed else 0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from extender.policies import allocation
-from extender.policies.allocation import Bools, ClusterView, Decision, Policy, Task
+from extender.policies.allocation import F64, Bools, ClusterView, Decision, Policy, Task
 from extender.policies.engine import Engine
 from extender.policies.fragmentation import TargetWorkload, fgd_policy, fragmentation_term
 from extender.policies.model import Allocation, NodeTable, PodDemand
@@ -116,14 +116,26 @@ class OursPolicy:
                  rng: np.random.Generator) -> Decision:
         rows = np.flatnonzero(ok)
         offered = [self.names[i] for i in rows]
-        outcome = self.engine.decide(self.demand(task), self.table(view), offered, self.clock)
+        extender = self.extender_scores(task, self.table(view), offered)
         scores = np.full(len(view), -np.inf)
-        extender = outcome.score_array.astype(np.float64)
-        if outcome.rejected_mask is not None:
-            extender[outcome.rejected_mask] = -np.inf
         in_tree = self.in_tree(task, view, ok, rng).scores[rows]
         scores[rows] = in_tree + self.extender_weight * 10 * extender
         return Decision(scores)
+
+    def extender_scores(self, task: Task, table: NodeTable, offered: list[str]) -> F64:
+        """What kube-scheduler learns from the extender about the `offered` nodes (those that
+        fit by requests): -inf where `filter` rejects, else the `prioritize` score, which is
+        asked for the passed nodes only, and not at all (0) when one node passed."""
+        demand = self.demand(task)
+        filtered = self.engine.decide(demand, table, offered, self.clock)
+        assert filtered.rejected_mask is not None
+        passed = np.flatnonzero(~filtered.rejected_mask)
+        out = np.full(len(offered), -np.inf)
+        out[passed] = 0.0
+        if len(passed) > 1:
+            names = [offered[i] for i in passed.tolist()]
+            out[passed] = self.engine.decide(demand, table, names, self.clock).score_array
+        return out
 
     def placed(self, node: int, task: Task, name: str) -> None:
         """Tell the engine's hot-spot ledger, as the prioritize answer does in production."""

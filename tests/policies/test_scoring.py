@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from extender.policies.engine import Engine
-from extender.policies.model import NodeTable, PodDemand, parse_quantity, parse_weights
+from extender.policies.model import (
+    NodeTable,
+    PodDemand,
+    parse_quantity,
+    parse_weights,
+    pod_demand,
+)
+from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.settings import Settings
 from tests.support import settings
 
@@ -179,6 +186,35 @@ def test_placement_counts_until_a_newer_sample_shows_it_or_the_window_ends() -> 
                                              ("1.5G", 1.5e9), ("1e3", 1000.0), (3, 3.0)])
 def test_quantities_parse_like_kubernetes(text: str | int, value: float) -> None:
     assert parse_quantity(text) == pytest.approx(value)
+
+
+def test_milli_quantities_are_exact_divisions() -> None:
+    # The simulator sends cpu_milli as "<n>m" and compares with cpu_milli / 1000 bit for bit.
+    for milli in range(0, 200_000, 7):
+        assert parse_quantity(f"{milli}m") == milli / 1000
+
+
+def pod(requests: dict[str, str], annotations: dict[str, str]) -> Pod:
+    return Pod(metadata=ObjectMeta(name="p", namespace="ns", annotations=annotations),
+               spec=PodSpec(containers=[Container(
+                   name="c", resources=ResourceRequirements(requests=requests))]))
+
+
+def test_gpu_sharing_annotations_as_in_openb() -> None:
+    shared = pod_demand(pod({"cpu": "4"}, {"alibabacloud.com/gpu-milli": "450",
+                                           "alibabacloud.com/gpu-card-model": "V100M16|T4"}))
+    assert (shared.gpus, shared.gpu_milli, shared.gpu_models) == (1, 450, ("V100M16", "T4"))
+    assert shared.wants_gpu
+    two = pod_demand(pod({}, {"alibabacloud.com/gpu-milli": "1000",
+                              "alibabacloud.com/gpu-count": "2"}))
+    assert (two.gpus, two.gpu_milli) == (2, 2000)
+    # nvidia.com/gpu wins: whole GPUs, the annotation is not read.
+    whole = pod_demand(pod({"nvidia.com/gpu": "1"}, {"alibabacloud.com/gpu-milli": "300"}))
+    assert (whole.gpus, whole.gpu_milli) == (1, 1000)
+    for bad in ({"alibabacloud.com/gpu-milli": "1500"}, {"alibabacloud.com/gpu-milli": "lots"},
+                {"alibabacloud.com/gpu-milli": "500", "alibabacloud.com/gpu-count": "0"}):
+        with pytest.raises(ValueError):
+            pod_demand(pod({}, bad))
 
 
 @pytest.mark.parametrize("text", ["x", "1Qi", "", "--1"])

@@ -158,3 +158,31 @@ def test_requests_before_the_first_refresh_are_answered_neutrally() -> None:
     assert client.post("/filter", json=REQUEST).get_json()["NodeNames"] == NODES
     scores = client.post("/prioritize", json=REQUEST).get_json()
     assert {h["Score"] for h in scores} == {s.cache.missing_score}
+
+
+class RecordingBinder:
+    def __init__(self) -> None:
+        self.bound: list[str] = []
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        self.bound.append(node)
+
+
+def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
+    s = settings(server={"bind_enabled": True})
+    binder = RecordingBinder()
+    app = create_app(s, source=StaticSource(s, healthy(NODES, cpu_utilisation={
+        "node-0": 0.95, "node-1": 0.10, "node-2": 0.40, "node-3": 0.70})),
+        binder=binder, start_refresher=False, clock=lambda: NOW)
+    app.extensions["extender"].cache.refresh()
+    client = app.test_client()
+    uid = REQUEST["Pod"]["metadata"].get("uid") or ""
+    # node-0 fails the CPU filter: one node left, kube-scheduler skips prioritize and binds.
+    filtered = client.post("/filter", json={**REQUEST, "NodeNames": ["node-0", "node-1"]})
+    assert filtered.get_json()["NodeNames"] == ["node-1"]
+    client.post("/bind", json={"PodName": "cache-plain", "PodNamespace": "default",
+                               "PodUID": uid, "Node": "node-1"})
+    assert binder.bound == ["node-1"]
+    metrics = client.get("/metrics").data.decode()
+    assert 'extender_placements_total{source="bind"} 1.0' in metrics
+    assert 'extender_placements_total{source="filter"}' not in metrics
