@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -105,10 +106,10 @@ def test_values_are_shown_in_human_units(value: float | None, unit: str, shown: 
 
 
 @pytest.mark.prometheus
-def test_make_demo_prints_reasons_and_a_ranking_and_stops_everything() -> None:
-    """What `make demo` runs: the real CLI, a real Prometheus and a real gunicorn."""
-    run = subprocess.run([sys.executable, "-m", "extender.cli", "demo"], cwd=REPO,
-                         capture_output=True, text=True, timeout=180)
+def test_make_demo_prints_reasons_and_a_ranking_and_stops_everything(tmp_path: Path) -> None:
+    """What `make demo` runs: the real CLI, a real Prometheus, Pushgateway and gunicorn."""
+    run = subprocess.run([sys.executable, "-m", "extender.cli", "demo", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=180)
     out = run.stdout
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # Filter reasons, as kube-scheduler would show them.
@@ -121,6 +122,19 @@ def test_make_demo_prints_reasons_and_a_ranking_and_stops_everything() -> None:
     # The burst spreads over several nodes, and every process it started is gone.
     spread = re.search(r"(\d+) pods landed on (\d+) nodes", out)
     assert spread and int(spread.group(2)) > 1
+    # The replay: the throttled node misses deadlines, the sidecars' pushes reach the extender
+    # through the Pushgateway and Prometheus, and its filter then keeps pods away from it.
+    replay = re.search(r"(\d+) of (\d+) tasks placed .* The throttled node (openb-node-\d{4}) took "
+                       r"(\d+); the extender saw its misses (\d+) s into the replay and then "
+                       r"rejected it in (\d+) filter calls", " ".join(out.split()))
+    assert replay, out[-3000:]
+    assert int(replay.group(4)) >= 1 and int(replay.group(6)) >= 1
+    row = re.search(replay.group(3) + r" \(throttled x3\)\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│"
+                    r"\s*(\d+)", out)
+    assert row and int(row.group(3)) >= 1, "the sidecar counted no miss on the throttled node"
+    assert int(row.group(4)) == 0, "pods still went to the throttled node after its misses showed"
+    assert (tmp_path / "demo-replay.png").stat().st_size > 10_000
+    assert "catalog entries without series: none" in out
     assert "demo finished" in out
     for url in re.findall(r"(?:Prometheus|extender) (http://127\.0\.0\.1:\d+)", out):
         with pytest.raises(requests.ConnectionError):
@@ -141,7 +155,7 @@ def test_missing_prometheus_is_a_clear_error_and_leaves_nothing_behind(
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    with pytest.raises(ExtenderError, match="prometheus is not installed: run `make deps`"):
+    with pytest.raises(ExtenderError, match="prometheus(-pushgateway)? is not installed: run `make deps`"):
         demo.run(parser.parse_args(["--nodes", "4"]))
     assert list(tmp_path.iterdir()) == []  # the demo's work directory is gone
 
@@ -171,3 +185,46 @@ def test_burst_pods_are_the_recorded_pod_renamed_with_the_asked_cpu() -> None:
     assert first["Pod"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "8"
     assert first["NodeNames"] == ["a", "b"] and first["Nodes"] is None
     assert template["Pod"]["metadata"]["name"] == "cache-burst-0"  # template untouched
+
+
+def test_trace_slice_spreads_arrivals_and_clamps_lifetimes() -> None:
+    from extender.commands.demo_replay import MAX_TASK_S, MIN_TASK_S, trace_slice
+
+    tasks = trace_slice(demo.DEFAULT_POD_LIST, 30, 40.0, seed=1)
+    arrivals = [t.arrive_s for t in tasks]
+    assert len(tasks) == 30 and arrivals == sorted(arrivals)
+    assert arrivals[0] == 0.0 and arrivals[-1] == pytest.approx(40.0)
+    assert all(MIN_TASK_S <= t.expected_s <= MAX_TASK_S for t in tasks)
+    assert tasks == trace_slice(demo.DEFAULT_POD_LIST, 30, 40.0, seed=1)
+    assert tasks != trace_slice(demo.DEFAULT_POD_LIST, 30, 40.0, seed=2)
+
+
+def test_capacity_counts_whole_gpus_and_gpu_shares_like_the_device_plugin() -> None:
+    from extender.commands.demo_replay import Capacity, TraceTask
+
+    def task(cpu: int, gpus: int, milli: int) -> TraceTask:
+        return TraceTask("t", cpu, 1024, gpus, milli, 0.0, 6.0)
+
+    node = Capacity(16000, 65536, [1000, 1000])
+    share, whole = task(2000, 1, 600), task(4000, 1, 1000)
+    slots = node.take(share)
+    assert slots == [0] and node.gpu_free == [400, 1000]
+    assert node.fits(task(1000, 1, 400)) and node.fits(whole)  # GPU 1 is still idle
+    assert not node.fits(task(1000, 2, 1000))
+    second = node.take(task(1000, 1, 300))
+    assert second == [0] and node.gpu_free == [100, 1000]  # best fit: the fuller GPU
+    node.give_back(share, slots)
+    assert node.gpu_free == [700, 1000] and node.cpu_milli == 16000 - 1000
+    assert not node.fits(task(20000, 0, 0))
+
+
+def test_replay_pods_reach_the_extender_with_their_gpu_share() -> None:
+    from extender.commands.demo_replay import TraceTask, pod_body
+    from extender.policies.model import pod_demand
+    from extender.protocol import ExtenderArgs, decode
+
+    body = pod_body(TraceTask("p", 6000, 12288, 1, 460, 0.0, 6.0), "u1", ["n1", "n2"])
+    args = decode(json.dumps(body).encode(), ExtenderArgs)
+    demand = pod_demand(args.Pod)
+    assert (demand.cpu_cores, demand.gpus, demand.gpu_milli) == (6.0, 1, 460)
+    assert args.NodeNames == ["n1", "n2"]

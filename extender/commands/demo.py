@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # heavy imports stay inside run(), so that `extender --help` 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 DEFAULT_NODE_LIST = SHARED / "traces" / "openb" / "openb_node_list_all_node.csv"
+DEFAULT_POD_LIST = SHARED / "traces" / "openb" / "openb_pod_list_default.csv"
 DEFAULT_RECORDINGS = SHARED / "fixtures" / "kube-scheduler"
 DEFAULT_CONFIG = REPO / "config" / "extender.yaml"
 
@@ -71,6 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of recorded kube-scheduler requests")
     parser.add_argument("--warmup-timeout", type=float, default=60.0,
                         help="seconds to wait for the extender's cache to be warm (default 60)")
+    parser.add_argument("--pod-list", type=Path, default=DEFAULT_POD_LIST,
+                        help="OpenB pod list CSV for the compressed replay")
+    parser.add_argument("--replay-tasks", type=int, default=40,
+                        help="trace tasks in the compressed replay (default 40; 0 skips it)")
+    parser.add_argument("--replay-span", type=float, default=40.0,
+                        help="seconds over which the replayed arrivals are spread (default 40)")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="where the replay's timeline plot goes (default out/demo)")
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -279,7 +288,14 @@ def run(args: argparse.Namespace) -> int:
             incidents = stage_incidents(emulator, mapping)
             server = stack.enter_context(EmulatorServer(emulator))
             (workdir / "prometheus").mkdir()
-            prometheus = localstack.prometheus(server.scrape_targets(),
+            (workdir / "pushgateway").mkdir()
+            gateway = localstack.pushgateway(workdir=workdir / "pushgateway")
+            with console.status("starting the Pushgateway"):
+                stack.enter_context(gateway.start())
+            # honor_labels: the sidecars' node and worker labels must win over the scrape's.
+            gateway_target = localstack.ScrapeTarget("pushgateway", (f"127.0.0.1:{gateway.port}",),
+                                                     honor_labels=True)
+            prometheus = localstack.prometheus([*server.scrape_targets(), gateway_target],
                                                scrape_interval_s=SCRAPE_INTERVAL_S,
                                                workdir=workdir / "prometheus")
             with console.status("starting Prometheus"):
@@ -305,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
             demo = _Demo(console, session, extender.url, emulator, settings)
             demo.replay(recordings, mapping)
             demo.burst(recordings, args.burst, args.burst_cpu)
+            if args.replay_tasks:
+                _replay(console, session, extender.url, emulator, gateway.url, args)
             demo.selfcheck()
             console.print(f"\n[bold green]demo finished[/bold green] in "
                           f"{time.monotonic() - started:.0f} s; stopping the extender, "
@@ -316,6 +334,29 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _replay(console: Console, session: requests.Session, url: str, emulator: Emulator,
+            pushgateway: str, args: argparse.Namespace) -> None:
+    """The compressed trace replay with deadline sidecars (see demo_replay)."""
+    from extender.commands.demo_replay import SLOWDOWN, Replay, trace_slice
+
+    tasks = trace_slice(args.pod_list, args.replay_tasks, args.replay_span, seed=args.seed)
+    replay = Replay(console, session, url, emulator, pushgateway)
+    try:
+        slow = replay.pick_slow_node(tasks[0])
+        console.rule("compressed trace replay")
+        console.print(
+            f"{len(tasks)} consecutive tasks of {args.pod_list.name}, arrivals spread over "
+            f"{args.replay_span:g} s, each running its trace lifetime scaled alike (6..20 s). "
+            f"Node {slow}, the extender's favourite right now, is throttled: its tasks take "
+            f"{SLOWDOWN:g}x their expected time, which no exporter shows. A deadline sidecar per "
+            f"node reports misses to the Pushgateway every second.")
+        with console.status("replaying (real time)"):
+            outcome = replay.run(tasks, slow)
+        replay.summary(tasks, slow, outcome, args.out)
+    finally:
+        replay.stop()
 
 
 def _log_tails(workdir: Path, lines: int = 15) -> str:
@@ -585,7 +626,7 @@ class _Demo:
         self.console.print(
             f"self-check: Prometheus up {check.get('prometheus_up')}, "
             f"{check.get('kubernetes_nodes')} nodes from kube_node_info, catalog entries without "
-            f"series: {empty} (no deadline sidecar runs in this demo), exporter identities "
+            f"series: {empty}, exporter identities "
             f"matching no node: {sum(len(v) for v in unmatched.values())}")
 
 

@@ -1,0 +1,311 @@
+"""The demo's last act: a slice of the OpenB trace replayed in compressed time through the extender,
+with a deadline sidecar per node pushing to a real Pushgateway.
+
+The slice's arrivals are spread over `span_s` seconds of wall time; each task runs its trace
+lifetime scaled by the same factor, clamped to `MIN_TASK_S..MAX_TASK_S` (the trace's tasks last
+minutes to days, a demo has a minute). For each arrival the demo does what kube-scheduler does:
+offer the nodes where the requests fit (CPU, memory, whole GPUs or a GPU share), `filter`, then
+`prioritize` the nodes that passed, and place the pod on the best score. Its usage then shows in
+the emulated exporters, hence in Prometheus and the extender's cache.
+
+One node is throttled on purpose: it looks idle in every metric, but its tasks take
+`SLOWDOWN` times their expected duration. Only the deadline sidecar can tell: each node's
+sidecar (the same Tracker and Pusher as `extender sidecar`, run in this process) hears each task
+start and end, counts misses against the expected duration plus the jitter margin, and pushes
+`deadline_miss_ratio` to the Pushgateway every second; Prometheus scrapes it with
+`honor_labels`, the extender refreshes, and its filter drops the node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import requests
+    from rich.console import Console
+
+    from extender.emulator import EmulatedNode, Emulator
+    from extender.sidecar.service import Sidecar
+
+MIN_TASK_S = 6.0
+MAX_TASK_S = 20.0
+SLOWDOWN = 3.0
+"""How much longer tasks take on the throttled node (misses need more than 1.5x + 1 s)."""
+SIDECAR_PUSH_S = 1.0
+SIDECAR_WINDOW_S = 60.0
+TICK_S = 0.2
+NAMESPACE = "trace"
+MILLI = 1000
+
+
+@dataclass(frozen=True)
+class TraceTask:
+    """One pod of the slice, with compressed times (seconds from the start of the replay)."""
+
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    gpus: int
+    gpu_milli: int
+    """Per GPU; below 1000 for a GPU-sharing task (then `gpus` is 1)."""
+    arrive_s: float
+    expected_s: float
+
+
+def trace_slice(pods_csv: Path, count: int, span_s: float, *, seed: int) -> list[TraceTask]:
+    """`count` consecutive pods (by creation time, from a seeded start) with known lifetimes,
+    arrivals mapped onto 0..span_s and lifetimes scaled alike (clamped)."""
+    from extender.sim.trace import load_pods
+
+    pods = load_pods(pods_csv)
+    lifetime = pods.deletion - pods.creation
+    usable = np.flatnonzero(np.isfinite(pods.creation) & np.isfinite(lifetime) & (lifetime > 0))
+    if len(usable) < count:
+        raise ValueError(f"{pods_csv}: {len(usable)} pods with times, {count} wanted")
+    usable = usable[np.argsort(pods.creation[usable], kind="stable")]
+    start = int(np.random.default_rng(seed).integers(0, len(usable) - count + 1))
+    chosen = usable[start:start + count]
+    first, last = pods.creation[chosen[0]], pods.creation[chosen[-1]]
+    factor = span_s / max(last - first, 1.0)
+    return [TraceTask(pods.names[i], int(pods.cpu_milli[i]), int(pods.memory_mib[i]),
+                      int(pods.num_gpu[i]), int(pods.gpu_milli[i]),
+                      float((pods.creation[i] - first) * factor),
+                      float(np.clip(lifetime[i] * factor, MIN_TASK_S, MAX_TASK_S)))
+            for i in chosen]
+
+
+@dataclass
+class Capacity:
+    """What is left of a node for the in-tree filter (requests, as kube-scheduler counts)."""
+
+    cpu_milli: int
+    memory_mib: int
+    gpu_free: list[int]
+
+    def fits(self, task: TraceTask) -> bool:
+        if task.cpu_milli > self.cpu_milli or task.memory_mib > self.memory_mib:
+            return False
+        if task.gpus and task.gpu_milli < MILLI:
+            return any(free >= task.gpu_milli for free in self.gpu_free)
+        return sum(free == MILLI for free in self.gpu_free) >= task.gpus
+
+    def take(self, task: TraceTask) -> list[int]:
+        """Reserve the task's requests; returns the GPU slots used."""
+        self.cpu_milli -= task.cpu_milli
+        self.memory_mib -= task.memory_mib
+        if not task.gpus:
+            return []
+        if task.gpu_milli < MILLI:  # best fit: the fullest GPU that still takes the share
+            slot = min((f, i) for i, f in enumerate(self.gpu_free) if f >= task.gpu_milli)[1]
+            self.gpu_free[slot] -= task.gpu_milli
+            return [slot]
+        slots = [i for i, f in enumerate(self.gpu_free) if f == MILLI][:task.gpus]
+        for i in slots:
+            self.gpu_free[i] = 0
+        return slots
+
+    def give_back(self, task: TraceTask, slots: Sequence[int]) -> None:
+        self.cpu_milli += task.cpu_milli
+        self.memory_mib += task.memory_mib
+        for i in slots:
+            self.gpu_free[i] += task.gpu_milli if task.gpu_milli < MILLI else MILLI
+
+
+@dataclass
+class Outcome:
+    """What happened to the slice, for the summary."""
+
+    placed: dict[str, str] = field(default_factory=dict)
+    """Task -> node."""
+    placed_at: dict[str, float] = field(default_factory=dict)
+    unschedulable: list[str] = field(default_factory=list)
+    rejected_slow: int = 0
+    """Decisions in which the extender's filter rejected the throttled node for deadline misses."""
+    miss_seen: list[tuple[float, float | None]] = field(default_factory=list)
+    """(seconds, deadline_miss_ratio the extender holds for the throttled node)."""
+    first_seen_s: float | None = None
+    """When the extender first held a miss ratio above 0 for the throttled node."""
+
+
+def pod_body(task: TraceTask, uid: str, names: list[str]) -> dict[str, Any]:
+    """ExtenderArgs for `task` offered `names`: requests, and GPU sharing as OpenB annotates it."""
+    from extender.policies.model import GPU_MILLI_ANNOTATION, GPU_RESOURCE
+
+    requests_ = {"cpu": f"{task.cpu_milli}m", "memory": f"{task.memory_mib}Mi"}
+    annotations = {}
+    if task.gpus and task.gpu_milli < MILLI:
+        annotations[GPU_MILLI_ANNOTATION] = str(task.gpu_milli)
+    elif task.gpus:
+        requests_[GPU_RESOURCE] = str(task.gpus)
+    return {"Pod": {"metadata": {"name": task.name, "namespace": NAMESPACE, "uid": uid,
+                                 "annotations": annotations},
+                    "spec": {"containers": [{"name": "main",
+                                             "resources": {"requests": requests_}}]}},
+            "NodeNames": names, "Nodes": None}
+
+
+class Replay:
+    """Runs the slice against the live extender; see the module docstring."""
+
+    def __init__(self, console: Console, session: requests.Session, url: str, emulator: Emulator,
+                 pushgateway: str) -> None:
+        self.console, self.session, self.url = console, session, url
+        self.emulator = emulator
+        self.pushgateway = pushgateway
+        self.nodes: dict[str, EmulatedNode] = {n.name: n for n in emulator.nodes}
+        self.capacity = {n.name: Capacity(n.cpu_milli, n.memory_mib, [MILLI] * n.gpus)
+                         for n in emulator.nodes}
+        self.sidecars: dict[str, Sidecar] = {}
+
+    def _post(self, verb: str, body: dict[str, Any]) -> Any:
+        response = self.session.post(f"{self.url}/{verb}", json=body, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def _sidecar(self, node: str) -> Sidecar:
+        from extender.sidecar.service import build_sidecar
+        from extender.sidecar.settings import PushSettings, SidecarSettings, WindowSettings
+
+        if node not in self.sidecars:
+            settings = SidecarSettings(push=PushSettings(interval_s=SIDECAR_PUSH_S),
+                                       window=WindowSettings(seconds=SIDECAR_WINDOW_S, buckets=30))
+            self.sidecars[node] = build_sidecar(settings, node=node, worker=f"{node}-worker",
+                                                pushgateway=self.pushgateway).start()
+        return self.sidecars[node]
+
+    def _miss_ratio(self, node: str) -> float | None:
+        detail = self.session.get(f"{self.url}/api/v1/nodes/{node}", timeout=5).json()
+        reading = ((detail.get("node") or {}).get("metrics") or {}).get("deadline_miss_ratio") or {}
+        return reading.get("value") if reading.get("fresh") else None
+
+    def pick_slow_node(self, first: TraceTask) -> str:
+        """The node the extender likes best for the first task: the one to throttle."""
+        names = sorted(n for n, cap in self.capacity.items() if cap.fits(first))
+        ranked = self._post("prioritize", pod_body(first, "probe", names))
+        return str(max(ranked, key=lambda h: (h["Score"], [-ord(c) for c in h["Host"]]))["Host"])
+
+    def run(self, tasks: list[TraceTask], slow: str) -> Outcome:
+        """Replay `tasks` in real (compressed) time; returns when the last task has ended."""
+        from extender.emulator import Pod
+        from extender.sidecar.events import TaskEnd, TaskStart
+
+        out = Outcome()
+        ends: list[tuple[float, str, str, list[int], TraceTask]] = []
+        start = time.monotonic()
+        pending = list(tasks)
+        while pending or ends:
+            now = time.monotonic() - start
+            while ends and ends[0][0] <= now:
+                _, name, node, slots, task = heapq.heappop(ends)
+                self._sidecar(node).tracker.end(TaskEnd(id=name))
+                self.emulator.remove(NAMESPACE, name)
+                self.capacity[node].give_back(task, slots)
+            while pending and pending[0].arrive_s <= now:
+                task = pending.pop(0)
+                node = self._schedule(task, slow, out)
+                if node is None:
+                    continue
+                slots = self.capacity[node].take(task)
+                self.emulator.place(Pod.single(NAMESPACE, task.name,
+                                               cpu_cores=task.cpu_milli / MILLI,
+                                               memory_bytes=task.memory_mib * 2**20,
+                                               gpus=task.gpus * task.gpu_milli / MILLI), node)
+                self._sidecar(node).tracker.start(TaskStart(
+                    id=task.name, type="trace-task", expected_seconds=task.expected_s))
+                duration = task.expected_s * (SLOWDOWN if node == slow else 1.0)
+                heapq.heappush(ends, (now + duration, task.name, node, slots, task))
+                out.placed[task.name], out.placed_at[task.name] = node, now
+            seen = self._miss_ratio(slow)
+            out.miss_seen.append((now, seen))
+            if seen and out.first_seen_s is None:
+                out.first_seen_s = now
+            time.sleep(TICK_S)
+        return out
+
+    def _schedule(self, task: TraceTask, slow: str, out: Outcome) -> str | None:
+        names = sorted(n for n, cap in self.capacity.items() if cap.fits(task))
+        if not names:
+            out.unschedulable.append(task.name)
+            return None
+        uid = f"{task.name}-uid"
+        filtered = self._post("filter", pod_body(task, uid, names))
+        passed = filtered.get("NodeNames") or []
+        reason = (filtered.get("FailedNodes") or {}).get(slow, "")
+        if "deadline" in reason:
+            out.rejected_slow += 1
+        if not passed:
+            out.unschedulable.append(task.name)
+            return None
+        if len(passed) == 1:
+            return str(passed[0])
+        ranked = self._post("prioritize", pod_body(task, uid, passed))
+        return str(max(ranked, key=lambda h: (h["Score"], [-ord(c) for c in h["Host"]]))["Host"])
+
+    def stop(self) -> None:
+        """Stop every sidecar (last push, then its group is deleted from the Pushgateway)."""
+        for sidecar in self.sidecars.values():
+            sidecar.stop()
+
+    def summary(self, tasks: list[TraceTask], slow: str, out: Outcome, plot_dir: Path) -> None:
+        """Print the per-node table and write the timeline plot."""
+        from rich.table import Table
+
+        table = Table(title="compressed trace replay: tasks per node (nodes that ran any)",
+                      title_justify="left")
+        for column in ("node", "tasks", "finished", "deadline misses (sidecar)",
+                       "placed after the extender saw misses"):
+            table.add_column(column)
+        seen_at = out.first_seen_s
+        for node in sorted(set(out.placed.values())):
+            stats = self.sidecars[node].tracker.stats()
+            after = sum(1 for t, n in out.placed.items()
+                        if n == node and seen_at is not None and out.placed_at[t] >= seen_at)
+            label = f"{node} [red](throttled x{SLOWDOWN:g})[/red]" if node == slow else node
+            table.add_row(label, str(sum(1 for n in out.placed.values() if n == node)),
+                          str(stats.tasks_total), str(stats.missed_total),
+                          str(after) if node == slow else "")
+        self.console.print(table)
+        on_slow = [t for t, n in out.placed.items() if n == slow]
+        seen = "never" if seen_at is None else f"{seen_at:.0f} s into the replay"
+        self.console.print(
+            f"{len(out.placed)} of {len(tasks)} tasks placed ({len(out.unschedulable)} fitted "
+            f"nowhere). The throttled node {slow} took {len(on_slow)}; the extender saw its "
+            f"misses {seen} and then rejected it in {out.rejected_slow} filter calls "
+            f"(\"deadline misses ... > 50%\").")
+        path = self._plot(slow, out, plot_dir)
+        self.console.print(f"timeline plot: {path}")
+
+    def _plot(self, slow: str, out: Outcome, plot_dir: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        order = sorted(set(out.placed.values()))
+        for task, node in out.placed.items():
+            top.scatter(out.placed_at[task], order.index(node),
+                        color="tab:red" if node == slow else "tab:blue", s=18)
+        top.set_yticks(range(len(order)), order, fontsize=6)
+        top.set_ylabel("node")
+        top.set_title(f"placements (red: {slow}, throttled x{SLOWDOWN:g})")
+        times = [t for t, _ in out.miss_seen]
+        values = [np.nan if v is None else v for _, v in out.miss_seen]
+        bottom.plot(times, values, color="tab:red")
+        bottom.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        bottom.set_ylim(-0.05, 1.05)
+        bottom.set_ylabel(f"deadline_miss_ratio of {slow}\n(as the extender holds it)")
+        bottom.set_xlabel("seconds into the replay")
+        fig.tight_layout()
+        path = plot_dir / "demo-replay.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
