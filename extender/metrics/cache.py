@@ -21,7 +21,7 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,7 +30,7 @@ import numpy as np
 from extender.errors import MetricsError, PrometheusUnreachable
 from extender.metrics.catalog import NodeResolver
 from extender.metrics.prometheus import MetricsSource, Sample
-from extender.policies.model import NodeTable
+from extender.policies.model import Allocation, FloatArray, NodeTable
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,37 @@ def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolve
             values[i, j] = value
             sampled[i, j] = at
     return NodeTable(names=ordered, metrics=metrics, values=values, sampled_at=sampled,
-                     built_at=at, index=index), unmatched
+                     built_at=at, index=index,
+                     allocation=allocation_state(metrics, values)), unmatched
+
+
+ALLOCATION_METRICS = ("cpu_allocatable_cores", "cpu_requested_cores", "memory_allocatable_bytes",
+                      "memory_requested_bytes", "gpus_allocatable", "gpus_requested")
+"""Catalog entries (kube-state-metrics) the allocation state is built from."""
+
+
+def allocation_state(metrics: Sequence[str], values: FloatArray) -> Allocation | None:
+    """Request-based allocation per node from the kube-state-metrics columns, or None when the
+    catalog lacks them. Whole GPUs only (nvidia.com/gpu): a node's free GPUs are idle (1000
+    milli), its requested ones full. Nodes without CPU data get NaN (the terms built on it are
+    then dropped for them); nodes without GPU series have no GPUs. GPU models are unknown here,
+    so task types of the target workload that require a model count as unable to run."""
+    column = {metric: j for j, metric in enumerate(metrics)}
+    if any(name not in column for name in ALLOCATION_METRICS):
+        return None
+
+    def col(name: str) -> FloatArray:
+        return values[:, column[name]]
+
+    gpus = np.nan_to_num(col("gpus_allocatable")).astype(np.int64).clip(0)
+    used = np.minimum(np.nan_to_num(col("gpus_requested")).astype(np.int64).clip(0), gpus)
+    slot = np.arange(max(int(gpus.max(initial=0)), 1))
+    gpu_free = np.where(slot[None, :] < (gpus - used)[:, None], 1000.0,
+                        np.where(slot[None, :] < gpus[:, None], 0.0, -1.0))
+    return Allocation(
+        cpu_free_milli=(col("cpu_allocatable_cores") - col("cpu_requested_cores")) * 1000.0,
+        memory_free_mib=(col("memory_allocatable_bytes") - col("memory_requested_bytes")) / 2**20,
+        gpu_free_milli=gpu_free, gpu_model=("",) * len(values))
 
 
 class TableCollector(Protocol):

@@ -260,8 +260,14 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
         alloc = table.allocation
         if alloc is None:
             return None
+        # Rows not in the table, or without allocation data (NaN), get NaN: the term is dropped
+        # for them, and they take no part in finding the best level.
         known = rows >= 0
-        safe = np.where(known, rows, 0)
+        known[known] = ~np.isnan(alloc.cpu_free_milli[rows[known]])
+        out = np.full(len(rows), np.nan)
+        if not known.any():
+            return out
+        safe = rows[known]
         per_gpu = pod.gpu_milli // pod.gpus if pod.gpus > 1 else pod.gpu_milli
         task = Task(cpu_milli=int(round(pod.cpu_cores * 1000)),
                     memory_mib=int(pod.memory_bytes // 2**20),
@@ -274,9 +280,9 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
         if pod.gpu_models and task.num_gpu:
             allowed = np.isin(models, pod.gpu_models)[group]
             gpu_free = np.where(allowed[:, None], gpu_free, -1)
-        out = goodness(task, alloc.cpu_free_milli[safe].astype(np.int64), gpu_free, access,
-                       workload, group=group)
-        return np.where(known, out, np.nan)
+        out[known] = goodness(task, alloc.cpu_free_milli[safe].astype(np.int64), gpu_free,
+                              access, workload, group=group)
+        return out
 
     return term
 

@@ -121,7 +121,8 @@ def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
             raise ValueError(f"invalid GPU share: {GPU_MILLI_ANNOTATION}="
                              f"{annotations[GPU_MILLI_ANNOTATION]!r}, {GPU_COUNT_ANNOTATION}="
                              f"{annotations.get(GPU_COUNT_ANNOTATION)!r}")
-    models = re.split(r"[|,]", annotations.get(GPU_MODEL_ANNOTATION) or "")
+    allowed = annotations.get(GPU_MODEL_ANNOTATION)
+    models = re.split(r"[|,]", allowed) if allowed else ()
     return PodDemand(
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,

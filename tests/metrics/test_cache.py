@@ -178,3 +178,25 @@ def test_child_fetcher_refreshes_in_another_process_and_survives_its_death() -> 
         assert again.table.value("a", "cpu_utilisation") not in (child_pid, os.getpid())
     finally:
         cache.stop()
+
+
+def test_allocation_state_comes_from_kube_state_metrics_requests() -> None:
+    s = settings()
+    values = healthy(["a", "b", "c"])
+    values.update({
+        "cpu_allocatable_cores": {"a": 64, "b": 32, "c": 16},
+        "cpu_requested_cores": {"a": 60.5, "b": 0},            # c: no data
+        "memory_allocatable_bytes": {"a": 2**38, "b": 2**37, "c": 2**36},
+        "memory_requested_bytes": {"a": 2**37, "b": 0, "c": 0},
+        "gpus_allocatable": {"a": 8, "b": 2},                   # c: no GPUs
+        "gpus_requested": {"a": 7, "b": 0},
+    })
+    snapshot = MetricsCache(s, StaticSource(s, values)).refresh()
+    alloc = snapshot.table.allocation
+    assert alloc is not None
+    assert alloc.cpu_free_milli[:2].tolist() == [3500.0, 32000.0]
+    assert math.isnan(alloc.cpu_free_milli[2])
+    assert alloc.memory_free_mib.tolist() == [2**17, 2**17, 2**16]
+    assert alloc.gpu_free_milli.tolist() == [[1000, 0, 0, 0, 0, 0, 0, 0],
+                                             [1000, 1000, -1, -1, -1, -1, -1, -1],
+                                             [-1] * 8]

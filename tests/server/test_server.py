@@ -186,3 +186,29 @@ def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
     metrics = client.get("/metrics").data.decode()
     assert 'extender_placements_total{source="bind"} 1.0' in metrics
     assert 'extender_placements_total{source="filter"}' not in metrics
+
+
+def test_gpu_profile_keeps_fgds_best_nodes_from_kube_state_metrics_allocation() -> None:
+    nodes = ["busy", "idle", "nodata"]
+    values = healthy(nodes, cpu_utilisation={n: 0.2 for n in nodes})
+    values.update({
+        "cpu_allocatable_cores": {"busy": 96, "idle": 96},
+        "cpu_requested_cores": {"busy": 40, "idle": 0},
+        "memory_allocatable_bytes": {"busy": 2**39, "idle": 2**39},
+        "memory_requested_bytes": {"busy": 2**36, "idle": 0},
+        "gpus_allocatable": {"busy": 8, "idle": 8},
+        "gpus_requested": {"busy": 7, "idle": 0},
+    })
+    s = settings()
+    app = create_app(s, source=StaticSource(s, values), start_refresher=False, clock=lambda: NOW)
+    app.extensions["extender"].cache.refresh()
+    pod = {**REQUEST["Pod"], "metadata": {**REQUEST["Pod"]["metadata"],
+                                           "annotations": {"extract.io/policy": "gpu"}}}
+    pod["spec"] = {**pod["spec"], "containers": [{"name": "c", "resources": {
+        "requests": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"}}}]}
+    answer = app.test_client().post("/filter", json={**REQUEST, "Pod": pod,
+                                                     "NodeNames": nodes}).get_json()
+    # FGD fills the node with one GPU left rather than breaking into a whole idle 8-GPU node;
+    # the node without kube-state-metrics data is not judged on fragmentation.
+    assert answer["NodeNames"] == ["busy", "nodata"]
+    assert "fragments GPUs" in answer["FailedNodes"]["idle"]

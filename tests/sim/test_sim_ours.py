@@ -129,3 +129,19 @@ def test_gpu_profile_band_follows_the_best_node_the_pod_does_not_make_hot() -> N
     assert not kept[best].any()
     assert kept.tolist() == (np.isin(np.arange(6), rest)
                              & (levels == levels[rest].max())).tolist()
+
+
+def test_fragmentation_term_drops_rows_without_allocation_data() -> None:
+    term = fragmentation_term(TargetWorkload.from_tasks([1000], [1], [500]))
+    pod = PodDemand(name="p", cpu_cores=1.0, gpus=1, gpu_milli=500)
+    # n1 has no allocation data (NaN), and would otherwise be the best node.
+    good = term(pod, table([[700, 0], [1000, 1000], [1000, 1000]], [8000, float("nan"), 8000]),
+                np.array([0, 1, 2]))
+    assert good is not None
+    assert np.isnan(good[1]) and good[2] == 1.0 and good[0] < 0.01
+    empty = NodeTable.empty(["cpu_utilisation"])
+    empty = NodeTable(names=(), metrics=empty.metrics, values=empty.values,
+                      sampled_at=empty.sampled_at, allocation=Allocation(
+                          cpu_free_milli=np.zeros(0), memory_free_mib=np.zeros(0),
+                          gpu_free_milli=np.zeros((0, 1)), gpu_model=()))
+    assert np.isnan(term(pod, empty, np.array([-1]))).all()
