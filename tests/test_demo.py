@@ -118,7 +118,8 @@ def test_make_demo_prints_reasons_and_a_ranking_and_stops_everything(tmp_path: P
     # A ranking: rank, emulated node, score 0..10, and the terms behind it.
     assert re.search(r"prioritize default/cache-plain \(profile metrics-aware\)", out)
     assert re.search(r"│ 1 │ openb-node-\d{4} │\s+(10|\d) │ \w+ .*-> \d+\.\d\d", out)
-    assert "prioritize default/cache-gpu (profile gpu)" in out
+    # The GPU pod's profile keeps FGD's best nodes, from kube-state-metrics' allocation.
+    assert "fragments GPUs more than on the best nodes (FGD)" in out
     # The burst spreads over several nodes, and every process it started is gone.
     spread = re.search(r"(\d+) pods landed on (\d+) nodes", out)
     assert spread and int(spread.group(2)) > 1
