@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sim_support import make_nodes
 
-from extender.policies.allocation import Task
+from extender.policies.allocation import Policy, Task
 from extender.policies.fragmentation import (
     DERIVED_TERMS,
     TargetWorkload,
@@ -77,8 +77,8 @@ def test_placements_reach_the_engine_ledger() -> None:
     assert pending.cpu_cores.tolist() == [16.0, 0.0]
 
 
-def gpu_cluster() -> tuple[Cluster, TargetWorkload]:
-    """Six 4-GPU nodes in different states (partly used GPUs and CPUs)."""
+def gpu_cluster() -> tuple[Cluster, Policy, OursPolicy]:
+    """Six 4-GPU nodes in different states (partly used GPUs and CPUs), FGD and ours' `gpu`."""
     nodes = make_nodes([(64000, 262144, 4, "V100")] * 6)
     cluster = Cluster(nodes)
     for node, (cpu, share) in enumerate([(8000, 500), (8000, 300), (4000, 1000), (60000, 200),
@@ -87,15 +87,14 @@ def gpu_cluster() -> tuple[Cluster, TargetWorkload]:
         cluster.place(node, Task(cpu_milli=cpu, memory_mib=1024, num_gpu=int(bool(share)),
                                  gpu_milli=share), gpus)
     wl = TargetWorkload.from_tasks([4000, 8000, 2000, 16000], [1, 1, 1, 0], [500, 1000, 250, 0])
-    return cluster, wl
+    settings = load_settings("config/extender.yaml", environ={})
+    ours = build("gpu", nodes=cluster.nodes, workload=wl, settings=settings)
+    assert isinstance(ours, OursPolicy)
+    return cluster, build("fgd", nodes=cluster.nodes, workload=wl), ours
 
 
 def test_gpu_profile_keeps_exactly_fgds_best_nodes() -> None:
-    settings = load_settings("config/extender.yaml", environ={})
-    cluster, wl = gpu_cluster()
-    fgd = build("fgd", nodes=cluster.nodes, workload=wl)
-    ours = build("gpu", nodes=cluster.nodes, workload=wl, settings=settings)
-    assert isinstance(ours, OursPolicy)
+    cluster, fgd, ours = gpu_cluster()
     ours.observe(observation([0.1] * 6))
     rng = np.random.default_rng(0)
     for task in (Task(cpu_milli=4000, memory_mib=1024, num_gpu=1, gpu_milli=500),
@@ -111,11 +110,7 @@ def test_gpu_profile_keeps_exactly_fgds_best_nodes() -> None:
 
 
 def test_gpu_profile_band_follows_the_best_node_the_pod_does_not_make_hot() -> None:
-    settings = load_settings("config/extender.yaml", environ={})
-    cluster, wl = gpu_cluster()
-    fgd = build("fgd", nodes=cluster.nodes, workload=wl)
-    ours = build("gpu", nodes=cluster.nodes, workload=wl, settings=settings)
-    assert isinstance(ours, OursPolicy)
+    cluster, fgd, ours = gpu_cluster()
     task = Task(cpu_milli=4000, memory_mib=1024, num_gpu=1, gpu_milli=500)
     view, ok, rng = cluster.view(), np.ones(6, bool), np.random.default_rng(0)
     levels = fgd(task, view, ok, rng).scores
