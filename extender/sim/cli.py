@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,7 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
                     policy.session.close()
                 if server is not None:
                     server.stop()
+                    shutil.rmtree(server.workdir, ignore_errors=True)
             if isinstance(policy, HttpPolicy):
                 out.http.append((name, seed, policy.comparison))
             out.rows.append(summarise(result))
