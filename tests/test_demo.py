@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -225,7 +224,7 @@ def test_replay_pods_reach_the_extender_with_their_gpu_share() -> None:
     from extender.protocol import ExtenderArgs, decode
 
     body = pod_body(TraceTask("p", 6000, 12288, 1, 460, 0.0, 6.0), "u1", ["n1", "n2"])
-    args = decode(json.dumps(body).encode(), ExtenderArgs)
+    args = decode(body, ExtenderArgs)
     demand = pod_demand(args.Pod)
     assert (demand.cpu_cores, demand.gpus, demand.gpu_milli) == (6.0, 1, 460)
     assert args.NodeNames == ["n1", "n2"]

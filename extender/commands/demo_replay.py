@@ -134,21 +134,14 @@ class Outcome:
     """When the extender first held a miss ratio above 0 for the throttled node."""
 
 
-def pod_body(task: TraceTask, uid: str, names: list[str]) -> dict[str, Any]:
+def pod_body(task: TraceTask, uid: str, names: list[str]) -> bytes:
     """ExtenderArgs for `task` offered `names`: requests, and GPU sharing as OpenB annotates it."""
-    from extender.policies.model import GPU_MILLI_ANNOTATION, GPU_RESOURCE
+    from extender import protocol as wire
+    from extender.policies.model import request_pod
 
-    requests_ = {"cpu": f"{task.cpu_milli}m", "memory": f"{task.memory_mib}Mi"}
-    annotations = {}
-    if task.gpus and task.gpu_milli < MILLI:
-        annotations[GPU_MILLI_ANNOTATION] = str(task.gpu_milli)
-    elif task.gpus:
-        requests_[GPU_RESOURCE] = str(task.gpus)
-    return {"Pod": {"metadata": {"name": task.name, "namespace": NAMESPACE, "uid": uid,
-                                 "annotations": annotations},
-                    "spec": {"containers": [{"name": "main",
-                                             "resources": {"requests": requests_}}]}},
-            "NodeNames": names, "Nodes": None}
+    pod = request_pod(name=task.name, namespace=NAMESPACE, uid=uid, cpu_milli=task.cpu_milli,
+                      memory_mib=task.memory_mib, gpus=task.gpus, gpu_milli=task.gpu_milli)
+    return wire.encode(wire.ExtenderArgs(Pod=pod, NodeNames=names))
 
 
 class Replay:
@@ -164,8 +157,9 @@ class Replay:
                          for n in emulator.nodes}
         self.sidecars: dict[str, Sidecar] = {}
 
-    def _post(self, verb: str, body: dict[str, Any]) -> Any:
-        response = self.session.post(f"{self.url}/{verb}", json=body, timeout=5)
+    def _post(self, verb: str, body: bytes) -> Any:
+        response = self.session.post(f"{self.url}/{verb}", data=body, timeout=5,
+                                     headers={"Content-Type": "application/json"})
         response.raise_for_status()
         return response.json()
 

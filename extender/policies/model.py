@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from extender.protocol import Container, Pod
+from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -136,6 +136,26 @@ def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
         weights=parse_weights(annotations[weights_annotation])
         if annotations.get(weights_annotation) else None,
     )
+
+
+def request_pod(*, name: str, namespace: str, uid: str, cpu_milli: int, memory_mib: int,
+                gpus: int = 0, gpu_milli: int = 0, gpu_models: Sequence[str] = (),
+                annotations: Mapping[str, str] | None = None) -> Pod:
+    """A wire Pod asking for these resources (the inverse of `pod_demand`): whole GPUs as
+    `nvidia.com/gpu`, a share of one GPU (`gpu_milli` < 1000 per GPU) and allowed GPU models as
+    OpenB's annotations."""
+    requests: dict[str, str | int | float] = {"cpu": f"{cpu_milli}m", "memory": f"{memory_mib}Mi"}
+    notes = dict(annotations or {})
+    if gpus and gpu_milli < 1000:
+        notes[GPU_MILLI_ANNOTATION] = str(gpu_milli)
+        notes[GPU_COUNT_ANNOTATION] = str(gpus)
+    elif gpus:
+        requests[GPU_RESOURCE] = str(gpus)
+    if gpu_models:
+        notes[GPU_MODEL_ANNOTATION] = "|".join(gpu_models)
+    return Pod(metadata=ObjectMeta(name=name, namespace=namespace, uid=uid, annotations=notes),
+               spec=PodSpec(containers=[Container(
+                   name="main", resources=ResourceRequirements(requests=requests))]))
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -36,13 +36,7 @@ from extender.localstack import LocalServer, free_port
 from extender.metrics.cache import RefreshStatus
 from extender.policies.allocation import Bools, ClusterView, Decision, Task
 from extender.policies.fragmentation import TargetWorkload, fragmentation_term
-from extender.policies.model import (
-    GPU_COUNT_ANNOTATION,
-    GPU_MILLI_ANNOTATION,
-    GPU_MODEL_ANNOTATION,
-    Allocation,
-    NodeTable,
-)
+from extender.policies.model import Allocation, NodeTable, request_pod
 from extender.settings import Settings
 from extender.sim.policies import OursPolicy
 from extender.sim.replay import Observation
@@ -199,21 +193,12 @@ def start_server(settings: Settings, workload: TargetWorkload,
 
 
 def pod_of(policy: OursPolicy, task: Task, name: str) -> wire.Pod:
-    """The wire Pod of a simulated task: requests, and OpenB's GPU-sharing annotations."""
-    requests_ = {"cpu": f"{task.cpu_milli}m", "memory": f"{task.memory_mib}Mi"}
-    annotations = {"extract.io/policy": policy.profile}
-    if task.shares_gpu:
-        annotations[GPU_MILLI_ANNOTATION] = str(task.gpu_milli)
-        annotations[GPU_COUNT_ANNOTATION] = "1"
-    elif task.num_gpu:
-        requests_["nvidia.com/gpu"] = str(task.num_gpu)
-    models = [policy.nodes.models[m] for m in task.models if m >= 0]
-    if models:
-        annotations[GPU_MODEL_ANNOTATION] = "|".join(models)
-    return wire.Pod(
-        metadata=wire.ObjectMeta(name=name, namespace="sim", uid=name, annotations=annotations),
-        spec=wire.PodSpec(containers=[wire.Container(
-            name="task", resources=wire.ResourceRequirements(requests=requests_))]))
+    """The wire Pod of a simulated task, naming the profile under test."""
+    per_gpu = task.gpu_milli if task.shares_gpu else 1000
+    return request_pod(name=name, namespace="sim", uid=name, cpu_milli=task.cpu_milli,
+                       memory_mib=task.memory_mib, gpus=task.num_gpu, gpu_milli=per_gpu,
+                       gpu_models=[policy.nodes.models[m] for m in task.models if m >= 0],
+                       annotations={"extract.io/policy": policy.profile})
 
 
 @dataclass

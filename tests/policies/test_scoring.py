@@ -12,6 +12,7 @@ from extender.policies.model import (
     parse_quantity,
     parse_weights,
     pod_demand,
+    request_pod,
 )
 from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.settings import Settings
@@ -215,6 +216,17 @@ def test_gpu_sharing_annotations_as_in_openb() -> None:
                 {"alibabacloud.com/gpu-milli": "500", "alibabacloud.com/gpu-count": "0"}):
         with pytest.raises(ValueError):
             pod_demand(pod({}, bad))
+
+
+@pytest.mark.parametrize(("gpus", "milli", "models"), [(0, 0, ()), (1, 450, ("T4",)),
+                                                        (2, 1000, ()), (8, 1000, ("A10", "G2"))])
+def test_request_pod_is_the_inverse_of_pod_demand(gpus: int, milli: int,
+                                                  models: tuple[str, ...]) -> None:
+    wire_pod = request_pod(name="p", namespace="ns", uid="u", cpu_milli=2300, memory_mib=3072,
+                           gpus=gpus, gpu_milli=milli, gpu_models=models)
+    demand = pod_demand(wire_pod)
+    assert (demand.cpu_cores, demand.memory_bytes) == (2.3, 3072 * 2**20)
+    assert (demand.gpus, demand.gpu_milli, demand.gpu_models) == (gpus, gpus * milli, models)
 
 
 @pytest.mark.parametrize("text", ["x", "1Qi", "", "--1"])
