@@ -180,10 +180,13 @@ class Replay:
         return reading.get("value") if reading.get("fresh") else None
 
     def pick_slow_node(self, first: TraceTask) -> str:
-        """The node the extender likes best for the first task: the one to throttle."""
-        names = sorted(n for n, cap in self.capacity.items() if cap.fits(first))
-        ranked = self._post("prioritize", pod_body(first, "probe", names))
-        return str(max(ranked, key=lambda h: (h["Score"], [-ord(c) for c in h["Host"]]))["Host"])
+        """The node the extender likes best right now (the Monitoring API's reference score;
+        a prioritize call would count as a placement) among those the first task fits."""
+        fits = {n for n, cap in self.capacity.items() if cap.fits(first)}
+        nodes = self.session.get(f"{self.url}/api/v1/nodes", timeout=5).json()["nodes"]
+        best = max((v for v in nodes if v["name"] in fits and v["passed"]),
+                   key=lambda v: (v["reference_score"], [-ord(c) for c in v["name"]]))
+        return str(best["name"])
 
     def run(self, tasks: list[TraceTask], slow: str) -> Outcome:
         """Replay `tasks` in real (compressed) time; returns when the last task has ended."""
