@@ -344,17 +344,16 @@ def _replay(console: Console, session: requests.Session, url: str, emulator: Emu
     tasks = trace_slice(args.pod_list, args.replay_tasks, args.replay_span, seed=args.seed)
     replay = Replay(console, session, url, emulator, pushgateway)
     try:
-        slow = replay.pick_slow_node(tasks[0])
         console.rule("compressed trace replay")
         console.print(
             f"{len(tasks)} consecutive tasks of {args.pod_list.name}, arrivals spread over "
             f"{args.replay_span:g} s, each running its trace lifetime scaled alike (6..20 s). "
-            f"Node {slow}, the extender's favourite right now, is throttled: its tasks take "
+            f"The node the extender picks for the first task is throttled: its tasks take "
             f"{SLOWDOWN:g}x their expected time, which no exporter shows. A deadline sidecar per "
             f"node reports misses to the Pushgateway every second.")
         with console.status("replaying (real time)"):
-            outcome = replay.run(tasks, slow)
-        replay.summary(tasks, slow, outcome, args.out)
+            outcome = replay.run(tasks)
+        replay.summary(tasks, outcome, args.out)
     finally:
         replay.stop()
 

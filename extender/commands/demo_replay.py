@@ -8,12 +8,13 @@ offer the nodes where the requests fit (CPU, memory, whole GPUs or a GPU share),
 `prioritize` the nodes that passed, and place the pod on the best score. Its usage then shows in
 the emulated exporters, hence in Prometheus and the extender's cache.
 
-One node is throttled on purpose: it looks idle in every metric, but its tasks take
-`SLOWDOWN` times their expected duration. Only the deadline sidecar can tell: each node's
-sidecar (the same Tracker and Pusher as `extender sidecar`, run in this process) hears each task
-start and end, counts misses against the expected duration plus the jitter margin, and pushes
-`deadline_miss_ratio` to the Pushgateway every second; Prometheus scrapes it with
-`honor_labels`, the extender refreshes, and its filter drops the node.
+One node is throttled on purpose, the one the extender picks for the first task: it looks
+idle in every metric, but its tasks take `SLOWDOWN` times their expected duration. Only the
+deadline sidecar can tell: each node's sidecar (the same Tracker and Pusher as `extender
+sidecar`, run in this process) hears each task start and end, counts misses against the expected
+duration plus the jitter margin, and pushes `deadline_miss_ratio` to the Pushgateway every
+second; Prometheus scrapes it with `honor_labels`, the extender refreshes, and its filter drops
+the node.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class Capacity:
 class Outcome:
     """What happened to the slice, for the summary."""
 
+    slow: str = ""
+    """The throttled node: the one that took the first task."""
     placed: dict[str, str] = field(default_factory=dict)
     """Task -> node."""
     placed_at: dict[str, float] = field(default_factory=dict)
@@ -179,17 +182,9 @@ class Replay:
         reading = ((detail.get("node") or {}).get("metrics") or {}).get("deadline_miss_ratio") or {}
         return reading.get("value") if reading.get("fresh") else None
 
-    def pick_slow_node(self, first: TraceTask) -> str:
-        """The node the extender likes best right now (the Monitoring API's reference score;
-        a prioritize call would count as a placement) among those the first task fits."""
-        fits = {n for n, cap in self.capacity.items() if cap.fits(first)}
-        nodes = self.session.get(f"{self.url}/api/v1/nodes", timeout=5).json()["nodes"]
-        best = max((v for v in nodes if v["name"] in fits and v["passed"]),
-                   key=lambda v: (v["reference_score"], [-ord(c) for c in v["name"]]))
-        return str(best["name"])
-
-    def run(self, tasks: list[TraceTask], slow: str) -> Outcome:
-        """Replay `tasks` in real (compressed) time; returns when the last task has ended."""
+    def run(self, tasks: list[TraceTask]) -> Outcome:
+        """Replay `tasks` in real (compressed) time; returns when the last task has ended. The
+        node that takes the first task, the extender's favourite, is the throttled one."""
         from extender.emulator import Pod
         from extender.sidecar.events import TaskEnd, TaskStart
 
@@ -206,9 +201,10 @@ class Replay:
                 self.capacity[node].give_back(task, slots)
             while pending and pending[0].arrive_s <= now:
                 task = pending.pop(0)
-                node = self._schedule(task, slow, out)
+                node = self._schedule(task, out)
                 if node is None:
                     continue
+                out.slow = out.slow or node
                 slots = self.capacity[node].take(task)
                 self.emulator.place(Pod.single(NAMESPACE, task.name,
                                                cpu_cores=task.cpu_milli / MILLI,
@@ -216,17 +212,17 @@ class Replay:
                                                gpus=task.gpus * task.gpu_milli / MILLI), node)
                 self._sidecar(node).tracker.start(TaskStart(
                     id=task.name, type="trace-task", expected_seconds=task.expected_s))
-                duration = task.expected_s * (SLOWDOWN if node == slow else 1.0)
+                duration = task.expected_s * (SLOWDOWN if node == out.slow else 1.0)
                 heapq.heappush(ends, (now + duration, task.name, node, slots, task))
                 out.placed[task.name], out.placed_at[task.name] = node, now
-            seen = self._miss_ratio(slow)
+            seen = self._miss_ratio(out.slow) if out.slow else None
             out.miss_seen.append((now, seen))
             if seen and out.first_seen_s is None:
                 out.first_seen_s = now
             time.sleep(TICK_S)
         return out
 
-    def _schedule(self, task: TraceTask, slow: str, out: Outcome) -> str | None:
+    def _schedule(self, task: TraceTask, out: Outcome) -> str | None:
         names = sorted(n for n, cap in self.capacity.items() if cap.fits(task))
         if not names:
             out.unschedulable.append(task.name)
@@ -234,7 +230,7 @@ class Replay:
         uid = f"{task.name}-uid"
         filtered = self._post("filter", pod_body(task, uid, names))
         passed = filtered.get("NodeNames") or []
-        reason = (filtered.get("FailedNodes") or {}).get(slow, "")
+        reason = (filtered.get("FailedNodes") or {}).get(out.slow or "", "")
         if "deadline" in reason:
             out.rejected_slow += 1
         if not passed:
@@ -250,10 +246,11 @@ class Replay:
         for sidecar in self.sidecars.values():
             sidecar.stop()
 
-    def summary(self, tasks: list[TraceTask], slow: str, out: Outcome, plot_dir: Path) -> None:
+    def summary(self, tasks: list[TraceTask], out: Outcome, plot_dir: Path) -> None:
         """Print the per-node table and write the timeline plot."""
         from rich.table import Table
 
+        slow = out.slow
         table = Table(title="compressed trace replay: tasks per node (nodes that ran any)",
                       title_justify="left")
         for column in ("node", "tasks", "finished", "deadline misses (sidecar)",
