@@ -199,31 +199,44 @@ def test_trace_slice_spreads_arrivals_and_clamps_lifetimes() -> None:
     assert tasks != trace_slice(demo.DEFAULT_POD_LIST, 30, 40.0, seed=2)
 
 
-def test_capacity_counts_whole_gpus_and_gpu_shares_like_the_device_plugin() -> None:
-    from extender.commands.demo_replay import Capacity, TraceTask
+def test_replay_counts_whole_gpus_and_gpu_shares_like_the_device_plugin() -> None:
+    from extender.commands.demo_replay import cluster_of
+    from extender.policies.allocation import Task, feasible, pick_gpus
 
-    def task(cpu: int, gpus: int, milli: int) -> TraceTask:
-        return TraceTask("t", cpu, 1024, gpus, milli, 0.0, 6.0)
+    def task(cpu: int, gpus: int, milli: int) -> Task:
+        return Task(cpu_milli=cpu, memory_mib=1024, num_gpu=gpus, gpu_milli=milli)
 
-    node = Capacity(16000, 65536, [1000, 1000])
+    cluster = cluster_of([EmulatedNode(name="n", ip="10.20.0.1", cpu_milli=16000,
+                                       memory_mib=65536, gpus=2, gpu_model="T4")])
+
+    def fits(t: Task) -> bool:
+        return bool(feasible(t, cluster.view())[0])
+
+    def take(t: Task) -> tuple[int, ...]:
+        slots = pick_gpus(t, cluster.gpu_free[0])
+        cluster.place(0, t, slots)
+        return slots
+
     share, whole = task(2000, 1, 600), task(4000, 1, 1000)
-    slots = node.take(share)
-    assert slots == [0] and node.gpu_free == [400, 1000]
-    assert node.fits(task(1000, 1, 400)) and node.fits(whole)  # GPU 1 is still idle
-    assert not node.fits(task(1000, 2, 1000))
-    second = node.take(task(1000, 1, 300))
-    assert second == [0] and node.gpu_free == [100, 1000]  # best fit: the fuller GPU
-    node.give_back(share, slots)
-    assert node.gpu_free == [700, 1000] and node.cpu_milli == 16000 - 1000
-    assert not node.fits(task(20000, 0, 0))
+    slots = take(share)
+    assert slots == (0,) and cluster.gpu_free[0].tolist() == [400, 1000]
+    assert fits(task(1000, 1, 400)) and fits(whole)  # GPU 1 is still idle
+    assert not fits(task(1000, 2, 1000))
+    second = take(task(1000, 1, 300))
+    assert second == (0,) and cluster.gpu_free[0].tolist() == [100, 1000]  # best fit
+    cluster.release(0, share, slots)
+    assert cluster.gpu_free[0].tolist() == [700, 1000] and cluster.cpu_free[0] == 16000 - 1000
+    assert not fits(task(20000, 0, 0))
 
 
 def test_replay_pods_reach_the_extender_with_their_gpu_share() -> None:
     from extender.commands.demo_replay import TraceTask, pod_body
+    from extender.policies.allocation import Task
     from extender.policies.model import pod_demand
     from extender.protocol import ExtenderArgs, decode
 
-    body = pod_body(TraceTask("p", 6000, 12288, 1, 460, 0.0, 6.0), "u1", ["n1", "n2"])
+    task = Task(cpu_milli=6000, memory_mib=12288, num_gpu=1, gpu_milli=460)
+    body = pod_body(TraceTask("p", task, 0.0, 6.0), "u1", ["n1", "n2"])
     args = decode(body, ExtenderArgs)
     demand = pod_demand(args.Pod)
     assert (demand.cpu_cores, demand.gpus, demand.gpu_milli) == (6.0, 1, 460)

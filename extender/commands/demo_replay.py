@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from extender.policies.allocation import MILLI, Task, feasible, pick_gpus
+from extender.sim.cluster import Cluster
+from extender.sim.trace import Nodes
+
 if TYPE_CHECKING:
     import requests
     from rich.console import Console
@@ -43,7 +47,6 @@ SIDECAR_PUSH_S = 1.0
 SIDECAR_WINDOW_S = 60.0
 TICK_S = 0.2
 NAMESPACE = "trace"
-MILLI = 1000
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,8 @@ class TraceTask:
     """One pod of the slice, with compressed times (seconds from the start of the replay)."""
 
     name: str
-    cpu_milli: int
-    memory_mib: int
-    gpus: int
-    gpu_milli: int
-    """Per GPU; below 1000 for a GPU-sharing task (then `gpus` is 1)."""
+    task: Task
+    """Its requests, as the simulator counts them (GPU share per GPU, 1000 = whole GPUs)."""
     arrive_s: float
     expected_s: float
 
@@ -75,48 +75,26 @@ def trace_slice(pods_csv: Path, count: int, span_s: float, *, seed: int) -> list
     chosen = usable[start:start + count]
     first, last = pods.creation[chosen[0]], pods.creation[chosen[-1]]
     factor = span_s / max(last - first, 1.0)
-    return [TraceTask(pods.names[i], int(pods.cpu_milli[i]), int(pods.memory_mib[i]),
-                      int(pods.num_gpu[i]), int(pods.gpu_milli[i]),
+    return [TraceTask(pods.names[i], Task(cpu_milli=int(pods.cpu_milli[i]),
+                                          memory_mib=int(pods.memory_mib[i]),
+                                          num_gpu=int(pods.num_gpu[i]),
+                                          gpu_milli=int(pods.gpu_milli[i])),
                       float((pods.creation[i] - first) * factor),
                       float(np.clip(lifetime[i] * factor, MIN_TASK_S, MAX_TASK_S)))
             for i in chosen]
 
 
-@dataclass
-class Capacity:
-    """What is left of a node for the in-tree filter (requests, as kube-scheduler counts)."""
-
-    cpu_milli: int
-    memory_mib: int
-    gpu_free: list[int]
-
-    def fits(self, task: TraceTask) -> bool:
-        if task.cpu_milli > self.cpu_milli or task.memory_mib > self.memory_mib:
-            return False
-        if task.gpus and task.gpu_milli < MILLI:
-            return any(free >= task.gpu_milli for free in self.gpu_free)
-        return sum(free == MILLI for free in self.gpu_free) >= task.gpus
-
-    def take(self, task: TraceTask) -> list[int]:
-        """Reserve the task's requests; returns the GPU slots used."""
-        self.cpu_milli -= task.cpu_milli
-        self.memory_mib -= task.memory_mib
-        if not task.gpus:
-            return []
-        if task.gpu_milli < MILLI:  # best fit: the fullest GPU that still takes the share
-            slot = min((f, i) for i, f in enumerate(self.gpu_free) if f >= task.gpu_milli)[1]
-            self.gpu_free[slot] -= task.gpu_milli
-            return [slot]
-        slots = [i for i, f in enumerate(self.gpu_free) if f == MILLI][:task.gpus]
-        for i in slots:
-            self.gpu_free[i] = 0
-        return slots
-
-    def give_back(self, task: TraceTask, slots: Sequence[int]) -> None:
-        self.cpu_milli += task.cpu_milli
-        self.memory_mib += task.memory_mib
-        for i in slots:
-            self.gpu_free[i] += task.gpu_milli if task.gpu_milli < MILLI else MILLI
+def cluster_of(nodes: Sequence[EmulatedNode]) -> Cluster:
+    """The simulator's request bookkeeping for the emulated nodes: what kube-scheduler's in-tree
+    filter and the GPU device plugin would count (GPU models are not checked: the slice's tasks
+    are offered every model)."""
+    models = tuple(sorted({n.gpu_model for n in nodes if n.gpus}))
+    return Cluster(Nodes(
+        tuple(n.name for n in nodes), np.array([n.cpu_milli for n in nodes], np.int64),
+        np.array([n.memory_mib for n in nodes], np.int64),
+        np.array([n.gpus for n in nodes], np.int64),
+        np.array([models.index(n.gpu_model) if n.gpus else -1 for n in nodes], np.int64),
+        models))
 
 
 @dataclass
@@ -142,8 +120,9 @@ def pod_body(task: TraceTask, uid: str, names: list[str]) -> bytes:
     from extender import protocol as wire
     from extender.policies.model import request_pod
 
-    pod = request_pod(name=task.name, namespace=NAMESPACE, uid=uid, cpu_milli=task.cpu_milli,
-                      memory_mib=task.memory_mib, gpus=task.gpus, gpu_milli=task.gpu_milli)
+    t = task.task
+    pod = request_pod(name=task.name, namespace=NAMESPACE, uid=uid, cpu_milli=t.cpu_milli,
+                      memory_mib=t.memory_mib, gpus=t.num_gpu, gpu_milli=t.gpu_milli)
     return wire.encode(wire.ExtenderArgs(Pod=pod, NodeNames=names))
 
 
@@ -155,9 +134,8 @@ class Replay:
         self.console, self.session, self.url = console, session, url
         self.emulator = emulator
         self.pushgateway = pushgateway
-        self.nodes: dict[str, EmulatedNode] = {n.name: n for n in emulator.nodes}
-        self.capacity = {n.name: Capacity(n.cpu_milli, n.memory_mib, [MILLI] * n.gpus)
-                         for n in emulator.nodes}
+        self.cluster = cluster_of(emulator.nodes)
+        self.names = self.cluster.nodes.names
         self.sidecars: dict[str, Sidecar] = {}
 
     def _post(self, verb: str, body: bytes) -> Any:
@@ -189,31 +167,33 @@ class Replay:
         from extender.sidecar.events import TaskEnd, TaskStart
 
         out = Outcome()
-        ends: list[tuple[float, str, str, list[int], TraceTask]] = []
+        ends: list[tuple[float, str, int, tuple[int, ...], Task]] = []
         start = time.monotonic()
         pending = list(tasks)
         while pending or ends:
             now = time.monotonic() - start
             while ends and ends[0][0] <= now:
-                _, name, node, slots, task = heapq.heappop(ends)
-                self._sidecar(node).tracker.end(TaskEnd(id=name))
+                _, name, row, slots, done = heapq.heappop(ends)
+                self._sidecar(self.names[row]).tracker.end(TaskEnd(id=name))
                 self.emulator.remove(NAMESPACE, name)
-                self.capacity[node].give_back(task, slots)
+                self.cluster.release(row, done, slots)
             while pending and pending[0].arrive_s <= now:
                 task = pending.pop(0)
                 node = self._schedule(task, out)
                 if node is None:
                     continue
                 out.slow = out.slow or node
-                slots = self.capacity[node].take(task)
+                row = self.names.index(node)
+                slots = pick_gpus(task.task, self.cluster.gpu_free[row])
+                self.cluster.place(row, task.task, slots)
                 self.emulator.place(Pod.single(NAMESPACE, task.name,
-                                               cpu_cores=task.cpu_milli / MILLI,
-                                               memory_bytes=task.memory_mib * 2**20,
-                                               gpus=task.gpus * task.gpu_milli / MILLI), node)
+                                               cpu_cores=task.task.cpu_milli / MILLI,
+                                               memory_bytes=task.task.memory_mib * 2**20,
+                                               gpus=task.task.total_gpu_milli / MILLI), node)
                 self._sidecar(node).tracker.start(TaskStart(
                     id=task.name, type="trace-task", expected_seconds=task.expected_s))
                 duration = task.expected_s * (SLOWDOWN if node == out.slow else 1.0)
-                heapq.heappush(ends, (now + duration, task.name, node, slots, task))
+                heapq.heappush(ends, (now + duration, task.name, row, slots, task.task))
                 out.placed[task.name], out.placed_at[task.name] = node, now
             seen = self._miss_ratio(out.slow) if out.slow else None
             out.miss_seen.append((now, seen))
@@ -223,7 +203,8 @@ class Replay:
         return out
 
     def _schedule(self, task: TraceTask, out: Outcome) -> str | None:
-        names = sorted(n for n, cap in self.capacity.items() if cap.fits(task))
+        fits = feasible(task.task, self.cluster.view())
+        names = sorted(self.names[i] for i in np.flatnonzero(fits).tolist())
         if not names:
             out.unschedulable.append(task.name)
             return None
