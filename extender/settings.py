@@ -131,10 +131,10 @@ class FilterRule(Struct):
     """Reject a node when `metric` is above `above` or below `below`.
 
     `metric` may be a derived term (`gpu_fragmentation`): its goodness (0..1) is then taken
-    relative to the best candidate that passed the metric rules, so `below: 0.02` keeps the nodes
-    whose placement fragments GPUs at most ~39 milli-GPU more than the best one. Rules on derived
-    terms are checked after the metric rules and pass every node when the term does not apply
-    (no allocation state, no GPU model data)."""
+    relative to the best candidate that passed the metric rules, so `below: 0.999` keeps the
+    nodes at FGD's best score and `below: 0.01` those of its two best levels (each level divides
+    the goodness by e^4). Rules on derived terms are checked after the metric rules and pass every
+    node when the term does not apply (no allocation state)."""
 
     metric: str
     above: float | None = None

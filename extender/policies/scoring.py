@@ -167,6 +167,17 @@ class Evaluation:
                           self.scores[i], pending, None if self.own is None else self.own[i])
 
 
+def _shares(cpu_cores: float | FloatArray, memory_bytes: float | FloatArray, values: FloatArray,
+            hotspot_cols: tuple[int, int, int, int]) -> tuple[FloatArray, FloatArray]:
+    """CPU cores and memory bytes as shares of each row's cores and memory total (0 where those
+    are unknown): the change a load makes to the CPU utilisation and available-memory ratio."""
+    _, _, cores, total = hotspot_cols
+    # np.divide(where=) instead of np.errstate: the context manager costs ~10 us a call.
+    k = len(values)
+    return (np.divide(cpu_cores, values[:, cores], out=np.zeros(k), where=values[:, cores] > 0),
+            np.divide(memory_bytes, values[:, total], out=np.zeros(k), where=values[:, total] > 0))
+
+
 def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile, *,
              now: float, max_staleness_s: float, missing_score: int,
              pending: Pending | None = None,
@@ -185,12 +196,9 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
         values[~known] = np.nan
         sampled[~known] = np.nan
     if pending is not None and compiled.hotspot_cols is not None and pending.any:
-        cpu, mem, cores, total = compiled.hotspot_cols
-        # np.divide(where=) instead of np.errstate: the context manager costs ~10 us a call.
-        extra_cpu = np.divide(pending.cpu_cores, values[:, cores], out=np.zeros(len(rows)),
-                              where=values[:, cores] > 0)
-        extra_mem = np.divide(pending.memory_bytes, values[:, total], out=np.zeros(len(rows)),
-                              where=values[:, total] > 0)
+        cpu, mem, _, _ = compiled.hotspot_cols
+        extra_cpu, extra_mem = _shares(pending.cpu_cores, pending.memory_bytes, values,
+                                       compiled.hotspot_cols)
         values[:, cpu] += extra_cpu
         values[:, mem] -= extra_mem
     age = now - sampled
@@ -221,11 +229,11 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
     own = None
     if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
-        cpu, mem, cores, total = compiled.hotspot_cols
+        cpu, mem, _, _ = compiled.hotspot_cols
         own = np.zeros_like(values)
-        np.divide(pod.cpu_cores, values[:, cores], out=own[:, cpu], where=values[:, cores] > 0)
-        np.divide(-pod.memory_bytes, values[:, total], out=own[:, mem],
-                  where=values[:, total] > 0)
+        own[:, cpu], own[:, mem] = _shares(pod.cpu_cores, pod.memory_bytes, values,
+                                           compiled.hotspot_cols)
+        own[:, mem] *= -1.0
     return Evaluation(rows, values, age, fresh, goodness, weights, derived, derived_weights,
                       scores.astype(np.int64), pending, own)
 
