@@ -83,8 +83,8 @@ class Telemetry:
         Gauge("extender_cache_nodes", "Nodes in the metrics cache",
               registry=r).set_function(lambda: float(len(cache.current().table.names)))
 
-    def rejected(self, code: str) -> None:
-        self.rejections.labels(code).inc()
+    def rejected(self, code: str, nodes: int) -> None:
+        self.rejections.labels(code).inc(nodes)
 
     def placement(self, source: str) -> None:
         self.placements.labels(source).inc()

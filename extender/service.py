@@ -6,6 +6,7 @@ and the Kubernetes edge (bind, events). `server.py` only maps HTTP onto these me
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ class EventSink(Protocol):
 class Observer(Protocol):
     """Receives per-decision facts for our own /metrics."""
 
-    def rejected(self, code: str) -> None: ...
+    def rejected(self, code: str, nodes: int) -> None: ...
 
     def placement(self, source: str) -> None: ...
 
@@ -111,8 +112,9 @@ class Extender:
         started = time.perf_counter()
         pod, names, outcome, now = self._evaluate(args)
         if self.observer is not None:
-            for rejection in outcome.rejected.values():
-                self.observer.rejected(rejection.code)
+            for code, nodes in collections.Counter(
+                    r.code for r in outcome.rejected.values()).items():
+                self.observer.rejected(code, nodes)
         if self.settings.server.shadow:
             passed, failed = list(names), {}
         else:

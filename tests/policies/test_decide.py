@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.policies.engine import Engine, Outcome
+from extender.policies.engine import Context, Engine, Outcome
 from extender.policies.model import NodeTable, PodDemand
 from extender.policies.scoring import UNKNOWN_NODE, format_value
 from tests.support import settings as load
@@ -160,3 +160,30 @@ def test_filter_verdicts_are_the_first_failing_rule(seed: int, mode: str, profil
     assert out.evaluation is not None and out.context is not None
     expected = rule_by_rule(out.evaluation, candidates, s, profile, table.metrics, pod)
     assert {n: r.message for n, r in out.rejected.items()} == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.integers(0, 10), min_size=1, max_size=40),
+       data=st.data(), k=st.integers(0, 8), table_rows=st.booleans())
+def test_ranking_is_the_best_k_passing_candidates_by_score_then_name(
+        scores: list[int], data: st.DataObject, k: int, table_rows: bool) -> None:
+    n = len(scores)
+    names = data.draw(st.lists(st.text("abc", min_size=1, max_size=4), min_size=n, max_size=n,
+                               unique=True))
+    rejected = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    # Names ranked through the table's rows, or (unknown nodes) among themselves.
+    table = NodeTable(names=tuple(sorted(names, reverse=True)), metrics=(),
+                      values=np.zeros((n, 0)), sampled_at=np.zeros((n, 0)))
+    outcome = Outcome("p", names, np.array(scores, np.int64),
+                      {name: UNKNOWN_NODE for name, r in zip(names, rejected, strict=True) if r},
+                      context=None if not table_rows else _context(table, names))
+    expected = sorted((i for i in range(n) if not rejected[i]), key=lambda i: (-scores[i], names[i]))
+    assert outcome.ranking(k) == expected[:k]
+
+
+def _context(table: NodeTable, names: list[str]) -> Context:
+    s = SETTINGS["neutral"]
+    engine = Engine(s)
+    compiled = engine.compiled(s.policy.default, table.metrics, None)
+    return Context(PodDemand(name="x"), table, table.rows(names), compiled, NOW, None,
+                   s.cache.max_staleness_s, s.cache.missing_score, {})

@@ -86,6 +86,13 @@ def test_metrics_count_rejections_by_reason_and_expose_reference_scores() -> Non
     assert "extender_prometheus_up 1.0" in text
 
 
+def test_rejections_are_counted_per_node() -> None:
+    hot = {n: 0.95 for n in NODES[:3]}
+    client = app_with(values=healthy(NODES, cpu_utilisation={**hot, "node-3": 0.2})).test_client()
+    assert len(client.post("/filter", json=REQUEST).get_json()["FailedNodes"]) == 3
+    assert 'extender_nodes_rejected_total{reason="cpu"} 3.0' in client.get("/metrics").data.decode()
+
+
 def test_readyz_stays_ready_before_the_first_refresh_and_says_so() -> None:
     s = settings()
     app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
