@@ -166,6 +166,10 @@ NOTES = """How our figures differ from the paper's, and why:
   CPU rule, in-tree MostAllocated costs 0.06 more and LeastAllocated 0.6 (the shipped base
   scheduler profile: 94.23 over 3 seeds here). Keeping the nodes of FGD's two best levels costs
   5 points (89.9), keeping only exact ties 0.4: FGD's integer levels matter.
+- Tried since, none kept: the hot-spot rules checked inside FGD's best level instead of before it
+  (waived when they would reject all of it) 95.12 (seeds 42-43, rules before it: 94.99); with
+  in-tree MostAllocated without BalancedAllocation 95.15; a CPU-packing tie-break among FGD's best
+  nodes without hot-spot rules, 10 seeds: 95.26 vs FGD 95.24, no gain beyond noise.
 - No profile of ours reaches FGD's allocation here; the `gpu` profile trades 0.18 points of
   allocation for 90% fewer hot-spot node-minutes, 96% fewer deadline misses and 11% less energy
   above idle than FGD in the replay below."""
