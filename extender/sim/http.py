@@ -255,10 +255,7 @@ class HttpPolicy:
                 differ = [n for n, a, b in zip(offered, extender, expected, strict=True) if a != b]
                 self.comparison.first_mismatch = (
                     f"{name}: {len(differ)} nodes differ, e.g. {differ[:3]}")
-        out = np.full(len(view), -np.inf)
-        out[rows] = local.in_tree(task, view, ok, rng).scores[rows] + \
-            local.extender_weight * 10 * extender
-        return Decision(out)
+        return local.combine(task, view, ok, rng, extender)
 
     def placed(self, node: int, task: Task, name: str) -> None:
         local = self.local

@@ -117,6 +117,14 @@ class OursPolicy:
         rows = np.flatnonzero(ok)
         offered = [self.names[i] for i in rows]
         extender = self.extender_scores(task, self.table(view), offered)
+        return self.combine(task, view, ok, rng, extender)
+
+    def combine(self, task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator,
+                extender: F64) -> Decision:
+        """kube-scheduler's final score of each feasible node: the in-tree resource score plus
+        the extender's (`extender`, one per feasible node: -inf where filter rejected) times its
+        weight, on the 0..100 scale."""
+        rows = np.flatnonzero(ok)
         scores = np.full(len(view), -np.inf)
         in_tree = self.in_tree(task, view, ok, rng).scores[rows]
         scores[rows] = in_tree + self.extender_weight * 10 * extender
