@@ -210,7 +210,6 @@ def no_resource_scoring(task: Task, view: ClusterView, ok: Bools,
     return Decision(np.zeros(len(view)))
 
 
-
 def _free_fraction(task: Task, view: ClusterView) -> F64:
     """Mean of CPU and memory left after placement, as fractions of capacity."""
     with np.errstate(divide="ignore", invalid="ignore"):
