@@ -131,6 +131,9 @@ def test_outage_logs_once_counting_continues_and_recovery_is_logged_once(
             and v["deadline_tasks_total"] == 10 and v,
             timeout_s=20, what="the totals counted during the outage")
         assert values["deadline_tasks_total"] == 10
+        # The pusher logs the recovery just after the push lands, on its own thread.
+        wait_until(lambda: warnings_about(caplog, "reachable again"), timeout_s=10,
+                   what="the recovery log line")
         assert len(warnings_about(caplog, "reachable again")) == 1
 
         own_gateway.stop()
