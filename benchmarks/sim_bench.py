@@ -170,6 +170,13 @@ NOTES = """How our figures differ from the paper's, and why:
   (waived when they would reject all of it) 95.12 (seeds 42-43, rules before it: 94.99); with
   in-tree MostAllocated without BalancedAllocation 95.15; a CPU-packing tie-break among FGD's best
   nodes without hot-spot rules, 10 seeds: 95.26 vs FGD 95.24, no gain beyond noise.
+- The trade-off, measured (seeds 42-46, in-tree scoring off; FGD 95.33): the CPU and memory
+  rules on the node's usage before the pod, not "with this pod", cost nothing measurable (95.31)
+  but do nothing in the replay either (19035 hot-spot node-minutes vs FGD's 19712, 1.50% deadline
+  misses vs 1.47%): the hot spots come from single placements that take a node over 90%. "With
+  this pod" at 95% CPU: 95.21 (memory at 10%; 95.19 with memory at 5%), and 7963 hot-spot
+  node-minutes with no deadline miss in the replay; at 100% CPU: 95.13. On seed 42 the gap to FGD
+  opens while the cluster first fills (90-100% arrived demand) and stays constant after.
 - No profile of ours reaches FGD's allocation here; the `gpu` profile trades 0.18 points of
   allocation for 90% fewer hot-spot node-minutes, 96% fewer deadline misses and 11% less energy
   above idle than FGD in the replay below."""
