@@ -96,9 +96,12 @@ class Pods:
 
 def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet exports start with a byte-order mark, which would glue itself
+        # to the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
+            columns = [name.strip() for name in reader.fieldnames or []]
+            reader.fieldnames = columns
             missing = [c for c in required if c not in columns]
             if missing:
                 raise TraceError(f"{path}: missing column(s) {', '.join(missing)} "

@@ -30,6 +30,17 @@ def test_gpu_spec_is_split_on_bars(tmp_path: Path) -> None:
     assert pods.spec == (("V100M16", "V100M32"),)
 
 
+def test_spreadsheet_export_with_byte_order_mark_crlf_and_padded_header_loads(
+        tmp_path: Path) -> None:
+    path = tmp_path / "nodes.csv"
+    path.write_bytes("\ufeffsn, cpu_milli ,memory_mib,gpu,model\r\nn1,64000,1024,2,V100M16\r\n"
+                     .encode())
+    nodes = load_nodes(path)
+    assert nodes.names == ("n1",)
+    assert nodes.cpu_milli.tolist() == [64000]
+    assert nodes.gpus.tolist() == [2]
+
+
 def test_missing_required_column_names_file_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "name,cpu_milli,num_gpu,gpu_milli\na,1,0,0\n")
     with pytest.raises(TraceError, match=r"list\.csv: missing column\(s\) memory_mib"):
