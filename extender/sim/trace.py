@@ -4,12 +4,17 @@ Design decision: a trace is a handful of numpy columns, not a list of objects: e
 then resamples, sorts and sums with array operations. Files with fewer columns are accepted (the
 trace's own `openb_pod_list_multigpu50.csv` has no `gpu_spec`, `qos` or times): optional columns
 take documented defaults, and `Pods.has_times` says whether a replay is possible. A missing required
-column or a bad value is a `TraceError` naming the file, the line and the column.
+column or a bad value is a `TraceError` naming the file, the line and the column. Two readings are
+lenient, because other exports of the same cluster data write them so: a GPU task with an empty or
+zero `gpu_milli` uses whole GPUs, and a QoS class the usage model does not know is modelled as
+`DEFAULT_QOS` (with one warning per file naming the classes).
 """
 
 from __future__ import annotations
 
+import collections
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,8 @@ from extender.errors import ExtenderError
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
+log = logging.getLogger(__name__)
+
 MILLI = 1000
 """GPU share of a whole GPU, as the GPU-share device plugin counts it."""
 
@@ -28,7 +35,7 @@ NODE_REQUIRED = ("sn", "cpu_milli", "memory_mib", "gpu")
 POD_REQUIRED = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
 QOS_CLASSES = ("LS", "BE", "Burstable", "Guaranteed")
 DEFAULT_QOS = "LS"
-"""The trace's most common class; used when the file has no `qos` column."""
+"""The trace's most common class; used when the file has no `qos` column or an unknown class."""
 
 
 class TraceError(ExtenderError):
@@ -160,11 +167,14 @@ def load_pods(path: Path | str) -> Pods:
     if not rows:
         raise TraceError(f"{path}: no pods")
     cpu, mem, num, milli, spec, qos, created, deleted = [], [], [], [], [], [], [], []
+    unknown: collections.Counter[str] = collections.Counter()
     for line, row in enumerate(rows, start=2):
         cpu.append(_int(path, line, "cpu_milli", row["cpu_milli"]))
         mem.append(_int(path, line, "memory_mib", row["memory_mib"]))
         n = _int(path, line, "num_gpu", row["num_gpu"])
         m = _int(path, line, "gpu_milli", row["gpu_milli"], default=0)
+        if n and m == 0:
+            m = MILLI
         if n and not 0 < m <= MILLI:
             raise TraceError(f"{path}:{line}: gpu_milli: expected 1..{MILLI} for a GPU task, got {m}")
         if n > 1 and m != MILLI:
@@ -175,11 +185,15 @@ def load_pods(path: Path | str) -> Pods:
         spec.append(tuple(s for s in (row.get("gpu_spec") or "").split("|") if s))
         q = (row.get("qos") or "").strip() or DEFAULT_QOS
         if q not in QOS_CLASSES:
-            raise TraceError(f"{path}:{line}: qos: expected one of {', '.join(QOS_CLASSES)}, "
-                             f"got {q!r}")
+            unknown[q] += 1
+            q = DEFAULT_QOS
         qos.append(q)
         created.append(_time(path, line, "creation_time", row.get("creation_time")))
         deleted.append(_time(path, line, "deletion_time", row.get("deletion_time")))
+    if unknown:
+        log.warning("%s: QoS class(es) %s not in the usage model (%s): modelled as %s", path,
+                    ", ".join(f"{q} ({count} tasks)" for q, count in unknown.most_common()),
+                    ", ".join(QOS_CLASSES), DEFAULT_QOS)
     return Pods(tuple(r["name"] for r in rows), np.array(cpu, np.int64), np.array(mem, np.int64),
                 np.array(num, np.int64), np.array(milli, np.int64), tuple(spec), tuple(qos),
                 np.array(created, np.float64), np.array(deleted, np.float64))

@@ -41,6 +41,23 @@ def test_spreadsheet_export_with_byte_order_mark_crlf_and_padded_header_loads(
     assert nodes.gpus.tolist() == [2]
 
 
+def test_gpu_tasks_without_a_share_use_whole_gpus(tmp_path: Path) -> None:
+    pods = load_pods(write(tmp_path, "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+                                     "a,1000,512,2,\nb,1000,512,1,0\nc,1000,512,0,0\n"))
+    assert pods.gpu_milli.tolist() == [1000, 1000, 0]
+    assert pods.total_gpu_milli.tolist() == [2000, 1000, 0]
+
+
+def test_unknown_qos_class_is_modelled_as_the_default_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pods = load_pods(write(tmp_path, "name,cpu_milli,memory_mib,num_gpu,gpu_milli,qos\n"
+                                     "a,1000,512,0,0,LSR\nb,1000,512,0,0,LSR\nc,1000,512,0,0,BE\n"))
+    assert pods.qos == ("LS", "LS", "BE")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "LSR (2 tasks)" in warnings[0]
+
+
 def test_missing_required_column_names_file_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "name,cpu_milli,num_gpu,gpu_milli\na,1,0,0\n")
     with pytest.raises(TraceError, match=r"list\.csv: missing column\(s\) memory_mib"):
