@@ -20,7 +20,7 @@ from extender.policies.fragmentation import TargetWorkload, node_fragmentation
 from extender.sim import models
 from extender.sim.cluster import Cluster, Stateful, decide, task_of
 from extender.sim.replay import Observation
-from extender.sim.trace import Nodes, Pods
+from extender.sim.trace import Nodes, Pods, TraceError
 
 RATIO = 1.3  # arrived GPU requests / GPU capacity at the end, as published
 STEP_S = 60.0
@@ -31,9 +31,15 @@ CURVE_STEP = 0.01  # fragmentation is sampled every 1% of capacity of arrived de
 
 def saturation_workload(pods: Pods, capacity_milli: int, seed: int, ratio: float = RATIO) -> Pods:
     """The arrival sequence of one seed: shuffled, then tuned to `ratio` x capacity GPU demand."""
+    demand = pods.total_gpu_milli
+    # The experiment measures GPU allocation: without GPUs on either side it has no end.
+    if capacity_milli <= 0:
+        raise TraceError("saturation: the node list has no GPU (the experiment runs on GPU nodes)")
+    if not demand.any():
+        raise TraceError("saturation: the pod list has no GPU task, so GPU demand never grows; "
+                         "use --experiment replay")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pods))
-    demand = pods.total_gpu_milli
     total = int(demand[order].sum())
     target = ratio * capacity_milli
     if total > target:

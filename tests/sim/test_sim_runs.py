@@ -163,3 +163,23 @@ def test_cli_replay_without_times_says_to_use_saturation(tmp_path: Path,
                  "replay", "--policy", "random", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "use the saturation experiment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("nodes_csv", "pods_csv", "message"), [
+    ("sn,cpu_milli,memory_mib,gpu,model\nn1,64000,262144,0,\n",
+     "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1000,1024,1,500\n",
+     "the node list has no GPU"),
+    ("sn,cpu_milli,memory_mib,gpu,model\nn1,64000,262144,2,V100M16\n",
+     "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1000,1024,0,0\n",
+     "the pod list has no GPU task"),
+])
+def test_cli_saturation_without_gpus_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes_csv: str, pods_csv: str,
+        message: str) -> None:
+    (tmp_path / "nodes.csv").write_text(nodes_csv)
+    (tmp_path / "pods.csv").write_text(pods_csv)
+    code = main(["simulate", "--nodes", str(tmp_path / "nodes.csv"), "--pods",
+                 str(tmp_path / "pods.csv"), "--policy", "fgd", "--out", str(tmp_path / "o"),
+                 "--no-plots"])
+    assert code == 2
+    assert message in capsys.readouterr().err
