@@ -1,7 +1,7 @@
 """Serve the extender (or the floor) exactly as `extender serve` does, over a synthetic fleet.
 
     python -m benchmarks.bench_app extender --bind 127.0.0.1:PORT --nodes 5000
-    python -m benchmarks.bench_app floor --bind 127.0.0.1:PORT
+    python -m benchmarks.bench_app floor --bind 127.0.0.1:PORT        # or floor-lean
 
 The gunicorn options come from `extender.commands.serve.gunicorn_options` with that command's own
 flag defaults, so a change to the deployed worker class, threads or keep-alive changes the
@@ -25,7 +25,7 @@ from extender.commands import serve
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
-APPS = ("extender", "floor")
+APPS = ("extender", "floor", "floor-lean")
 
 
 def serve_args(bind: str, *, workers: int | None = None, threads: int | None = None) -> argparse.Namespace:
@@ -41,15 +41,16 @@ def serve_args(bind: str, *, workers: int | None = None, threads: int | None = N
 
 
 def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) -> Any:
-    """The WSGI app of `kind` (extender or floor); the extender's cache holds `nodes` nodes and
-    is refreshed in the background unless `refresher` is false."""
+    """The WSGI app of `kind` (one of `APPS`, see benchmarks/floor_app.py for the floors); the
+    extender's cache holds `nodes` nodes and is refreshed in the background unless `refresher` is
+    false."""
     from extender.settings import load_settings
 
     settings = load_settings(config, environ={})
-    if kind == "floor":
+    if kind in ("floor", "floor-lean"):
         from benchmarks.floor_app import create_floor_app
 
-        return create_floor_app(settings)
+        return create_floor_app(settings, lean=kind == "floor-lean")
     if kind != "extender":
         raise ValueError(f"unknown app {kind!r}: expected one of {APPS}")
     from benchmarks.fleet import STALE_METRICS, FleetSource, OffsetClock, prime

@@ -3,10 +3,13 @@
     python -m benchmarks.http_bench            # the full matrix, about 2.5 minutes
     python -m benchmarks.http_bench --help
 
-Both servers run under gunicorn with `extender serve`'s options (benchmarks/bench_app.py), each in
+The servers run under gunicorn with `extender serve`'s options (benchmarks/bench_app.py), each in
 its own process, on loopback. The extender is the real app over a cache of `--nodes` synthetic
 nodes (benchmarks/fleet.py: realistic values, some missing, one metric stale). The floor decodes
-the same body with the same decoder and decides nothing (benchmarks/floor_app.py).
+the same body with the same decoder and decides nothing: a parse-only Flask extender, the
+reference the issue names (benchmarks/floor_app.py). The extender answers its verbs before Flask's
+dispatch (`extender.server.VerbRouter`); in names mode a second floor that does the same
+(`floor-lean`) is measured too, so that the price of the policy alone is visible.
 
 For every mode (NodeNames / full Nodes.items), candidate count and verb, each server is checked
 first (its answer must be one kube-scheduler accepts: benchmarks/answers.py), then measured by a
@@ -15,7 +18,7 @@ keep-alive closed-loop client in its own process (wrk, else the Python client):
   kube-scheduler's serial cycle);
 - `--connections` connections: requests/s under concurrency; the ratio to the floor's is the
   throughput target.
-Floor and extender alternate case by case, so drift of a shared machine hits both alike.
+Floors and extender alternate case by case, so drift of a shared machine hits them alike.
 Targets (issue 3), at 500 names: p99 <= 3 ms, >= 60% of the floor's throughput; RSS <= 150 MB
 per worker with 5000 nodes in the cache.
 """
@@ -71,6 +74,8 @@ class Case:
     body_bytes: int
     extender: Measure
     floor: Measure
+    lean: Measure | None = None
+    """The lean floor (names mode only)."""
 
     @property
     def serial_ratio(self) -> float:
@@ -82,6 +87,13 @@ class Case:
     def throughput_ratio(self) -> float:
         floor = self.floor.concurrent.rps
         return self.extender.concurrent.rps / floor if floor else 0.0
+
+    @property
+    def lean_ratio(self) -> float | None:
+        """Requests/s on N connections, extender / lean floor (None when not measured)."""
+        if self.lean is None or not self.lean.concurrent.rps:
+            return None
+        return self.extender.concurrent.rps / self.lean.concurrent.rps
 
 
 @dataclass
@@ -123,11 +135,13 @@ class Report:
             p99 = c.extender.serial.p99_ms
             out.append((f"{verb} p99 at {TARGET_NAMES} names <= {TARGET_P99_MS:g} ms",
                         f"{p99:.2f} ms", p99 <= TARGET_P99_MS))
+            lean = c.lean_ratio
             out.append((f"{verb} throughput at {TARGET_NAMES} names >= "
                         f"{TARGET_THROUGHPUT_RATIO:.0%} of the floor",
                         f"{c.throughput_ratio:.0%} ({c.extender.concurrent.rps:.0f} vs "
                         f"{c.floor.concurrent.rps:.0f} req/s; on 1 connection "
-                        f"{c.serial_ratio:.0%})",
+                        f"{c.serial_ratio:.0%})"
+                        + ("" if lean is None else f"; {lean:.0%} of the lean floor"),
                         c.throughput_ratio >= TARGET_THROUGHPUT_RATIO))
         # The target is about the cache: the names-mode phase measures it. Full-Nodes bodies of
         # megabytes add their own memory (the floor's too), reported as a second row.
@@ -218,6 +232,8 @@ def run(args: argparse.Namespace, log: Any) -> Report:
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmp, \
             BenchServer("floor", nodes=args.nodes, config=args.config, workers=args.workers,
                         threads=args.threads) as floor, \
+            BenchServer("floor-lean", nodes=args.nodes, config=args.config,
+                        workers=args.workers, threads=args.threads) as lean, \
             BenchServer("extender", nodes=args.nodes, config=args.config, workers=args.workers,
                         threads=args.threads) as extender:
         report.extender_memory["started"] = extender.workers()
@@ -231,14 +247,17 @@ def run(args: argparse.Namespace, log: Any) -> Report:
                 for verb in args.verbs:
                     path = f"{prefix}/{verb}"
                     f = measure(floor, path, verb, mode, body, body_file, args)
+                    n = (measure(lean, path, verb, mode, body, body_file, args)
+                         if mode == "names" else None)
                     e = measure(extender, path, verb, mode, body, body_file, args)
                     ready(extender)
-                    case = Case(mode, size, verb, len(body), e, f)
+                    case = Case(mode, size, verb, len(body), e, f, n)
                     report.cases.append(case)
                     log(f"{mode:5} {size:5} {verb:10} extender p50 {e.serial.p50_ms:7.2f} ms "
                         f"p99 {e.serial.p99_ms:7.2f} ms {e.concurrent.rps:7.0f} req/s | floor "
                         f"{f.serial.p99_ms:7.2f} ms {f.concurrent.rps:7.0f} req/s | "
-                        f"{case.throughput_ratio:4.0%} | {e.check}")
+                        f"{case.throughput_ratio:4.0%} | lean floor "
+                        f"{'-' if n is None else f'{n.concurrent.rps:.0f} req/s'} | {e.check}")
             report.extender_memory[f"after {mode} mode"] = extender.workers()
             report.floor_memory[f"after {mode} mode"] = floor.workers()
         report.refreshes = refresh_stats(extender)
@@ -258,7 +277,7 @@ def _url_prefix(config: Path | None) -> str:
 
 HEADERS = ["mode", "nodes", "verb", "body", "p50 ms", "p99 ms", "req/s 1 conn", "req/s N conn",
            "floor p50 ms", "floor p99 ms", "floor req/s 1 conn", "floor req/s N conn",
-           "vs floor 1 conn", "vs floor N conn"]
+           "vs floor 1 conn", "vs floor N conn", "lean floor req/s N conn", "vs lean floor N conn"]
 
 
 def rows(report: Report) -> list[list[str]]:
@@ -269,7 +288,9 @@ def rows(report: Report) -> list[list[str]]:
                     f"{e.serial.p50_ms:.2f}", f"{e.serial.p99_ms:.2f}", f"{e.serial.rps:.0f}",
                     f"{e.concurrent.rps:.0f}", f"{f.serial.p50_ms:.2f}", f"{f.serial.p99_ms:.2f}",
                     f"{f.serial.rps:.0f}", f"{f.concurrent.rps:.0f}", f"{c.serial_ratio:.0%}",
-                    f"{c.throughput_ratio:.0%}"])
+                    f"{c.throughput_ratio:.0%}",
+                    "" if c.lean is None else f"{c.lean.concurrent.rps:.0f}",
+                    "" if c.lean_ratio is None else f"{c.lean_ratio:.0%}"])
     return out
 
 
@@ -302,8 +323,11 @@ def markdown(report: Report) -> str:
         f"Extender: gunicorn as `extender serve` (gthread, keep-alive), real `create_app`, cache of "
         f"{report.nodes} synthetic nodes (GPU series on {fleet.GPU_SHARE:.0%}, host power on "
         f"{fleet.BARE_METAL_SHARE:.0%}, deadline ratio on {fleet.SIDECAR_SHARE:.0%}, "
-        f"`{', '.join(sorted(fleet.STALE_METRICS))}` stale). Floor: same stack, same decoder, "
-        "passes every node / scores 0. Bodies: the recorded kube-scheduler Pod; full-Nodes bodies "
+        f"`{', '.join(sorted(fleet.STALE_METRICS))}` stale). Floor: a parse-only Flask extender, same "
+        "gunicorn options, same decoder, passes every node / scores 0. The extender answers its "
+        "verbs before Flask's dispatch (`VerbRouter`); the lean floor, measured in names mode, "
+        "gives the floor's answers the same way, so the ratio to it is the price of the policy, "
+        "cache and bookkeeping alone. Bodies: the recorded kube-scheduler Pod; full-Nodes bodies "
         "replicate the recorded Node object (about 1.3 kB; real nodes with image lists are larger). "
         "Every request is about another pod, so placements, pod demands and decisions accumulate "
         "as in a burst. Filter runs before prioritize in each case; placements (recorded by "
@@ -432,9 +456,11 @@ def _jsonable(report: Report) -> dict[str, Any]:
     for case, raw in zip(report.cases, data["cases"], strict=True):
         raw["throughput_ratio"] = case.throughput_ratio
         raw["serial_ratio"] = case.serial_ratio
-        for side in ("extender", "floor"):
-            for run_name in ("serial", "concurrent"):
-                raw[side][run_name]["rps"] = getattr(getattr(case, side), run_name).rps
+        raw["lean_ratio"] = case.lean_ratio
+        for side in ("extender", "floor", "lean"):
+            measured = getattr(case, side)
+            for run_name in ("serial", "concurrent") if measured is not None else ():
+                raw[side][run_name]["rps"] = getattr(measured, run_name).rps
     return data
 
 

@@ -40,9 +40,9 @@ def extender() -> Iterator[BenchServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def floor() -> Iterator[BenchServer]:
-    with BenchServer("floor", nodes=NODES) as server:
+@pytest.fixture(scope="module", params=["floor", "floor-lean"])
+def floor(request: pytest.FixtureRequest) -> Iterator[BenchServer]:
+    with BenchServer(request.param, nodes=NODES) as server:
         yield server
 
 
@@ -106,6 +106,44 @@ def test_extender_prioritize_scores_every_offered_node_0_to_10(
     assert len({entry["Score"] for entry in answer}) > 1
 
 
+def raw_request(server: BenchServer, method: str, path: str, chunks: list[bytes] | None = None
+                ) -> tuple[int, dict[str, str], object]:
+    """One request; `chunks` are sent with chunked transfer encoding (no Content-Length)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if chunks is not None:
+            headers["Transfer-Encoding"] = "chunked"
+        conn.request(method, path, body=iter(chunks) if chunks is not None else None,
+                     headers=headers, encode_chunked=chunks is not None)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_extender_reads_chunked_bodies_and_bounds_them(
+        extender: BenchServer, recorded: bodies.Recorded) -> None:
+    names, body = offered(recorded, NODES, "names")
+    body = bodies.fill(body, next(_pods))
+    status, _, answer = raw_request(extender, "POST", "/prioritize",
+                                    [body[i:i + 1000] for i in range(0, len(body), 1000)])
+    assert status == 200
+    assert isinstance(answer, list) and sorted(e["Host"] for e in answer) == sorted(names)
+    limit = load_settings(CONFIG, environ={}).server.max_body_bytes
+    status, _, answer = raw_request(extender, "POST", "/filter",
+                                    [b"[" + b" " * 2**20] * (limit // 2**20 + 1))
+    assert status == 413
+    assert isinstance(answer, dict) and "limit" in answer["Error"]
+
+
+def test_extender_verbs_answer_other_methods_with_405(extender: BenchServer) -> None:
+    status, headers, answer = raw_request(extender, "GET", "/filter")
+    assert status == 405
+    assert headers["Allow"] == "POST"
+    assert isinstance(answer, dict) and "GET is not allowed" in answer["Error"]
+
+
 def test_extender_serves_a_fresh_cache_of_the_whole_fleet(extender: BenchServer) -> None:
     state = http_bench.ready(extender)
     assert state["nodes"] == NODES
@@ -118,12 +156,15 @@ def test_extender_worker_memory_is_visible_from_proc(extender: BenchServer) -> N
     assert workers[0].rss > 0 and workers[0].hwm >= workers[0].rss
 
 
-def test_floor_passes_every_node_and_scores_zero(floor: BenchServer, recorded: bodies.Recorded) -> None:
+def test_floors_pass_every_node_and_score_zero(floor: BenchServer, recorded: bodies.Recorded) -> None:
     names, body = offered(recorded, 4, "names")
     assert call(floor, "filter", body)[1]["NodeNames"] == names  # type: ignore[index]
     status, scores = call(floor, "prioritize", body)
     assert status == 200
     assert scores == [{"Host": name, "Score": 0} for name in names]
+    nodes_names, nodes_body = offered(recorded, 3, "nodes")
+    items = call(floor, "filter", nodes_body)[1]["Nodes"]["items"]  # type: ignore[index]
+    assert [item["metadata"]["name"] for item in items] == nodes_names
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -150,6 +191,11 @@ def test_tiny_benchmark_measures_every_case_against_the_floor(
                 assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
             assert case[side]["concurrent"]["connections"] == 2
         assert case["throughput_ratio"] > 0 and case["serial_ratio"] > 0
+        # The lean floor is measured in names mode only.
+        if case["mode"] == "names":
+            assert case["lean"]["concurrent"]["requests"] > 0 and case["lean_ratio"] > 0
+        else:
+            assert case["lean"] is None and case["lean_ratio"] is None
     assert figures["refreshes"][0] >= 2 and figures["refreshes"][1] > 0  # primed, then refreshed
     assert list(figures["extender_memory"]) == ["started", "after names mode", "after nodes mode"]
     assert all(w[0]["rss"] > 0 for w in figures["extender_memory"].values())
