@@ -287,7 +287,10 @@ class VerbRouter:
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
-        serve = self.verbs.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        if "//" in path:  # kube-scheduler joins urlPrefix and verb with "/": "/filter" gives "//filter"
+            path = "/" + "/".join(part for part in path.split("/") if part)
+        serve = self.verbs.get(path)
         if serve is None:
             return self.flask(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":

@@ -137,6 +137,14 @@ def test_extender_reads_chunked_bodies_and_bounds_them(
     assert isinstance(answer, dict) and "limit" in answer["Error"]
 
 
+def test_extender_answers_a_verb_path_with_doubled_slashes(
+        extender: BenchServer, recorded: bodies.Recorded) -> None:
+    names, body = offered(recorded, NODES, "names")
+    status, _, answer = raw_request(extender, "POST", "//prioritize", [bodies.fill(body, next(_pods))])
+    assert status == 200
+    assert isinstance(answer, list) and sorted(e["Host"] for e in answer) == sorted(names)
+
+
 def test_extender_verbs_answer_other_methods_with_405(extender: BenchServer) -> None:
     status, headers, answer = raw_request(extender, "GET", "/filter")
     assert status == 405
