@@ -335,9 +335,10 @@ def markdown(report: Report) -> str:
         "",
         f"The cache refresher ran as deployed: {report.refreshes[0]} refreshes (2 to prime it) of "
         f"{report.nodes} nodes, {report.refreshes[1] * 1e3:.0f} ms each on average (the synthetic "
-        "source skips HTTP and JSON, so production refreshes cost more). Requests that overlap a "
-        "refresh are slowed by GIL contention: that, and gen-2 garbage collections, make the p99 "
-        "spikes.",
+        "source skips HTTP and JSON, so production refreshes cost more). The refresh process needs a "
+        "core of this 2-core machine, which wrk and the server share: requests that overlap it are "
+        "slowed (the floors' too, when it runs during theirs), and that and gen-2 garbage "
+        "collections make the p99 spikes.",
         "",
         markdown_table(HEADERS, [list[object](row) for row in rows(report)]),
         "",
