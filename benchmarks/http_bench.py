@@ -1,6 +1,6 @@
 """HTTP benchmark of the extender as deployed, next to a parse-only floor measured in the same run.
 
-    python -m benchmarks.http_bench            # the full matrix, about 2.5 minutes
+    python -m benchmarks.http_bench            # the full matrix, about 3 minutes
     python -m benchmarks.http_bench --help
 
 The servers run under gunicorn with `extender serve`'s options (benchmarks/bench_app.py), each in
