@@ -94,14 +94,14 @@ class Extender:
         return pod, names, outcome, now
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
-                now: float, started: float, top: list[int] | None = None) -> DecisionRecord:
+                now: float, started: float, explained: list[int]) -> DecisionRecord:
+        """Log the decision with the breakdown of the candidates at `explained`."""
         head = Decision(
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
             nodes=[], duration_ms=round((time.perf_counter() - started) * 1e3, 3))
-        decision = DecisionRecord(head, Breakdown.of(
-            outcome, top if top is not None else outcome.ranking(TOP_NODES)))
+        decision = DecisionRecord(head, Breakdown.of(outcome, explained))
         self.decisions.add(decision)
         if self.events is not None:
             self.events.decision(decision)
@@ -121,13 +121,18 @@ class Extender:
             passed = outcome.passed
             failed = {node: r.message for node, r in outcome.rejected.items()}
         chosen = None
+        # A filter decision explains what it decided: the nodes it rejected (the first few), and
+        # the node it placed the pod on when only that one passed. Ranking the others is
+        # prioritize's decision, explained there.
+        explained = outcome.rejected_indices(TOP_NODES)
         if len(passed) == 1 and not self.settings.server.shadow:
             # kube-scheduler skips prioritize when one node is feasible: this is the placement
             # (with bind served, bind records it).
             chosen = passed[0]
+            explained.insert(0, names.index(chosen))
             if not self.settings.server.bind_enabled:
                 self._placed(chosen, pod, now, "filter")
-        self._record("filter", pod, outcome, chosen, now, started)
+        self._record("filter", pod, outcome, chosen, now, started, explained)
         return wire.filter_result(args, names, passed, failed)
 
     def prioritize(self, args: wire.ExtenderArgs) -> list[wire.HostPriority]:

@@ -81,6 +81,11 @@ class Outcome:
     def scores(self) -> list[int]:
         return self.score_array.tolist()  # type: ignore[no-any-return]
 
+    def rejected_indices(self, k: int) -> list[int]:
+        """Indices of the first `k` rejected candidates, in the order they were offered."""
+        assert self.rejected_mask is not None
+        return np.flatnonzero(self.rejected_mask)[:k].tolist()  # type: ignore[no-any-return]
+
     def ranking(self, k: int) -> list[int]:
         """Indices of the `k` best-scored candidates not rejected, best first; ties by name."""
         scores = self.score_array

@@ -1,9 +1,11 @@
 """Explanations: why each node got its verdict and score, kept in a bounded ring buffer.
 
 Users ask "why this node?". Every decision keeps the filter reason of each rejected node and the
-raw numbers of its best-scored nodes (value, weight, goodness, data age) as small array slices;
-the per-metric explanation objects are built only when /api/v1/decisions is read. The request
-path pays for a few array copies, and a ring of 1000 decisions stays small and cheap for the GC.
+raw numbers (value, weight, goodness, data age) of the nodes it explains, as small array slices: a
+prioritize decision its best-scored nodes, a filter decision the first nodes it rejected and the
+one it placed the pod on when only that one passed. The per-metric explanation objects are built
+only when /api/v1/decisions is read. The request path pays for a few array copies, and a ring of
+1000 decisions stays small and cheap for the GC.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from extender.policies.hotspot import Pending
 from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
 from extender.policies.scoring import CompiledProfile, DerivedTerm, Evaluation, evaluate
 
-TOP_NODES = 5  # nodes broken down per decision
+TOP_NODES = 5  # nodes broken down per decision (best-scored, or rejected)
 MAX_REJECTIONS = 200  # reasons kept per decision (the counters on /metrics keep the totals)
 
 

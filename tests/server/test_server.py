@@ -51,6 +51,24 @@ def test_decision_explains_each_term_and_sums_to_the_score() -> None:
     assert best["data_age_s"] == 0.0
 
 
+def test_filter_decision_explains_the_rejected_nodes_and_the_only_one_left() -> None:
+    client = app_with().test_client()
+    client.post("/filter", json=REQUEST)
+    decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]
+    assert decision["verb"] == "filter" and decision["chosen"] is None
+    [rejected] = decision["nodes"]
+    assert (rejected["node"], rejected["passed"], rejected["reason"]) == (
+        "node-0", False, "cpu 95% > 90%")
+    cpu = next(t for t in rejected["terms"] if t["metric"] == "cpu_utilisation")
+    assert cpu["value"] == pytest.approx(0.95)
+
+    client.post("/filter", json={**REQUEST, "NodeNames": ["node-0", "node-2"]})
+    decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]
+    assert decision["chosen"] == "node-2"
+    assert [(n["node"], n["passed"]) for n in decision["nodes"]] == [("node-2", True),
+                                                                    ("node-0", False)]
+
+
 def test_decisions_filter_by_pod_and_validate_limit() -> None:
     client = app_with().test_client()
     client.post("/filter", json=REQUEST)
