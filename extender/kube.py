@@ -85,11 +85,15 @@ class ApiEventSink:
 
         api = self._api = self._api or core_api()
         namespace, name = decision.pod.split("/", 1)
-        top = decision.breakdown
-        best = ", ".join(f"{n}={s}" for n, s in list(zip(top.nodes, top.scores, strict=True))[:3])
         head = decision.head
         message = (f"{head.verb} ({head.profile}): {head.candidates} candidates, "
-                   f"{len(head.rejected)} rejected; best {best or 'none'}")
+                   f"{len(head.rejected)} rejected")
+        if head.verb == "prioritize":  # its breakdown is of the best-scored nodes, best first
+            top = decision.breakdown
+            best = ", ".join(f"{n}={s}" for n, s in zip(top.nodes[:3], top.scores[:3], strict=True))
+            message += f"; best {best or 'none'}"
+        elif head.chosen is not None:
+            message += f"; placed on {head.chosen}, the only node left"
         now = dt.datetime.now(dt.UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),

@@ -158,6 +158,10 @@ def test_pod_events_are_written_off_the_request_path() -> None:
     namespace, event = api.events[0]
     assert namespace == "default" and event.involved_object.name == "cache-plain"
     assert event.reason == "MetricsAwareDecision" and "4 candidates" in event.message
+    assert event.message.startswith("prioritize") and "; best node-" in event.message
+    app.test_client().post("/filter", json={**REQUEST, "NodeNames": ["node-2"]})
+    localstack.wait_until(lambda: len(api.events) > 1, timeout_s=10, what="a second event")
+    assert api.events[1][1].message.endswith("; placed on node-2, the only node left")
 
 
 def test_event_sink_drops_when_full_instead_of_blocking() -> None:
