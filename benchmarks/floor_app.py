@@ -19,7 +19,6 @@ from flask import Flask, Response, request
 
 from extender import protocol as wire
 from extender.errors import ProtocolError
-from extender.server import VerbRouter, read_body
 from extender.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,6 +68,9 @@ def create_floor_app(settings: Settings, *, lean: bool = False) -> Flask:
         return Response(wire.encode({"Error": str(exc)}), status=400, mimetype=JSON)
 
     if lean:
+        # Imported here: the plain floor must not carry the extender's modules in its memory.
+        from extender.server import VerbRouter, read_body
+
         def lean_verb(decide: Callable[[wire.ExtenderArgs], object]
                       ) -> Callable[[WSGIEnvironment], tuple[int, bytes]]:
             def serve(environ: WSGIEnvironment) -> tuple[int, bytes]:
