@@ -130,11 +130,12 @@ class CacheSettings(Struct):
 class FilterRule(Struct):
     """Reject a node when `metric` is above `above` or below `below`.
 
-    `metric` may be a derived term (`gpu_fragmentation`): its goodness (0..1) is then taken
-    relative to the best candidate that passed the metric rules, so `below: 0.999` keeps the
-    nodes at FGD's best score and `below: 0.01` those of its two best levels (each level divides
-    the goodness by e^4). Rules on derived terms are checked after the metric rules and pass every
-    node when the term does not apply (no allocation state)."""
+    `metric` may be a derived term (`gpu_fragmentation`, `gpu_packing`): its goodness (0..1) is
+    taken relative to the best candidate that passed the metric rules, so `below: 0.999` on
+    `gpu_fragmentation` keeps the nodes at FGD's best score and `below: 0.01` those of its two
+    best levels (each level divides the goodness by e^4). Rules on derived terms are checked
+    after the metric rules and pass every node when the term does not apply (no allocation
+    state)."""
 
     metric: str
     above: float | None = None
@@ -380,7 +381,7 @@ def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
-DERIVED_TERMS = frozenset({"gpu_fragmentation"})
+DERIVED_TERMS = frozenset({"gpu_fragmentation", "gpu_packing"})
 """Score terms computed from allocation state rather than read from the catalog."""
 
 

@@ -36,7 +36,7 @@ from extender.policies.scoring import (
     evaluate,
     rejections,
 )
-from extender.settings import Settings
+from extender.settings import DERIVED_TERMS, Settings
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class Engine:
         profile, note = self.select_profile(pod)
         weights = pod.weights
         if weights:
-            unknown = sorted(set(weights) - set(table.metrics) - {"gpu_fragmentation"})
+            unknown = sorted(set(weights) - set(table.metrics) - DERIVED_TERMS)
             if unknown:
                 note = (note + "; " if note else "") + f"ignored unknown weights {unknown}"
                 weights = {k: v for k, v in weights.items() if k not in unknown}

@@ -287,6 +287,40 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
     return term
 
 
+def packing_term() -> Callable[[PodDemand, NodeTable, IntArray], FloatArray | None]:
+    """The `gpu_packing` derived score term: the allocated share of each node's GPUs (by
+    requests), 1 on nodes without GPUs (nothing there for GPU tasks to use).
+
+    Weighted alone after a `gpu_fragmentation` filter, it breaks the ties among FGD's best nodes
+    towards the ones whose GPUs are already taken, keeping whole idle nodes for the tasks that
+    need them (FGD itself breaks them at random). Same shape as `fragmentation_term`.
+    """
+
+    def term(pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray | None:
+        del pod  # the same for every pod
+        alloc = table.allocation
+        if alloc is None:
+            return None
+        known = rows >= 0
+        known[known] = ~np.isnan(alloc.cpu_free_milli[rows[known]])
+        out = np.full(len(rows), np.nan)
+        gpu_free = alloc.gpu_free_milli[rows[known]]
+        slots = gpu_free >= 0
+        count = slots.sum(axis=1)
+        idle = np.where(slots, gpu_free, 0.0).sum(axis=1)
+        out[known] = 1.0 - np.divide(idle, count * float(MILLI), out=np.zeros(len(count)),
+                                     where=count > 0)
+        return out
+
+    return term
+
+
+def derived_terms(workload: TargetWorkload) -> dict[
+        str, Callable[[PodDemand, NodeTable, IntArray], FloatArray | None]]:
+    """Every allocation-derived score term, `gpu_fragmentation` against `workload`."""
+    return {"gpu_fragmentation": fragmentation_term(workload), "gpu_packing": packing_term()}
+
+
 OPENB_DEFAULT_MIX: tuple[tuple[int, int, int, int], ...] = (
     (12000, 1, 1000, 2008), (4000, 1, 800, 1078), (4000, 1, 1000, 630), (12000, 1, 450, 394),
     (16000, 1, 1000, 383), (12000, 0, 0, 381), (8000, 1, 450, 364), (32000, 0, 0, 290),
@@ -309,5 +343,5 @@ OPENB_DEFAULT_MIX: tuple[tuple[int, int, int, int], ...] = (
 rounded to 2 cores and GPU shares to 0.05 GPU. The extender's target workload until a profile can
 name its own."""
 
-DERIVED_TERMS = {"gpu_fragmentation": fragmentation_term(TargetWorkload.from_mix(OPENB_DEFAULT_MIX))}
+DERIVED_TERMS = derived_terms(TargetWorkload.from_mix(OPENB_DEFAULT_MIX))
 """Allocation-derived score terms for `extender.policies.engine.Engine(derived_terms=...)`."""

@@ -35,7 +35,7 @@ from extender import protocol as wire
 from extender.localstack import LocalServer, free_port
 from extender.metrics.cache import RefreshStatus
 from extender.policies.allocation import Bools, ClusterView, Decision, Task
-from extender.policies.fragmentation import TargetWorkload, fragmentation_term
+from extender.policies.fragmentation import TargetWorkload, derived_terms
 from extender.policies.model import Allocation, NodeTable, request_pod
 from extender.settings import Settings
 from extender.sim.policies import OursPolicy
@@ -150,7 +150,7 @@ def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
     server = msgspec.structs.replace(settings.server, bind_enabled=True)
     app = create_app(msgspec.structs.replace(settings, server=server), fetcher=fetcher,
                      binder=NoBinding(), clock=clock, start_refresher=False, blueprints=[feed],
-                     derived_terms={"gpu_fragmentation": fragmentation_term(workload)})
+                     derived_terms=derived_terms(workload))
     return app
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from extender.policies import allocation
 from extender.policies.allocation import F64, Bools, ClusterView, Decision, Policy, Task
 from extender.policies.engine import Engine
-from extender.policies.fragmentation import TargetWorkload, fgd_policy, fragmentation_term
+from extender.policies.fragmentation import TargetWorkload, derived_terms, fgd_policy
 from extender.policies.model import Allocation, NodeTable, PodDemand
 from extender.settings import Settings
 from extender.sim.replay import Observation
@@ -55,8 +55,7 @@ class OursPolicy:
         self.names = nodes.names
         self.index = {name: i for i, name in enumerate(nodes.names)}
         self.column = {name: j for j, name in enumerate(METRICS)}
-        self.engine = Engine(settings, derived_terms={
-            "gpu_fragmentation": fragmentation_term(workload)})
+        self.engine = Engine(settings, derived_terms=derived_terms(workload))
         self.extender_weight = extender_weight
         self.in_tree = in_tree
         self.model_names = tuple(nodes.models[m] if m >= 0 else "" for m in nodes.model)

@@ -10,6 +10,7 @@ from extender.policies.fragmentation import (
     DERIVED_TERMS,
     TargetWorkload,
     fragmentation_term,
+    packing_term,
 )
 from extender.policies.model import Allocation, NodeTable, PodDemand
 from extender.settings import load_settings
@@ -140,3 +141,40 @@ def test_fragmentation_term_drops_rows_without_allocation_data() -> None:
                           cpu_free_milli=np.zeros(0), memory_free_mib=np.zeros(0),
                           gpu_free_milli=np.zeros((0, 1)), gpu_model=()))
     assert np.isnan(term(pod, empty, np.array([-1]))).all()
+
+
+def test_packing_term_is_the_allocated_share_of_the_gpus_and_one_without_gpus() -> None:
+    term = packing_term()
+    pod = PodDemand(name="p", cpu_cores=1.0, gpus=1, gpu_milli=500)
+    # idle 2-GPU node, half of one GPU plus a full one taken, no GPU, no allocation data
+    good = term(pod, table([[1000, 1000], [500, 0], [-1, -1], [1000, 1000]],
+                           [8000, 8000, 8000, float("nan")]), np.array([0, 1, 2, 3, -1]))
+    assert good is not None
+    assert good[:3].tolist() == [0.0, 0.75, 1.0] and np.isnan(good[3:]).all()
+    bare = NodeTable(names=("n0",), metrics=(), values=np.zeros((1, 0)),
+                     sampled_at=np.zeros((1, 0)))
+    assert term(pod, bare, np.array([0])) is None
+
+
+def test_gpu_profile_prefers_fgds_best_nodes_whose_gpus_are_taken() -> None:
+    nodes = make_nodes([(64000, 262144, 4, "V100")] * 4)
+    cluster = Cluster(nodes)
+    # Nodes 1 and 2 have one and two whole GPUs taken; FGD scores a whole-GPU task the same on
+    # all four (no shared GPU anywhere), so the profile's tie-break decides.
+    for node, gpus in ((1, (0,)), (2, (0, 1))):
+        cluster.place(node, Task(cpu_milli=4000, memory_mib=1024, num_gpu=len(gpus),
+                                 gpu_milli=1000), gpus)
+    wl = TargetWorkload.from_tasks([4000, 8000], [1, 1], [1000, 500])
+    settings = load_settings("config/extender.yaml", environ={})
+    ours = build("gpu", nodes=nodes, workload=wl, settings=settings)
+    fgd = build("fgd", nodes=nodes, workload=wl)
+    assert isinstance(ours, OursPolicy)
+    ours.observe(observation([0.1] * 4))
+    task = Task(cpu_milli=4000, memory_mib=1024, num_gpu=1, gpu_milli=1000)
+    view, ok, rng = cluster.view(), np.ones(4, bool), np.random.default_rng(0)
+    levels = fgd(task, view, ok, rng).scores
+    assert (levels == levels.max()).all()
+    scores = ours(task, view, ok, rng).scores
+    assert scores[2] > scores[1] > scores[0] == scores[3]
+    node, _, _ = decide(task, cluster, ours, rng)
+    assert node == 2
