@@ -38,7 +38,7 @@ from extender.policies.allocation import (
     Decision,
     Task,
 )
-from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
+from extender.policies.model import Allocation, FloatArray, IntArray, NodeTable, PodDemand
 
 POPULARITY = 1.0
 """Share of tasks covered by the task types kept in the target workload (most frequent first; kept
@@ -247,6 +247,14 @@ def goodness(task: Task, cpu_free: I64, gpu_free: I64, access: Bools, wl: Target
     return np.where(finite, np.exp(-(best - levels) * GOODNESS_PER_LEVEL), 0.0)
 
 
+def _with_allocation(alloc: Allocation, rows: IntArray) -> Bools:
+    """The `rows` in the table that have allocation data. A derived term gives the others NaN:
+    it is dropped for them (as a missing metric) and they take no part in finding the best."""
+    known = rows >= 0
+    known[known] = ~np.isnan(alloc.cpu_free_milli[rows[known]])
+    return known
+
+
 def fragmentation_term(workload: TargetWorkload) -> Callable[
         [PodDemand, NodeTable, IntArray], FloatArray | None]:
     """The `gpu_fragmentation` derived score term for the metrics-aware policy.
@@ -260,10 +268,7 @@ def fragmentation_term(workload: TargetWorkload) -> Callable[
         alloc = table.allocation
         if alloc is None:
             return None
-        # Rows not in the table, or without allocation data (NaN), get NaN: the term is dropped
-        # for them, and they take no part in finding the best level.
-        known = rows >= 0
-        known[known] = ~np.isnan(alloc.cpu_free_milli[rows[known]])
+        known = _with_allocation(alloc, rows)
         out = np.full(len(rows), np.nan)
         if not known.any():
             return out
@@ -301,8 +306,7 @@ def packing_term() -> Callable[[PodDemand, NodeTable, IntArray], FloatArray | No
         alloc = table.allocation
         if alloc is None:
             return None
-        known = rows >= 0
-        known[known] = ~np.isnan(alloc.cpu_free_milli[rows[known]])
+        known = _with_allocation(alloc, rows)
         out = np.full(len(rows), np.nan)
         gpu_free = alloc.gpu_free_milli[rows[known]]
         slots = gpu_free >= 0
