@@ -331,10 +331,10 @@ def _error_body(exc: Exception) -> bytes:
 
 
 def _derived_terms() -> dict[str, Any]:
-    """Allocation-derived score terms available to profiles. `gpu_fragmentation` counts where the
-    table carries allocation state: the cache builds it from the kube-state-metrics entries of
-    the catalog (`extender.metrics.cache.allocation_state`); without them the term is dropped
-    like a missing metric."""
+    """Allocation-derived score terms available to profiles (`gpu_fragmentation`,
+    `gpu_packing`). They count where the table carries allocation state: the cache builds it from
+    the kube-state-metrics entries of the catalog (`extender.metrics.cache.allocation_state`);
+    without them the terms are dropped like a missing metric."""
     from extender.policies.fragmentation import DERIVED_TERMS
 
     return dict(DERIVED_TERMS)

@@ -13,6 +13,7 @@ from extender.policies.fragmentation import (
     packing_term,
 )
 from extender.policies.model import Allocation, NodeTable, PodDemand
+from extender.settings import DERIVED_TERMS as DERIVED_TERM_NAMES
 from extender.settings import load_settings
 from extender.sim.cluster import Cluster, decide
 from extender.sim.policies import OursPolicy, build
@@ -178,3 +179,8 @@ def test_gpu_profile_prefers_fgds_best_nodes_whose_gpus_are_taken() -> None:
     assert scores[2] > scores[1] > scores[0] == scores[3]
     node, _, _ = decide(task, cluster, ours, rng)
     assert node == 2
+
+
+def test_the_configuration_accepts_exactly_the_derived_terms_the_engine_computes() -> None:
+    # Two lists by necessity (settings may not import numpy policy code): they must agree.
+    assert set(DERIVED_TERMS) == DERIVED_TERM_NAMES
