@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extender.sim.trace import Nodes, Pods
+from extender.openb import Nodes, Pods
 
 OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
 

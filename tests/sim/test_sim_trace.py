@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sim_support import OPENB
 
-from extender.sim.trace import TraceError, load_nodes, load_pods
+from extender.openb import TraceError, load_nodes, load_pods
 
 
 def write(tmp_path: Path, text: str) -> Path:
