@@ -55,22 +55,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--lists", default="cpu050,gpushare40",
                         help="evaluation pod lists (never trained on)")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="policies compared (metrics-aware and learned at least)")
+    parser.add_argument("--model", type=Path,
+                        help="compare with this model file (written by an earlier run of this "
+                             "bench) instead of training one")
     parser.add_argument("--out", type=Path, default=Path("out/bench-learn"))
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     from extender.learning.cli import learn_from_replay
     from extender.learning.train import summary, write_model
+    from extender.policies.learned import read_model
 
     started = time.monotonic()
     loads = [float(x) for x in args.loads.split(",")]
     lists = [x.strip() for x in args.lists.split(",") if x.strip()]
     base = load_settings("config/extender.yaml")
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     train_started = time.monotonic()
-    model = learn_from_replay(NODES, TRAIN, settings=base, behaviours=["kube-default", "random"],
-                              speedups=loads, seed=FIRST_SEED, train_share=0.7,
-                              test_pods=[_list(x) for x in lists])
-    train_s = time.monotonic() - train_started
-    model_path = write_model(args.out / "learned-model.json", model)
+    if args.model is None:
+        model = learn_from_replay(NODES, TRAIN, settings=base,
+                                  behaviours=["kube-default", "random"], speedups=loads,
+                                  seed=FIRST_SEED, train_share=0.7,
+                                  test_pods=[_list(x) for x in lists])
+        model_path = write_model(args.out / "learned-model.json", model)
+        trained = f"Trained in {time.monotonic() - train_started:.0f} s"
+    else:
+        model_path = args.model
+        model = read_model(model_path).file
+        trained = f"Trained by an earlier run of this bench ({model.created})"
     for line in summary(model):
         print(line, flush=True)
     settings: Settings = msgspec.structs.replace(base, policy=msgspec.structs.replace(
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         workload = TargetWorkload.from_tasks(pods.cpu_milli.tolist(), pods.num_gpu.tolist(),
                                              pods.gpu_milli.tolist(), pods.spec)
         for load in loads:
-            for policy_name in POLICIES:
+            for policy_name in policies:
                 for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
                     policy = registry.build(policy_name, nodes=nodes, workload=workload,
                                             settings=settings)
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"{name} x{load:g}: {'fewer' if fewer else 'NOT fewer'} "
                             f"(learned {sum(a.deadline_misses for a in learned)} vs default "
                             f"{sum(b.deadline_misses for b in default)} over {args.seeds} seeds)")
-            for policy_name in POLICIES:
+            for policy_name in policies:
                 runs = results[(name, load, policy_name)]
                 rows.append([
                     name, f"{load:g}", policy_name, len(runs),
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Model: {model.library}, {len(model.features)} features "
         f"({', '.join(model.features)}), {model.training.samples} training samples "
         f"({model.training.positives} misses): {model.training.description}. Split "
-        f"{model.training.split}. Trained in {train_s:.0f} s; goodness scale "
+        f"{model.training.split}. {trained}; goodness scale "
         f"{model.goodness_scale:.2g}.",
         "",
         evaluation,

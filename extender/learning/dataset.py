@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from extender.client import MonitoringClient
 from extender.errors import ExtenderError
+from extender.monitoring.model import History
 from extender.openb import Nodes, Pods
 from extender.policies.baselines import Bools, Choice, ClusterView, Policy, Task
 from extender.policies.learned import FeatureSet
@@ -156,10 +157,7 @@ def from_replay(nodes: Nodes, pods: Pods, behaviour: Policy, feed: OursPolicy, *
                    position, description)
 
 
-def _series_by_node(history: object) -> dict[str, dict[float, float]]:
-    from extender.monitoring.model import History
-
-    assert isinstance(history, History)
+def _series_by_node(history: History) -> dict[str, dict[float, float]]:
     out: dict[str, dict[float, float]] = {}
     for series in history.series:
         node = series.labels.get("node")
@@ -181,9 +179,10 @@ def from_monitoring(client: MonitoringClient, *, start: float, end: float, step_
         raise ExtenderError(f"the Monitoring API has no node-level metric {', '.join(absent)}")
     values = {m: _series_by_node(client.history(m, level="node", start=start, end=end,
                                                 step=step_s)) for m in metrics}
-    labels = (values[LABEL_METRIC] if LABEL_METRIC in values else _series_by_node(
-        client.history(LABEL_METRIC, level="node", start=start, end=end, step=step_s)))
-    grid = np.arange(start, end - horizon_s + step_s / 2, step_s)
+    answer = client.history(LABEL_METRIC, level="node", start=start, end=end, step=step_s)
+    labels = _series_by_node(answer)
+    # The API aligns the range to its step: the grid is the answer's, not the one asked for.
+    grid = np.arange(answer.start, answer.end - horizon_s + answer.step / 2, answer.step)
     rows: list[list[float]] = []
     missed: list[bool] = []
     position: list[float] = []
@@ -196,7 +195,7 @@ def from_monitoring(client: MonitoringClient, *, start: float, end: float, step_
                 continue
             rows.append([values[m].get(node, {}).get(round(t, 3), np.nan) for m in metrics])
             missed.append(bool((ratios[ahead] > 0).any()))
-            position.append((t - start) / (end - start))
+            position.append((t - answer.start) / max(answer.end - answer.start, 1e-9))
     if not rows:
         raise ExtenderError("history: no node has deadline series in the window (are the "
                             "deadline sidecars pushing?)")

