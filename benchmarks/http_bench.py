@@ -459,6 +459,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the recorded kube-scheduler requests")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    p.add_argument("--section", default="http",
+                   help="RESULTS.md section to write (another name keeps the full matrix's "
+                        "section when only some cases run, e.g. http-learned)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return p
 
@@ -485,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from benchmarks.results import write_section
 
-        path = write_section("http", "HTTP: extender vs parse-only floor under gunicorn",
+        title = "HTTP: extender vs parse-only floor under gunicorn" + (
+            "" if args.section == "http" else f" ({args.section}: only the cases of the command)")
+        path = write_section(args.section, title,
                              " ".join(["python -m benchmarks.http_bench", *argv]), markdown(report))
         print(f"wrote {path}")
     missed = [t for t, _, met in report.targets() if met is False]

@@ -48,6 +48,48 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def inference_cost(settings: Settings, calls: int = 1000, nodes: int = 5000,
+                   names: int = 500) -> list[list[object]]:
+    """In-process cost of a decision over `names` candidates (the webhook's `Engine.decide`):
+    the default profile vs the learned one, alternating call by call so that a busy machine
+    hits both alike, and the learned term alone (features + one model call)."""
+    from benchmarks.fleet import FleetSource
+    from extender.metrics.cache import Fetcher
+    from extender.policies.engine import Engine
+    from extender.policies.learned import learned_term_for
+    from extender.policies.model import PodDemand
+
+    now = time.time()
+    table, _ = Fetcher(settings, FleetSource(settings, nodes)).collect(now)
+    candidates = list(table.names[:names])
+    rows = table.rows(candidates)
+    engine = Engine(settings)
+    term = learned_term_for(settings)
+    timings: dict[str, list[float]] = {"default profile": [], "learned profile": [],
+                                       "learned term alone": []}
+    for i in range(calls):
+        pod = PodDemand(namespace="bench", name=f"p{i}", cpu_cores=1.0, memory_bytes=2.0**30)
+        learned = PodDemand(namespace="bench", name=f"l{i}", cpu_cores=1.0,
+                            memory_bytes=2.0**30, policy="learned")
+        for label in timings:
+            started = time.perf_counter()
+            if label == "default profile":
+                engine.decide(pod, table, candidates, now)
+            elif label == "learned profile":
+                engine.decide(learned, table, candidates, now)
+            else:
+                term(learned, table, rows)
+            timings[label].append((time.perf_counter() - started) * 1e3)
+    base = np.percentile(timings["default profile"], [50, 99])
+    out: list[list[object]] = []
+    for label, values in timings.items():
+        p50, p99 = np.percentile(values, [50, 99])
+        added = "" if label == "default profile" else (
+            f"{p50 - base[0]:+.3f} / {p99 - base[1]:+.3f}" if label == "learned profile" else "")
+        out.append([label, calls, f"{p50:.3f}", f"{p99:.3f}", added])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learn_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Whole run {time.monotonic() - started:.0f} s.",
     ])
+    cost = inference_cost(settings)
+    body += "\n\n" + "\n".join([
+        "In-process decision cost at 500 candidate names of a 5000-node synthetic cache "
+        "(benchmarks/fleet.py; `Engine.decide`, the webhook's path, without HTTP), the three "
+        "calls alternating; the learned profile has no per-table baseline (its term depends on "
+        "the pod), so it pays a full evaluation of the candidates plus the model call. The "
+        "HTTP figures are in the section `http-learned` (`python -m benchmarks.http_bench "
+        "--modes names --sizes 500 --section http-learned`).",
+        "",
+        markdown_table(["call", "calls", "p50 ms", "p99 ms", "added p50 / p99 ms vs default"],
+                       cost)])
     print(body)
     if not args.no_write:
         path = write_section("learned", "Learned policy: deadline misses vs the default profile",
