@@ -37,6 +37,19 @@ def app_for(s: Settings, source: MetricsSource | None = None, **options: Any) ->
     return create_app(s, load_for(s), collector, **options)
 
 
+def sample(exposition: str | bytes, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` in a Prometheus text exposition (parsed with
+    prometheus_client's parser, so a malformed page fails the test), None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
+
+
 def replace(s: Settings, **fields: Any) -> Settings:
     return msgspec.structs.replace(s, **fields)
 
