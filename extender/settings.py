@@ -32,6 +32,9 @@ DEFAULT_CONFIG = Path("config/extender.yaml")
 
 Direction = Literal["lower_is_better", "higher_is_better", "info"]
 MissingData = Literal["neutral", "reject"]
+"""What a filter rule does with a node lacking a fresh value: pass it, or fail it."""
+TermMissing = Literal["neutral", "worst", "reject"]
+"""What a score term does with a node lacking a fresh value (see `CacheSettings.missing_data`)."""
 UnknownNodes = Literal["neutral", "reject"]
 
 
@@ -61,6 +64,11 @@ class CatalogEntry(Struct, frozen=True):
     """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
     gpu_only: bool = False
     """Scored only for pods that request `nvidia.com/gpu`."""
+    on_missing: TermMissing | None = None
+    """A node lacking a fresh value of this term (absent, stale, exporter down): `neutral` takes
+    the median of the nodes that have it, `worst` the least favourable value, `reject` also fails
+    the filter. Default: `cache.missing_data`. `neutral` suits signals only some nodes publish
+    (deadline sidecars)."""
     description: str = ""
 
 
@@ -114,14 +122,21 @@ class CacheSettings(Struct, frozen=True):
     """One query per catalog entry per interval, for all nodes at once."""
     max_staleness_s: float = 90.0
     """Older values count as missing: scrape (30 s for dcgm) + refresh + two misses of margin."""
-    missing_data: MissingData = "neutral"
-    """`neutral`: a missing or stale term is dropped and the remaining weights renormalised; a node
-    with no fresh term gets `missing_score`. `reject`: filter fails a node missing a filtered or
-    weighted metric."""
+    missing_data: TermMissing = "worst"
+    """Default for a weighted term a node lacks (absent, stale, its exporter down), per catalog
+    entry `on_missing`: `worst` counts the least favourable value, `neutral` the median of the
+    nodes that have a fresh value (all nodes of the table, so a node's score does not depend on
+    which other candidates kube-scheduler sampled), `reject` also fails the filter. The weights
+    are never renormalised over the terms a node happens to have: missing data never wins. Filter
+    rules on a missing value pass unless their `on_missing` (or this) is `reject`."""
     missing_score: int = 0
-    """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+    """Score of a node with no fresh weighted term at all: never preferred over a known node."""
     rate_window: str = "1m"
     """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
+    push_max_age_s: float = 120.0
+    """Substituted for `$push_max_age` in catalog queries: Pushgateway groups whose last push
+    (`push_time_seconds`) is older count as absent, so the value of a sidecar killed without
+    deleting its group ages out. Several push intervals (sidecar default 10 s) plus a scrape."""
     refresh_in_child: bool = True
     """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
@@ -145,8 +160,9 @@ class FilterRule(Struct, frozen=True):
     reason: str | None = None
     """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
     on_missing: MissingData | None = None
-    """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
-    Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
+    """Missing or stale value: `neutral` passes, `reject` fails (default: `reject` when
+    cache.missing_data is `reject`, else `neutral`). Set `neutral` for signals that only some
+    nodes publish (e.g. deadline sidecars)."""
     with_pod: bool = False
     """Check the value the node would show with this pod's requests added (its CPU cores over the
     node's cores, its memory over the node's total): "would this pod make the node hot", not
@@ -349,12 +365,19 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     if not _DURATION.match(settings.cache.rate_window):
         raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
                           f"30s, got {settings.cache.rate_window!r}")
-    catalog = tuple(msgspec.structs.replace(e, query=e.query.replace("$rate_window",
-                                                                     settings.cache.rate_window))
+    params = {"$rate_window": settings.cache.rate_window,
+              "$push_max_age": f"{settings.cache.push_max_age_s:g}"}
+    catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
                     for e in _load_catalog(catalog_path))
     settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
     validate(settings)
     return settings
+
+
+def _substitute(query: str, params: Mapping[str, str]) -> str:
+    for name, value in params.items():
+        query = query.replace(name, value)
+    return query
 
 
 class _CatalogFile(Struct, frozen=True):
