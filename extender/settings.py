@@ -42,7 +42,7 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 # --- metrics catalog --------------------------------------------------------------------------
 
 
-class CatalogEntry(Struct):
+class CatalogEntry(Struct, frozen=True):
     """One per-node signal: a PromQL instant vector with one series per node."""
 
     name: str
@@ -64,7 +64,7 @@ class CatalogEntry(Struct):
     description: str = ""
 
 
-class NodeAliasSettings(Struct):
+class NodeAliasSettings(Struct, frozen=True):
     """Maps exporter identities (IP addresses) to node names, from kube-state-metrics."""
 
     query: str = "kube_node_info"
@@ -75,7 +75,7 @@ class NodeAliasSettings(Struct):
 # --- sections -----------------------------------------------------------------------------------
 
 
-class ServerSettings(Struct):
+class ServerSettings(Struct, frozen=True):
     url_prefix: str = ""
     """Path prefix of the verbs, the path part of kube-scheduler's `urlPrefix` (e.g. `/scheduler`)."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -96,7 +96,7 @@ class ServerSettings(Struct):
     tls_key_file: str | None = None
 
 
-class PrometheusSettings(Struct):
+class PrometheusSettings(Struct, frozen=True):
     url: str = "http://prometheus-operated.monitoring:9090"
     query_timeout_s: float = 2.0
     """Per query. Refreshes run off the request path, so this may exceed the scheduler's
@@ -109,7 +109,7 @@ class PrometheusSettings(Struct):
     headers: dict[str, str] = {}
 
 
-class CacheSettings(Struct):
+class CacheSettings(Struct, frozen=True):
     refresh_interval_s: float = 15.0
     """One query per catalog entry per interval, for all nodes at once."""
     max_staleness_s: float = 90.0
@@ -127,7 +127,7 @@ class CacheSettings(Struct):
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
 
 
-class FilterRule(Struct):
+class FilterRule(Struct, frozen=True):
     """Reject a node when `metric` is above `above` or below `below`.
 
     `metric` may be a derived term (`gpu_fragmentation`, `gpu_packing`): its goodness (0..1) is
@@ -153,7 +153,7 @@ class FilterRule(Struct):
     "is it hot already". Only for the profile's hot-spot CPU and memory metrics."""
 
 
-class HotspotSettings(Struct):
+class HotspotSettings(Struct, frozen=True):
     """Counts recent placements as load until the node's metrics can show them."""
 
     enabled: bool = True
@@ -167,7 +167,7 @@ class HotspotSettings(Struct):
     memory_total_metric: str = "memory_total_bytes"
 
 
-class Profile(Struct):
+class Profile(Struct, frozen=True):
     """A named policy: filter thresholds and score weights."""
 
     description: str = ""
@@ -177,7 +177,7 @@ class Profile(Struct):
     hotspot: HotspotSettings = HotspotSettings()
 
 
-class PolicySettings(Struct):
+class PolicySettings(Struct, frozen=True):
     default: str = "metrics-aware"
     policy_annotation: str = "extract.io/policy"
     """Pod annotation naming a profile for that pod."""
@@ -186,7 +186,7 @@ class PolicySettings(Struct):
     profiles: dict[str, Profile] = {}
 
 
-class ReferencePod(Struct):
+class ReferencePod(Struct, frozen=True):
     """The pod whose score /api/v1/nodes shows for every node."""
 
     cpu_cores: float = 1.0
@@ -194,7 +194,7 @@ class ReferencePod(Struct):
     gpus: int = 0
 
 
-class MonitoringSettings(Struct):
+class MonitoringSettings(Struct, frozen=True):
     """The Monitoring API (/api/v1)."""
 
     reference_pod: ReferencePod = ReferencePod()
@@ -211,7 +211,7 @@ class MonitoringSettings(Struct):
     result_cache_size: int = 256
 
 
-class Settings(Struct):
+class Settings(Struct, frozen=True):
     """The extender's whole configuration."""
 
     server: ServerSettings = ServerSettings()
@@ -357,7 +357,7 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     return settings
 
 
-class _CatalogFile(Struct):
+class _CatalogFile(Struct, frozen=True):
     metrics: tuple[CatalogEntry, ...]
 
 

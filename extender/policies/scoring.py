@@ -251,10 +251,17 @@ UNKNOWN_NODE = Rejection("unknown", "not in the metrics cache: no exporter serie
                          "(see /api/v1/selfcheck)")
 
 
-def format_value(value: float, unit: str) -> str:
-    """`0.93, ratio` -> `93%`; other units keep their name (`1.2e+03 W`)."""
+def format_value(value: float | None, unit: str) -> str:
+    """A catalog value for people (filter reasons, the demo): `0.93, ratio` -> `93%`, bytes/s as
+    MB/s, bytes as GiB, other units keep their name (`1.2e+03 W`); None is `n/a`."""
+    if value is None:
+        return "n/a"
     if unit == "ratio":
         return f"{value * 100:.0f}%"
+    if unit == "bytes/s":
+        return f"{value / 1e6:.1f} MB/s"
+    if unit == "bytes":
+        return f"{value / 2**30:.1f} GiB"
     if unit in ("", "bool", "count"):
         return f"{value:g}"
     return f"{value:.3g} {unit}"

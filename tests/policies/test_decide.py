@@ -38,7 +38,7 @@ def random_table(seed: int, mode: str) -> NodeTable:
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 10_000), mode=st.sampled_from(["neutral", "reject"]),
-       gpu=st.booleans(), profile=st.sampled_from([None, "metrics-aware", "power", "gpu"]),
+       gpu=st.booleans(), profile=st.sampled_from([None, "metrics-aware", "power"]),
        candidates=st.lists(st.sampled_from(NODES + ["ghost-1", "ghost-2"]), min_size=1,
                            max_size=14, unique=True),
        placements=st.lists(st.tuples(st.sampled_from(NODES), st.floats(0, 90)), max_size=6),
@@ -70,6 +70,21 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
         assert top == slow.ranking(3)
         detail = fast.detail(top)
         assert detail.scores.tolist() == [slow.scores[i] for i in top]
+
+
+def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
+    # The gpu profile's FGD term depends on the pod's GPU request, so `decide` answers through
+    # `evaluate` (and the property above, which compares the baseline path with `evaluate`,
+    # covers only the profiles that have one). A baseline built for it would be wrong.
+    s = SETTINGS["neutral"]
+    table = random_table(7, "neutral")
+    engine = Engine(s)
+    pod = PodDemand(namespace="ns", name="g", cpu_cores=1, gpus=1, gpu_milli=1000, policy="gpu")
+    assert engine.compiled("gpu", table.metrics, None).per_pod
+    engine.decide(pod, table, NODES, NOW)
+    assert engine._baselines == {}
+    engine.decide(PodDemand(namespace="ns", name="c", cpu_cores=1), table, NODES, NOW)
+    assert engine._baselines  # the default profile does build one
 
 
 def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:

@@ -12,13 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from extender import localstack
-from extender.localstack import wait_until
-from extender.server import create_app
+from extender import localserver
+from extender.localserver import wait_until
 from extender.sidecar.events import TaskEnd, TaskStart
 from extender.sidecar.service import Sidecar, build_sidecar
 from tests.sidecar.support import ManualClock, make_settings
-from tests.support import fixture, settings
+from tests.support import app_for, fixture, settings
 
 pytestmark = pytest.mark.prometheus
 
@@ -27,7 +26,7 @@ NODES = {"loop-bad": 3, "loop-meh": 1, "loop-good": 0}
 
 
 @pytest.fixture
-def sidecars(shared_gateway: localstack.LocalServer) -> Iterator[dict[str, Sidecar]]:
+def sidecars(shared_gateway: localserver.LocalServer) -> Iterator[dict[str, Sidecar]]:
     clock = ManualClock()
     cars = {node: build_sidecar(make_settings(), node=node, worker="w1",
                                 pushgateway=shared_gateway.url, clock=clock).start()
@@ -44,10 +43,10 @@ def sidecars(shared_gateway: localstack.LocalServer) -> Iterator[dict[str, Sidec
 
 
 def test_nodes_missing_deadlines_rank_lower_are_filtered_and_show_their_ratio(
-        gateway_prometheus: localstack.LocalServer, sidecars: dict[str, Sidecar]) -> None:
+        gateway_prometheus: localserver.LocalServer, sidecars: dict[str, Sidecar]) -> None:
     s = settings(prometheus={"url": gateway_prometheus.url, "query_timeout_s": 2, "retries": 0},
                  cache={"max_staleness_s": 60})
-    app = create_app(s, start_refresher=False)
+    app = app_for(s, start_refresher=False)
     cache = app.extensions["extender"].cache
 
     def all_ratios() -> bool:
