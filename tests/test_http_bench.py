@@ -25,10 +25,6 @@ from extender.settings import load_settings
 
 NODES = 10
 
-pytestmark = pytest.mark.skipif(not bodies.FIXTURES.is_dir(),
-                                reason=f"recorded kube-scheduler requests not found in {bodies.FIXTURES}")
-
-
 @pytest.fixture(scope="module")
 def recorded() -> bodies.Recorded:
     return bodies.Recorded()

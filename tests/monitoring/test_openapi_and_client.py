@@ -58,7 +58,8 @@ def test_the_client_reads_catalog_values_history_and_targets_over_http(stack: St
     history = api.history("cpu_requested_cores", level="cluster", start="-4s", step=2)
     assert history.step == 2 and all(len(s.points) <= 3 for s in history.series)
     assert {g.labels["worker"] for g in api.sd_targets()} == {p for p, _ in stack.world.workers()}
-    assert api.nodes().nodes and api.selfcheck().kubernetes_nodes >= 0
+    nodes = api.nodes().nodes
+    assert nodes and api.selfcheck().kubernetes_nodes == len(nodes)
     assert api.decisions(limit=5).decisions == []
     with pytest.raises(MonitoringApiError) as info:
         api.current("cpu_utilisation", selector="node=~x")

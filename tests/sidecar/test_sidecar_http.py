@@ -15,6 +15,7 @@ from extender.sidecar.http import HttpServer, create_sidecar_app
 from extender.sidecar.series import deadline_registry
 from extender.sidecar.tracker import Tracker
 from tests.sidecar.support import ManualClock, make_settings
+from tests.support import sample
 
 
 @pytest.fixture
@@ -93,14 +94,15 @@ def test_metrics_serves_every_published_name(client: FlaskClient, clock: ManualC
     answer = client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("text/plain; version=")
-    lines = set(answer.get_data(as_text=True).splitlines())
-    for line in ("deadline_tasks_total 1.0", "deadline_tasks_missed_total 1.0",
-                 "deadline_miss_ratio 1.0", "deadline_tasks_running 1.0",
-                 "deadline_window_tasks 1.0", 'deadline_lateness_seconds_bucket{le="0"} 0.0',
-                 'deadline_lateness_seconds_bucket{le="10"} 1.0',
-                 "deadline_lateness_seconds_count 1.0", "deadline_lateness_seconds_sum 7.5",
-                 'deadline_bad_events_total{reason="duplicate_id"} 0.0'):
-        assert line in lines
+    text = answer.get_data(as_text=True)
+    for name, labels, value in (
+            ("deadline_tasks_total", {}, 1.0), ("deadline_tasks_missed_total", {}, 1.0),
+            ("deadline_miss_ratio", {}, 1.0), ("deadline_tasks_running", {}, 1.0),
+            ("deadline_window_tasks", {}, 1.0), ("deadline_lateness_seconds_bucket", {"le": "0"}, 0.0),
+            ("deadline_lateness_seconds_bucket", {"le": "10"}, 1.0),
+            ("deadline_lateness_seconds_count", {}, 1.0), ("deadline_lateness_seconds_sum", {}, 7.5),
+            ("deadline_bad_events_total", {"reason": "duplicate_id"}, 0.0)):
+        assert sample(text, name, **labels) == value, (name, labels)
 
 
 def test_healthz_reports_counts(client: FlaskClient) -> None:
