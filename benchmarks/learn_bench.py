@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([
                     name, f"{load:g}", policy_name, len(runs),
                     _mean_sd([float(r.deadline_misses) for r in runs]),
+                    _mean_sd([float(r.unscheduled) for r in runs]),
                     f"{statistics.mean(r.deadline_miss_rate for r in runs) * 100:.3f}",
                     "" if policy_name != "learned" else " / ".join(f"{d:+d}" for d in paired),
                     _mean_sd([r.hotspot_node_minutes for r in runs]),
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{statistics.mean(float(np.percentile(r.decision_ms, 99)) for r in runs):.2f}",
                     f"{statistics.mean(r.wall_s for r in runs):.0f}"])
     table = markdown_table(
-        ["pod list", "load (speed-up)", "policy", "seeds", "deadline misses", "miss %",
+        ["pod list", "load (speed-up)", "policy", "seeds", "deadline misses",
+         "of which never placed", "miss %",
          "learned - default misses, per seed", "hot-spot node-min", "energy above idle kWh",
          "GPU alloc %", "decision p99 ms", "s per run"], rows)
     evaluation = markdown_table(

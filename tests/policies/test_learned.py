@@ -226,3 +226,22 @@ def test_the_shipped_profile_loads_the_shipped_model() -> None:
     assert "learned" in engine.derived_terms
     model = read_model(s.policy.learned_model)
     assert model.file.training.source == "replay"
+
+
+def test_check_config_fails_on_a_model_the_engine_cannot_use(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from extender.cli import main
+    from tests.support import REPO
+
+    config = yaml.safe_load(CONFIG.read_text())
+    config["catalog_file"] = str(REPO / "config" / "catalog.yaml")
+    config["monitoring"] = {**config.get("monitoring", {}),
+                            "catalog_file": str(REPO / "config" / "monitoring.yaml")}
+    config["policy"]["learned_model"] = str(tmp_path / "absent.json")
+    path = tmp_path / "extender.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["check-config", str(path)]) == 2
+    assert "absent.json: cannot read the model file" in capsys.readouterr().err
+    assert main(["check-config", str(CONFIG)]) == 0
