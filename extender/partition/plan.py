@@ -50,7 +50,7 @@ class Resources:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeView:
+class ObservedNode:
     """What the plan needs to know about a node; equal views mean nothing relevant changed."""
 
     name: str
@@ -65,7 +65,7 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerView:
+class ObservedWorker:
     """What the plan needs to know about one of the controller's worker pods."""
 
     name: str
@@ -151,7 +151,7 @@ def spec_hash(digest: str, node: str, resources: Resources) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def exclusion(node: NodeView, rules: EligibilitySettings, now: float) -> tuple[str | None, float | None]:
+def exclusion(node: ObservedNode, rules: EligibilitySettings, now: float) -> tuple[str | None, float | None]:
     """Why `node` gets no worker (None if it does), and when that answer may change by itself.
 
     The second value is the end of a running NotReady grace period, else None.
@@ -176,8 +176,8 @@ def exclusion(node: NodeView, rules: EligibilitySettings, now: float) -> tuple[s
 
 
 def plan(
-    nodes: Mapping[str, NodeView],
-    workers: Iterable[WorkerView],
+    nodes: Mapping[str, ObservedNode],
+    workers: Iterable[ObservedWorker],
     settings: PartitionSettings,
     *,
     now: float,
@@ -208,7 +208,7 @@ def plan(
     held: list[Action] = []
     present: set[str] = set()
     available: set[str] = set()
-    stale: list[WorkerView] = []
+    stale: list[ObservedWorker] = []
     for worker in workers:
         own_name = worker.name == worker_name(worker.node, prefix)
         # Any pod of ours on the node, even one about to go, blocks a create: never two workers.
@@ -265,7 +265,7 @@ def backoff_delay(failures: int, rollout: RolloutSettings) -> float:
     return min(delay, rollout.backoff_max_s)
 
 
-def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]:
+def render_worker(node: ObservedNode, settings: PartitionSettings) -> dict[str, Any]:
     """The Pod manifest of `node`'s worker: the template, named, labelled, pinned and sized."""
     resources = size(node.allocatable, settings.sizing)
     manifest = {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(settings.pod_template)}
@@ -301,7 +301,7 @@ def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]
 
 
 def partition_entries(
-    nodes: Mapping[str, NodeView], workers: Iterable[WorkerView], settings: PartitionSettings
+    nodes: Mapping[str, ObservedNode], workers: Iterable[ObservedWorker], settings: PartitionSettings
 ) -> list[PartitionEntry]:
     """The published partition: one entry per live worker on a known node, sorted by node."""
     entries = []

@@ -43,11 +43,11 @@ from extender.partition.plan import (
     NODE_ANNOTATION,
     PARTITION_LABEL,
     Action,
-    NodeView,
+    ObservedNode,
+    ObservedWorker,
     PartitionEntry,
     Plan,
     Resources,
-    WorkerView,
     backoff_delay,
     partition_document,
     partition_entries,
@@ -157,11 +157,11 @@ def _condition(conditions: list[_Condition] | None, kind: str) -> _Condition | N
     return next((c for c in conditions or () if c.type == kind), None)
 
 
-def node_view(node: _Node) -> NodeView:
+def observed_node(node: _Node) -> ObservedNode:
     """The plan's view of a decoded Node (quantities parsed, Ready condition summarised)."""
     alloc = node.status.allocatable or {}
     ready = _condition(node.status.conditions, "Ready")
-    return NodeView(
+    return ObservedNode(
         name=node.metadata.name,
         allocatable=Resources(
             cpu_millis=int(_quantity(alloc.get("cpu", "0")) * 1000),
@@ -176,11 +176,11 @@ def node_view(node: _Node) -> NodeView:
     )
 
 
-def worker_view(pod: _Pod) -> WorkerView:
+def observed_worker(pod: _Pod) -> ObservedWorker:
     """The plan's view of one of the controller's pods."""
     annotations = pod.metadata.annotations or {}
     ready = _condition(pod.status.conditions, "Ready")
-    return WorkerView(
+    return ObservedWorker(
         name=pod.metadata.name,
         # A labelled pod without the annotation belongs to no node: the plan deletes it.
         node=annotations.get(NODE_ANNOTATION, ""),
@@ -290,8 +290,8 @@ class Reconciler:
         self.metrics = metrics or PartitionMetrics()
         self.clock = clock
         self.changed = threading.Event()
-        self.nodes: _Store[NodeView] = _Store(self.changed)
-        self.workers: _Store[WorkerView] = _Store(self.changed)
+        self.nodes: _Store[ObservedNode] = _Store(self.changed)
+        self.workers: _Store[ObservedWorker] = _Store(self.changed)
         self._backoff_lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
@@ -302,14 +302,14 @@ class Reconciler:
         self._responses: set[Any] = set()
         self._responses_lock = threading.Lock()
         self._kinds: tuple[_Kind[Any], ...] = (
-            _Kind("nodes", self.nodes, self.api.list_node, _NodeList, _Node, node_view, {}),
+            _Kind("nodes", self.nodes, self.api.list_node, _NodeList, _Node, observed_node, {}),
             _Kind(
                 "pods",
                 self.workers,
                 self.api.list_namespaced_pod,
                 _PodList,
                 _Pod,
-                worker_view,
+                observed_worker,
                 {
                     "namespace": settings.namespace,
                     "label_selector": f"{PARTITION_LABEL}={settings.partition}",
@@ -324,7 +324,7 @@ class Reconciler:
         kwargs.setdefault("_request_timeout", self.settings.api_timeout_s)
         return fn(*args, **kwargs)
 
-    def observe(self) -> tuple[dict[str, NodeView], dict[str, WorkerView]]:
+    def observe(self) -> tuple[dict[str, ObservedNode], dict[str, ObservedWorker]]:
         """List nodes and workers once (no watch): what --dry-run plans from."""
         for kind in self._kinds:
             self._relist(kind)
@@ -404,7 +404,7 @@ class Reconciler:
         log.warning("%s list/watch failed (%s): relisting in %.1fs", kind.name, exc, delay)
         stop.wait(delay)
 
-    def _worker_gone(self, worker: WorkerView) -> None:
+    def _worker_gone(self, worker: ObservedWorker) -> None:
         if worker.name in self._deleted_by_us:
             self._deleted_by_us.discard(worker.name)
         else:
@@ -489,7 +489,7 @@ class Reconciler:
         self.metrics.duration.observe(time.perf_counter() - started)
         return result
 
-    def _execute(self, action: Action, nodes: Mapping[str, NodeView]) -> None:
+    def _execute(self, action: Action, nodes: Mapping[str, ObservedNode]) -> None:
         ns = self.settings.namespace
         if action.kind == "create":
             manifest = render_worker(nodes[action.node], self.settings)
@@ -504,7 +504,7 @@ class Reconciler:
                 return
             self._deleted_by_us.discard(action.pod)
             # Seen before the watch reports it: the next pass must not create it again.
-            self.workers.put(action.pod, worker_view(msgspec.json.decode(resp.data, type=_Pod)))
+            self.workers.put(action.pod, observed_worker(msgspec.json.decode(resp.data, type=_Pod)))
             log.info("created %s on %s", action.pod, action.node)
             self._event(action.pod, "Created", f"worker for node {action.node}", "Normal")
             return
@@ -575,7 +575,7 @@ class Reconciler:
             # Events are a courtesy to humans: never a reason to fail a reconcile.
             log.info("event on %s not recorded: %s", pod, exc)
 
-    def _publish(self, nodes: Mapping[str, NodeView]) -> None:
+    def _publish(self, nodes: Mapping[str, ObservedNode]) -> None:
         entries = partition_entries(nodes, self.workers.snapshot().values(), self.settings)
         if entries == self._published:
             return
