@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,10 @@ HASH_ANNOTATION = "extract.io/partition-spec-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_POD_NAME = 63
 """Pod names end up as host names: keep them a valid DNS label length."""
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+WORKER_ENV = ("WORKER_HOSTNAME", "WORKER_CPUS", "WORKER_GPUS", "WORKER_MEMORY_GB")
+"""Set in the sized container when COMPSs is enabled: the worker's published name and share,
+so that the worker process announces exactly what resources.xml lists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,38 @@ def worker_name(node: str, prefix: str) -> str:
         return name
     digest = hashlib.sha256(node.encode()).hexdigest()[:10]
     return f"{name[: MAX_POD_NAME - 11].rstrip('.-')}-{digest}"
+
+
+def worker_hostname(pod: str) -> str:
+    """The pod's `hostname`: its name when that is a DNS label, else a label derived from it.
+
+    Node names may contain dots (`ip-10-0-0-1.ec2.internal`), pod host names may not; the hash of
+    the full name keeps two such names apart.
+    """
+    if _DNS_LABEL.fullmatch(pod):
+        return pod
+    digest = hashlib.sha256(pod.encode()).hexdigest()[:10]
+    label = re.sub(r"[^a-z0-9-]", "-", pod.lower())[: MAX_POD_NAME - 11].strip("-")
+    return f"{label}-{digest}"
+
+
+def compute_node_name(pod: str, settings: PartitionSettings) -> str:
+    """The worker's DNS name through the headless Service: COMPSs's `ComputeNode Name`."""
+    name = f"{worker_hostname(pod)}.{settings.compss.service}.{settings.namespace}.svc"
+    domain = settings.compss.cluster_domain.strip(".")
+    return f"{name}.{domain}" if domain else name
+
+
+def compss_units(share: Resources) -> tuple[int, int, str]:
+    """(ComputingUnits, GPUs, memory in GB) that COMPSs is told for a worker of this share.
+
+    COMPSs counts whole cores: the share is rounded down, but never below one core (the pod's
+    CPU limit throttles a fractional share). Memory is in GiB, truncated to three decimals
+    ("0.000" for a share below 1 MiB, which the COMPSs rules then reject).
+    """
+    cpus = max(1, share.cpu_millis // 1000)
+    mebibytes = share.memory_bytes * 1000 // 2**30
+    return cpus, share.gpus, f"{mebibytes // 1000}.{mebibytes % 1000:03d}"
 
 
 def size(allocatable: Resources, sizing: SizingSettings) -> Resources:
@@ -280,6 +317,11 @@ def render_worker(node: ObservedNode, settings: PartitionSettings) -> dict[str, 
         }
     )
     spec = manifest["spec"]
+    compss = settings.compss
+    if compss.enabled:
+        # With `subdomain` matching the headless Service, <hostname>.<service>.<ns>.svc resolves.
+        spec["hostname"] = worker_hostname(meta["name"])
+        spec["subdomain"] = compss.service
     # matchFields on metadata.name is exact; the hostname label can differ from the node name.
     spec.setdefault("affinity", {})["nodeAffinity"] = {
         "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -297,6 +339,12 @@ def render_worker(node: ObservedNode, settings: PartitionSettings) -> dict[str, 
         block.setdefault("requests", {}).update(amounts | gpus)
         # Extended resources such as GPUs must have limit == request.
         block.setdefault("limits", {}).update((amounts if settings.sizing.set_limits else {}) | gpus)
+        if compss.enabled:
+            cpus, gpu_units, memory_gb = compss_units(resources)
+            values = (compute_node_name(meta["name"], settings), str(cpus), str(gpu_units), memory_gb)
+            env = [e for e in container.get("env", []) if e.get("name") not in WORKER_ENV]
+            env += [{"name": k, "value": v} for k, v in zip(WORKER_ENV, values, strict=True)]
+            container["env"] = env
     return manifest
 
 

@@ -14,6 +14,11 @@ Design decisions:
   (a status update every 10 s or so per node) cost a decode and a compare, not a re-plan.
 - Every API call goes through `_call(verb, ...)`, which counts it in
   `partition_api_calls_total{verb}`: after one node change a reconcile makes O(changes) calls.
+- COMPSs (`compss` settings): the reconciler keeps the headless Service that gives each worker its
+  DNS name (checked every resync, created when missing, its selector and port put back when
+  changed), publishes `resources.xml` and `project.xml` beside `resources.json` after the
+  runtime's rules passed (`compss.validate_files`; on failure the last good files stay), and then
+  tells the master (`membership`), retrying on the next passes until that succeeded.
 - Watches end after `resync_interval_s` and are followed by a relist (the periodic resync);
   410 Gone relists at once; other errors relist after a capped exponential backoff.
 """
@@ -30,13 +35,15 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from kubernetes.client import CoreV1Api
+from kubernetes.client import AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from urllib3.exceptions import HTTPError
 
+from extender.partition.compss import CompssDocumentError, CompssFiles, compss_files, workers_in
+from extender.partition.membership import AgentMembership, Membership, MembershipError, membership_for
 from extender.partition.plan import (
     GPU_RESOURCE,
     HASH_ANNOTATION,
@@ -134,6 +141,26 @@ class _PodList(msgspec.Struct):
 class _WatchEvent(msgspec.Struct):
     type: str
     object: msgspec.Raw
+
+
+class _ConfigMap(msgspec.Struct):
+    data: dict[str, str] | None = None
+
+
+class _ServicePort(msgspec.Struct):
+    port: int
+    name: str | None = None
+
+
+class _ServiceSpec(msgspec.Struct):
+    clusterIP: str | None = None
+    selector: dict[str, str] | None = None
+    publishNotReadyAddresses: bool | None = None
+    ports: list[_ServicePort] | None = None
+
+
+class _Service(msgspec.Struct):
+    spec: _ServiceSpec = msgspec.field(default_factory=_ServiceSpec)
 
 
 class _Status(msgspec.Struct):
@@ -273,8 +300,9 @@ class _Kind(Generic[V]):
 class Reconciler:
     """Keeps one worker pod per eligible node, through the Kubernetes API.
 
-    `core_v1` is a `kubernetes.client.CoreV1Api` (tests point its ApiClient at a fake server);
-    `clock` gives epoch seconds (compared with node condition timestamps).
+    `core_v1` is a `kubernetes.client.CoreV1Api`; `clock` gives epoch seconds (compared with node
+    condition timestamps). `apps_v1` (default: on core_v1's ApiClient) patches the COMPSs master
+    Deployment for `membership: roll`; `membership` replaces the one built from the settings.
     """
 
     def __init__(
@@ -284,6 +312,8 @@ class Reconciler:
         *,
         metrics: PartitionMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        apps_v1: AppsV1Api | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.settings = settings
         self.api = core_v1
@@ -297,6 +327,12 @@ class Reconciler:
         self._not_before: dict[str, float] = {}
         self._deleted_by_us: set[str] = set()
         self._published: list[PartitionEntry] | None = None
+        self._compss: CompssFiles | None = None
+        """The last COMPSs files that passed the rules (published or about to be)."""
+        self._told: str | None = None
+        """Digest of the files the master was last told about (membership)."""
+        self._service_checked: float | None = None
+        self.membership = membership or membership_for(settings, apps_v1 or AppsV1Api(core_v1.api_client))
         self.failed_calls = 0
         """API calls that failed in the last reconcile pass."""
         self._responses: set[Any] = set()
@@ -482,7 +518,10 @@ class Reconciler:
                 self._execute(action, nodes)
             except (ApiException, HTTPError, OSError) as exc:
                 self._failed("%s %s on node %s failed: %s", action.kind, action.pod, action.node, exc)
+        if self.settings.compss.enabled:
+            self._ensure_service()
         self._publish(nodes)
+        self._tell_master()
         ready = sum(1 for w in self.workers.snapshot().values() if w.ready and not w.deleting)
         self.metrics.desired.set(len(result.eligible))
         self.metrics.ready.set(ready)
@@ -581,6 +620,8 @@ class Reconciler:
             return
         data = partition_document(entries, max_bytes=CONFIGMAP_MAX_BYTES)
         ns, name = self.settings.namespace, self.settings.configmap
+        if self.settings.compss.enabled:
+            data |= self._compss_data(entries, sum(len(v.encode()) for v in data.values()))
         size = sum(len(value.encode()) for value in data.values())
         if size > CONFIGMAP_MAX_BYTES:
             # Retrying cannot help until the partition changes: say so once, loudly.
@@ -625,3 +666,110 @@ class Reconciler:
             self._failed("partition ConfigMap %s not published: %s", name, exc)
             return
         self._published = entries
+
+    def _compss_data(self, entries: list[PartitionEntry], used: int) -> dict[str, str]:
+        """`resources.xml` and `project.xml` for `entries`, or the last good ones, or nothing."""
+        files: CompssFiles | None
+        try:
+            files = compss_files(entries, self.settings)
+        except CompssDocumentError as exc:
+            # A bug or a bad config, not a passing state: loud, and the master keeps its files.
+            self.metrics.errors.inc()
+            log.error("COMPSs files not updated, they break the runtime's rules: %s", exc)
+            files = self._compss
+        if files is None:
+            return {}
+        for pod, reason in sorted(files.skipped.items()):
+            log.warning("worker %s left out of resources.xml: %s", pod, reason)
+        if used + len(files.resources.encode()) + len(files.project.encode()) > CONFIGMAP_MAX_BYTES:
+            self.metrics.errors.inc()
+            log.error(
+                "resources.xml/project.xml for %d workers do not fit in ConfigMap %s beside "
+                "resources.json (1 MiB): published resources.json only",
+                len(files.workers), self.settings.configmap)
+            return {}
+        if self._compss is None and isinstance(self.membership, AgentMembership):
+            self._learn_announced()
+        self._compss = files
+        return {"resources.xml": files.resources, "project.xml": files.project}
+
+    def _learn_announced(self) -> None:
+        """Before the first publish: what the master agent was told, from the files it has."""
+        assert isinstance(self.membership, AgentMembership)
+        try:
+            resp = self._call("get", self.api.read_namespaced_config_map, self.settings.configmap,
+                              self.settings.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("previous COMPSs files unreadable (%s): announcing every worker", exc)
+            return
+        except (HTTPError, OSError) as exc:
+            log.warning("previous COMPSs files unreadable (%s): announcing every worker", exc)
+            return
+        data = msgspec.json.decode(resp.data, type=_ConfigMap).data or {}
+        self.membership.announced = workers_in(data.get("resources.xml", ""))
+
+    def _tell_master(self) -> None:
+        files = self._compss
+        if self.membership is None or files is None or files.digest == self._told:
+            return
+        if self._published is None:
+            return
+        try:
+            self.membership.sync(files)
+        except MembershipError as exc:
+            self._failed("%s", exc)
+            return
+        self._told = files.digest
+
+    def _ensure_service(self) -> None:
+        """The headless Service selecting the workers, so that their DNS names exist."""
+        now = self.clock()
+        checked = self._service_checked
+        if checked is not None and now - checked < self.settings.resync_interval_s:
+            return
+        compss = self.settings.compss
+        ns = self.settings.namespace
+        spec = {
+            "clusterIP": "None",
+            "selector": {PARTITION_LABEL: self.settings.partition},
+            # Names resolve as soon as the pod has an IP: the master only reads ready workers,
+            # and a worker must resolve its own name while it starts.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "nio", "port": compss.min_port, "targetPort": compss.min_port,
+                       "protocol": "TCP"}],
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": compss.service, "namespace": ns,
+                         "labels": {PARTITION_LABEL: self.settings.partition}},
+            "spec": spec,
+        }
+        try:
+            try:
+                resp = self._call("get", self.api.read_namespaced_service, compss.service, ns,
+                                  _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self._call("create", self.api.create_namespaced_service, ns, body, _preload_content=False)
+                log.info("created headless Service %s/%s for the workers' names", ns, compss.service)
+            else:
+                current = msgspec.json.decode(resp.data, type=_Service).spec
+                if current.clusterIP != "None":
+                    # clusterIP is immutable: a human must delete the Service.
+                    self.metrics.errors.inc()
+                    log.error("Service %s/%s is not headless (clusterIP %s): worker names do not "
+                              "resolve; delete it and the controller recreates it",
+                              ns, compss.service, current.clusterIP)
+                elif current.selector != spec["selector"] or not current.publishNotReadyAddresses or [
+                        (p.name, p.port) for p in current.ports or ()] != [("nio", compss.min_port)]:
+                    patch = {"spec": {k: spec[k] for k in ("selector", "publishNotReadyAddresses", "ports")}}
+                    self._call("patch", self.api.patch_namespaced_service, compss.service, ns, patch,
+                               _preload_content=False)
+                    log.info("put back the selector and port of Service %s/%s", ns, compss.service)
+        except (ApiException, HTTPError, OSError) as exc:
+            self._failed("headless Service %s not ensured: %s", compss.service, exc)
+            return
+        self._service_checked = now

@@ -13,14 +13,16 @@ Design decisions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from extender.errors import ConfigError
 from extender.settings import Struct, load_section, require_positive
 
 ENV_PREFIX = "PARTITION_"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DEFAULT_CONFIG = Path("config/partition.yaml")
 
 
@@ -84,6 +86,64 @@ class LeaderSettings(Struct, frozen=True):
     """Default: $POD_NAME, then the host name."""
 
 
+Membership = Literal["none", "roll", "agents"]
+REMOTE_EXECUTION_COMMANDS = ("none", "ssh", "srun", "blaunch", "qrsh")
+"""The NIO adaptor's accepted values (COMPSs NIOConfiguration)."""
+
+
+class AgentSettings(Struct, frozen=True):
+    """The COMPSs agents' REST API of the master (`membership: agents`)."""
+
+    url: str = "http://compss-master.extract.svc:46101"
+    """Base URL of the master agent's REST interface (`compss_agent_start --rest_port`); the
+    calls are `PUT <url>/COMPSs/addResources`, `.../removeResources`, `.../lostNode`."""
+    adaptor: str = "es.bsc.compss.agent.comm.CommAgentAdaptor"
+    """Adaptor the master uses to reach each worker agent (the agent scripts' `--comm`)."""
+    comm_port: int = 46102
+    """Each worker agent's `--comm_port`, sent as the adaptor property `Port`."""
+    timeout_s: float = 5.0
+    """Connect and read timeout of each REST call."""
+
+
+class CompssSettings(Struct, frozen=True):
+    """What the COMPSs runtime needs: stable worker names and its two XML files.
+
+    The controller publishes `resources.xml` and `project.xml` in the partition ConfigMap (ready
+    workers only) and keeps a headless Service named `service`, so that each worker's
+    `ComputeNode Name` is the DNS name `<hostname>.<service>.<namespace>.svc`.
+    """
+
+    enabled: bool = True
+    """Publish the XML files and keep the headless Service; False publishes resources.json only."""
+    service: str = "partition-workers"
+    """The headless Service selecting the workers; the pods get `subdomain: <service>`."""
+    cluster_domain: str = ""
+    """Appended to the names when set (e.g. `cluster.local`); empty names end in `.svc`, which
+    the pods' DNS search path resolves."""
+    install_dir: str = "/opt/COMPSs"
+    working_dir: str = "/tmp/COMPSsWorker"
+    user: str | None = None
+    """`User` of each ComputeNode (only used by SSH-started workers); None leaves it out."""
+    app_dir: str | None = "/app"
+    pythonpath: str | None = "/app"
+    limit_of_tasks: int | None = None
+    """Tasks at once per worker; None: the worker's ComputingUnits."""
+    min_port: int = 43001
+    max_port: int = 43002
+    """The NIO adaptor's port range on each worker (MaxPort > MinPort, as the runtime requires)."""
+    remote_execution_command: str = "none"
+    """How the master starts a worker: `none` means already started (by Kubernetes)."""
+    membership: Membership = "none"
+    """How a running master learns about joins and leaves: `none` (it reads the files at start),
+    `roll` (the master Deployment's pod template gets the files' hash: a rolling restart),
+    `agents` (REST calls to the master agent)."""
+    master_deployment: str = "compss-master"
+    """The master's Deployment (`membership: roll`)."""
+    master_namespace: str | None = None
+    """Namespace of the master's Deployment; None: the controller's namespace."""
+    agents: AgentSettings = AgentSettings()
+
+
 class PartitionSettings(Struct, frozen=True):
     """The partition controller's whole configuration."""
 
@@ -110,6 +170,7 @@ class PartitionSettings(Struct, frozen=True):
     sizing: SizingSettings = SizingSettings()
     rollout: RolloutSettings = RolloutSettings()
     leader: LeaderSettings = LeaderSettings()
+    compss: CompssSettings = CompssSettings()
     pod_template: dict[str, Any] = {}
     """A Pod manifest (metadata.labels/annotations and spec) without name, namespace or node
     affinity: the controller adds those per node."""
@@ -154,6 +215,7 @@ def validate(settings: PartitionSettings) -> None:
     if not settings.name_prefix or len(settings.name_prefix) > 40:
         raise ConfigError(f"{src}: name_prefix: expected 1..40 characters")
     _validate_leader(settings.leader, src)
+    _validate_compss(settings.compss, src)
     _validate_template(settings.pod_template, settings.sizing.container, src)
 
 
@@ -183,3 +245,22 @@ def _validate_template(template: Mapping[str, Any], container: str, src: str) ->
     meta = template.get("metadata", {})
     if not isinstance(meta, dict) or {"name", "namespace", "generateName"} & set(meta):
         raise ConfigError(f"{src}: pod_template.metadata: name and namespace are set per node")
+
+
+def _validate_compss(compss: CompssSettings, src: str) -> None:
+    # The COMPSs runtime's own checks (its Validator classes), so a bad value fails here, not in
+    # a master reading the published files.
+    if not 0 <= compss.min_port < compss.max_port <= 65535:
+        raise ConfigError(f"{src}: compss.min_port/max_port: need 0 <= min_port < max_port <= 65535")
+    if compss.remote_execution_command not in REMOTE_EXECUTION_COMMANDS:
+        raise ConfigError(f"{src}: compss.remote_execution_command: expected one of "
+                          f"{', '.join(REMOTE_EXECUTION_COMMANDS)}")
+    if compss.limit_of_tasks is not None and compss.limit_of_tasks < 1:
+        raise ConfigError(f"{src}: compss.limit_of_tasks: expected >= 1 or null")
+    if not compss.install_dir or not compss.working_dir:
+        raise ConfigError(f"{src}: compss.install_dir and compss.working_dir: required")
+    if not _DNS_LABEL.fullmatch(compss.service):
+        raise ConfigError(f"{src}: compss.service: expected a DNS label, got {compss.service!r}")
+    require_positive(src, {"compss.agents.timeout_s": compss.agents.timeout_s})
+    if not compss.agents.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{src}: compss.agents.url: expected an http(s) URL")
