@@ -32,7 +32,7 @@ def make_settings(**changes: Any) -> PartitionSettings:
         namespace=NS, resync_interval_s=5.0, min_reconcile_interval_s=0.05, api_timeout_s=5.0,
         rollout=rollout, leader=leader, eligibility=eligibility, metrics_port=0,
     )
-    for section in ("rollout", "leader", "eligibility", "sizing"):
+    for section in ("rollout", "leader", "eligibility", "sizing", "compss"):
         if section in changes:
             changes[section] = msgspec.structs.replace(
                 defaults.get(section, getattr(base, section)), **changes[section])
@@ -83,6 +83,9 @@ def controller(api_client: ApiClient) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
     def start(clock: Callable[[], float] = time.time, **changes: Any) -> Running:
+        # The fake API serves no Services: COMPSs publishing runs against the real apiserver
+        # (test_partition_compss_apiserver.py).
+        changes.setdefault("compss", {"enabled": False})
         running = Running(make_settings(**changes), api_client, clock=clock).start()
         started.append(running)
         return running

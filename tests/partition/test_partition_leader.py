@@ -24,7 +24,7 @@ class Replica:
 
     def __init__(self, api: FakeKubernetes, identity: str) -> None:
         self.identity = identity
-        self.settings = make_settings()
+        self.settings = make_settings(compss={"enabled": False})  # the fake API serves no Services
         self.client = ApiClient(Configuration(host=api.url))
         self.registry = CollectorRegistry()
         self.reconciler = Reconciler(self.settings, CoreV1Api(self.client),
