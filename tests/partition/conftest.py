@@ -34,9 +34,15 @@ def make_settings(**changes: Any) -> PartitionSettings:
     )
     for section in ("rollout", "leader", "eligibility", "sizing", "compss"):
         if section in changes:
-            changes[section] = msgspec.structs.replace(
-                defaults.get(section, getattr(base, section)), **changes[section])
+            changes[section] = _replace(defaults.get(section, getattr(base, section)), changes[section])
     return msgspec.structs.replace(base, **(defaults | changes))
+
+
+def _replace(struct: Any, changes: dict[str, Any]) -> Any:
+    """`struct` with `changes`; a dict given for a nested section changes only its keys."""
+    nested = {k: _replace(getattr(struct, k), v) for k, v in changes.items()
+              if isinstance(v, dict) and isinstance(getattr(struct, k), msgspec.Struct)}
+    return msgspec.structs.replace(struct, **(changes | nested))
 
 
 @pytest.fixture
