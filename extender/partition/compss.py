@@ -58,7 +58,7 @@ class CompssWorker:
     cpus: int
     gpus: int
     memory_gb: str
-    """GiB with three decimals, as written in the files."""
+    """GiB rounded to three decimals, as written in the files."""
 
     @property
     def share(self) -> tuple[int, int, str]:
@@ -90,7 +90,7 @@ def compss_workers(
             continue
         cpus, gpus, memory_gb = compss_units(Resources(entry.cpu_millis, entry.memory_bytes, entry.gpus))
         if memory_gb == "0.000":
-            skipped[entry.pod] = f"memory share {entry.memory_bytes} bytes is below 1 MiB"
+            skipped[entry.pod] = f"memory share {entry.memory_bytes} bytes is below half a MiB"
             continue
         name = compute_node_name(entry.pod, settings)
         workers.append(CompssWorker(name, entry.pod, entry.node, cpus, gpus, memory_gb))

@@ -154,11 +154,11 @@ def compss_units(share: Resources) -> tuple[int, int, str]:
     """(ComputingUnits, GPUs, memory in GB) that COMPSs is told for a worker of this share.
 
     COMPSs counts whole cores: the share is rounded down, but never below one core (the pod's
-    CPU limit throttles a fractional share). Memory is in GiB, truncated to three decimals
-    ("0.000" for a share below 1 MiB, which the COMPSs rules then reject).
+    CPU limit throttles a fractional share). Memory is in GiB, rounded to three decimals (at most
+    half a MiB off; "0.000" for a share below half a MiB, which the COMPSs rules then reject).
     """
     cpus = max(1, share.cpu_millis // 1000)
-    mebibytes = share.memory_bytes * 1000 // 2**30
+    mebibytes = (share.memory_bytes * 1000 + 2**29) // 2**30
     return cpus, share.gpus, f"{mebibytes // 1000}.{mebibytes % 1000:03d}"
 
 

@@ -107,7 +107,7 @@ def test_a_share_below_one_core_is_announced_as_one_core(settings: PartitionSett
 def test_a_worker_with_almost_no_memory_is_left_out_with_the_reason(settings: PartitionSettings) -> None:
     files = compss_files([entry("a"), entry("tiny", memory=1000)], settings)
     assert [w.pod for w in files.workers] == ["partition-worker-a"]
-    assert "below 1 MiB" in files.skipped["partition-worker-tiny"]
+    assert "below half a MiB" in files.skipped["partition-worker-tiny"]
     assert_valid(files)
 
 
