@@ -325,3 +325,35 @@ def test_what_a_master_was_told_is_read_back_from_the_published_resources(
     told = workers_in(files.resources)
     assert membership_calls(told, files.workers, settings.compss.agents) == []
     assert workers_in("not xml") == {}
+
+
+def test_the_template_starts_the_nio_worker_with_the_published_name_share_and_paths(
+        settings: PartitionSettings) -> None:
+    """The 7 + 40 positional arguments of COMPSs's persistent_worker_starter.sh (3.3), in its order
+    (setup.sh load_parameters), carry what resources.xml and project.xml say about the worker."""
+    import subprocess
+
+    view = ObservedNode("gpu-1", Resources(16000, 64 * GIB, 2))
+    pod = render_worker(view, settings)
+    container = next(c for c in pod["spec"]["containers"] if c["name"] == settings.sizing.container)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    script = container["command"][2].replace(
+        "exec /opt/COMPSs/Runtime/scripts/system/adaptors/nio/persistent_worker_starter.sh", "starter"
+    ).replace('mkdir -p "$sandbox"', ":")
+    starter = 'starter() { echo "$#"; shift 7; printf "%s\\n" "$@"; }\n'
+    done = subprocess.run(["bash", "-c", starter + script], env=env | {"PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=10, check=True)
+    total, *nio = done.stdout.splitlines()
+    assert (int(total), len(nio)) == (47, 40)
+    published = compss_files([entry("gpu-1", cpu=12800, memory=int(64 * GIB * 0.8), gpus=2)],
+                             settings).workers[0]
+    compss_settings = settings.compss
+    assert nio[3] == published.name
+    assert int(nio[4]) == compss_settings.min_port
+    assert (nio[8], nio[9], nio[15]) == (str(published.cpus), str(published.gpus), str(published.cpus))
+    assert nio[17] == "python"
+    assert nio[18].startswith(compss_settings.working_dir + "/")
+    assert nio[19] == compss_settings.install_dir
+    assert (nio[20], nio[23]) == (compss_settings.app_dir, compss_settings.pythonpath)
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert {compss_settings.min_port, compss_settings.max_port} <= ports
