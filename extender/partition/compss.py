@@ -22,6 +22,7 @@ Design decisions:
 from __future__ import annotations
 
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 UNASSIGNED = "[unassigned]"
 """The agent scripts' value for fields they leave unset."""
+DEADLINE_METRIC_PREFIX = "deadlines_missed_"
+"""COMPSs's real-time heuristics scheduler pushes `deadlines_missed_<worker>` (job `compss`)."""
+
+
+def metric_safe(name: str) -> str:
+    """`name` as it can appear in a Prometheus metric name: every other character becomes `_`.
+
+    The `<worker>` of COMPSs's `deadlines_missed_<worker>` gauge is the ComputeNode Name, whose
+    dots and dashes a metric name cannot hold.
+    """
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
 class CompssDocumentError(ExtenderError):

@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
@@ -42,7 +42,14 @@ from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from urllib3.exceptions import HTTPError
 
-from extender.partition.compss import CompssDocumentError, CompssFiles, compss_files, workers_in
+from extender.partition.compss import (
+    CompssDocumentError,
+    CompssFiles,
+    CompssWorker,
+    compss_files,
+    metric_safe,
+    workers_in,
+)
 from extender.partition.membership import AgentMembership, Membership, MembershipError, membership_for
 from extender.partition.plan import (
     GPU_RESOURCE,
@@ -241,6 +248,19 @@ class PartitionMetrics:
         self.api_calls = Counter(
             "partition_api_calls", "Kubernetes API calls by verb", ["verb"], registry=registry
         )
+        self.compss_workers = Gauge(
+            "partition_compss_worker_info",
+            "One series per ComputeNode of the published resources.xml: maps COMPSs's worker name "
+            "(compss_worker, as in its deadlines_missed_<worker> gauge) to the node",
+            ["compss_worker", "compute_node", "node", "pod"],
+            registry=registry,
+        )
+
+    def publish_workers(self, workers: Iterable[CompssWorker]) -> None:
+        """Replace the worker-to-node series with `workers`."""
+        self.compss_workers.clear()
+        for worker in workers:
+            self.compss_workers.labels(metric_safe(worker.name), worker.name, worker.node, worker.pod).set(1)
 
 
 # --- observed state -------------------------------------------------------------------------------
@@ -690,6 +710,8 @@ class Reconciler:
             return {}
         if self._compss is None and isinstance(self.membership, AgentMembership):
             self._learn_announced()
+        if files is not self._compss:
+            self.metrics.publish_workers(files.workers)
         self._compss = files
         return {"resources.xml": files.resources, "project.xml": files.project}
 
