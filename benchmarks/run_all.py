@@ -11,6 +11,7 @@ BENCHMARKS = (
     ("benchmarks.sim_bench", "Simulation: OpenB saturation and replay, all policies"),
     ("benchmarks.partition_bench", "Partition controller: planning and API calls"),
     ("benchmarks.compss_bench", "Partition controller: COMPSs files"),
+    ("benchmarks.informer_bench", "Pod informer: CPU and memory at 5000 nodes / 50 000 pods"),
 )
 
 

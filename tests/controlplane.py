@@ -14,6 +14,7 @@ The module is usable outside pytest too (benchmarks): `ControlPlane.start(bin_di
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -199,6 +200,19 @@ class SchedulerProcess:
 
 
 @dataclass
+class ExtraApiServer:
+    """A second kube-apiserver started by `ControlPlane.start_apiserver`."""
+
+    url: str
+    ca_file: Path
+    process: Process
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL)."""
+        self.process.stop()
+
+
+@dataclass
 class ControlPlane:
     """etcd + kube-apiserver on free loopback ports, with pre-made users.
 
@@ -252,33 +266,63 @@ class ControlPlane:
                 "--listen-client-urls", plane.etcd_url,
                 "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--unsafe-no-fsync"])
             etcd.wait_healthy(lambda: "etcd ready" in etcd.log_path.read_text(errors="replace"), timeout_s)
-            apiserver = plane._spawn("kube-apiserver", [
-                str(bin_dir / "kube-apiserver"), f"--etcd-servers={plane.etcd_url}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-                f"--cert-dir={cert_dir}", f"--token-auth-file={token_file}", "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
-                "--service-cluster-ip-range=10.96.0.0/16", *apiserver_args])
-            apiserver.wait_healthy(plane._apiserver_ready, timeout_s)
+            argv = plane._apiserver_argv(api_port, cert_dir, apiserver_args)
+            apiserver = plane._spawn("kube-apiserver", argv)
+            apiserver.wait_healthy(lambda: plane._apiserver_ready(plane.url, plane.ca_file), timeout_s)
         except BaseException:
             plane.stop()
             raise
         plane._write_kubeconfig(plane.kubeconfig, plane.admin_token)
         return plane
 
+    def _apiserver_argv(self, port: int, cert_dir: Path, extra: Sequence[str]) -> list[str]:
+        return [
+            str(self.bin_dir / "kube-apiserver"), f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--cert-dir={cert_dir}", f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC", "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={self.workdir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/16", *extra]
+
+    def start_apiserver(self, name: str, args: Sequence[str], *, timeout_s: float = 60.0) -> ExtraApiServer:
+        """Another kube-apiserver on the same etcd, with extra flags (e.g. `--watch-cache=false`, so
+        that watches read etcd directly and an etcd compaction gives 410 Gone). Same tokens; its
+        own serving certificate. It stops with the plane, or with `.stop()`."""
+        port = free_port()
+        cert_dir = self.workdir / f"apiserver-{name}-certs"
+        process = self._spawn(f"kube-apiserver-{name}", self._apiserver_argv(port, cert_dir, args))
+        extra = ExtraApiServer(f"https://127.0.0.1:{port}", cert_dir / "apiserver.crt", process)
+        extra.process.wait_healthy(lambda: self._apiserver_ready(extra.url, extra.ca_file), timeout_s)
+        return extra
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (returned): watches and list
+        continue tokens from before it get 410 Gone where they are served by etcd."""
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            request = urllib.request.Request(f"{self.etcd_url}{path}", data=json.dumps(body).encode(),
+                                             method="POST")
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                result: dict[str, Any] = json.load(answer)
+                return result
+
+        revision = int(post("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+        post("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
     def _spawn(self, name: str, argv: Sequence[str]) -> Process:
         process = Process.spawn(name, argv, self.workdir / f"{name}.log")
         self.processes.append(process)
         return process
 
-    def _apiserver_ready(self) -> bool:
-        if not self.ca_file.exists():
+    def _apiserver_ready(self, url: str, ca_file: Path) -> bool:
+        if not ca_file.exists():
             return False
         try:
-            context = ssl.create_default_context(cafile=str(self.ca_file))
+            context = ssl.create_default_context(cafile=str(ca_file))
         except (OSError, ssl.SSLError):
             return False  # the certificate file is being written
-        return _https_ok(f"{self.url}/readyz", context=context, token=self.admin_token)
+        return _https_ok(f"{url}/readyz", context=context, token=self.admin_token)
 
     def _write_kubeconfig(self, path: Path, token: str) -> None:
         config = {
@@ -290,11 +334,12 @@ class ControlPlane:
         }
         path.write_text(yaml.safe_dump(config))
 
-    def api_client(self, token: str | None = None) -> kubernetes.client.ApiClient:
-        """A client for the API server as the admin, or as the holder of `token`."""
+    def api_client(self, token: str | None = None, *, server: ExtraApiServer | None = None
+                   ) -> kubernetes.client.ApiClient:
+        """A client for the API server (or `server`) as the admin, or as the holder of `token`."""
         configuration = kubernetes.client.Configuration()
-        configuration.host = self.url
-        configuration.ssl_ca_cert = str(self.ca_file)
+        configuration.host = server.url if server else self.url
+        configuration.ssl_ca_cert = str(server.ca_file if server else self.ca_file)
         configuration.api_key = {"authorization": token or self.admin_token}
         configuration.api_key_prefix = {"authorization": "Bearer"}
         return kubernetes.client.ApiClient(configuration)
