@@ -221,3 +221,44 @@ def test_a_missing_master_deployment_is_logged_and_retried_without_stopping_the_
     wait_for(lambda: running.metric("partition_reconcile_errors_total") >= 2 or None, timeout_s=20,
              what="the failed patch retried")
     assert running.thread.is_alive()
+
+
+def test_nothing_is_rewritten_or_rolled_while_the_compss_content_stays_the_same(
+        client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
+        start: Callable[..., Running]) -> None:
+    core, apps, ns = CoreV1Api(client), AppsV1Api(client), k8s_namespace
+    apps.create_namespaced_deployment(ns, {
+        "metadata": {"name": "compss-master"},
+        "spec": {"selector": {"matchLabels": {"app": "compss-master"}},
+                 "template": {"metadata": {"labels": {"app": "compss-master"}},
+                              "spec": {"containers": [{"name": "master", "image": "compss/compss:3.3"}]}}}})
+    nodes = [cluster(s) for s in ("a", "b")]
+    running = start(compss={"membership": "roll"})
+    mark_ready(core, ns, nodes)
+    data = published_nodes(core, ns, 2)
+
+    def generation() -> int | None:
+        deployment = apps.read_namespaced_deployment("compss-master", ns)
+        annotations = deployment.spec.template.metadata.annotations or {}
+        return deployment.metadata.generation if FILES_HASH_ANNOTATION in annotations else None
+
+    rolled = wait_for(generation, timeout_s=20, what="the master rolled once")
+    version = core.read_namespaced_config_map("partition", ns).metadata.resource_version
+
+    def passes_after(action: Callable[[], object]) -> None:
+        seen = running.metric("partition_reconcile_duration_seconds_count")
+        action()
+        wait_for(lambda: running.metric("partition_reconcile_duration_seconds_count") >= seen + 2 or None,
+                 timeout_s=20, what="two more reconcile passes")
+
+    # A node change that moves no worker: a new pass, the same partition.
+    passes_after(lambda: core.patch_node(nodes[0], {"metadata": {"labels": {"touched": "yes"}}}))
+    assert core.read_namespaced_config_map("partition", ns).metadata.resource_version == version
+    # A worker that is not ready yet: resources.json changes, the COMPSs files do not.
+    third = cluster("c")
+    wait_for(lambda: third in workers(core, ns) or None, timeout_s=20, what="c's worker")
+    passes_after(lambda: running.reconciler.changed.set())
+    now = published(core, ns)
+    assert now["resources.json"] != data["resources.json"]
+    assert (now["resources.xml"], now["project.xml"]) == (data["resources.xml"], data["project.xml"])
+    assert generation() == rolled, "the master is not rolled for a partition COMPSs does not see"
