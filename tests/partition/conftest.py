@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from extender.partition.reconcile import PartitionMetrics, Reconciler
 from extender.partition.settings import PartitionSettings, load_partition_settings
+from tests.partition.agentserver import Agent, serving
 from tests.partition.fakeapi import FakeKubernetes
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "partition.yaml"
@@ -100,3 +101,10 @@ def controller(api_client: ApiClient) -> Iterator[Callable[..., Running]]:
     for running in started:
         if running.thread.is_alive():
             running.halt()
+
+
+@pytest.fixture
+def agent() -> Iterator[tuple[Agent, str]]:
+    """A COMPSs master agent's REST interface on loopback (tests/partition/agentserver.py)."""
+    with serving() as running:
+        yield running

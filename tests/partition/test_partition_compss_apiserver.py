@@ -16,10 +16,12 @@ import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from extender.partition.compss import compss_files, validate_files
+from extender.partition import reconcile
+from extender.partition.compss import CompssDocumentError, compss_files, validate_files
 from extender.partition.membership import FILES_HASH_ANNOTATION
 from extender.partition.plan import NODE_ANNOTATION, PARTITION_LABEL, PartitionEntry
 from tests.controlplane import ControlPlane, create_node, set_pod_running, wait_for
+from tests.partition.agentserver import Agent
 from tests.partition.conftest import Running, make_settings
 from tests.partition.test_partition_compss import schema_errors
 
@@ -262,3 +264,69 @@ def test_nothing_is_rewritten_or_rolled_while_the_compss_content_stays_the_same(
     assert now["resources.json"] != data["resources.json"]
     assert (now["resources.xml"], now["project.xml"]) == (data["resources.xml"], data["project.xml"])
     assert generation() == rolled, "the master is not rolled for a partition COMPSs does not see"
+
+
+def test_agents_membership_tells_a_live_agent_about_joins_and_cordons(
+        client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
+        start: Callable[..., Running], agent: tuple[Agent, str]) -> None:
+    core, ns = CoreV1Api(client), k8s_namespace
+    state, url = agent
+    nodes = [cluster("a", cpu="4"), cluster("b", cpu="8", gpus=1)]
+    start(compss={"membership": "agents", "agents": {"url": url, "timeout_s": 2.0}})
+    pods = mark_ready(core, ns, nodes)
+    names = {node: f"{pods[node].metadata.name}.partition-workers.{ns}.svc" for node in nodes}
+    wait_for(lambda: set(state.pool) == set(names.values()) or None, timeout_s=20,
+             what="both workers added to the agent")
+    assert state.pool[names[nodes[1]]][:2] == (6, 1)
+    core.patch_node(nodes[0], {"spec": {"unschedulable": True}})
+    wait_for(lambda: set(state.pool) == {names[nodes[1]]} or None, timeout_s=20,
+             what="the cordoned node's worker lost")
+    assert ("lostNode", names[nodes[0]]) in state.calls
+
+
+def test_files_that_do_not_fit_beside_resources_json_are_not_published_and_say_so(
+        client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
+        start: Callable[..., Running], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    core, ns = CoreV1Api(client), k8s_namespace
+    # Two workers' XML (about 2 KB) do not fit in 1500 bytes; resources.json (about 300) does.
+    monkeypatch.setattr(reconcile, "CONFIGMAP_MAX_BYTES", 1500)
+    nodes = [cluster("a"), cluster("b")]
+    running = start()
+    mark_ready(core, ns, nodes)
+    data = wait_for(lambda: d if '"ready":true' in (d := published(core, ns)).get("resources.json", "")
+                    and d["resources.json"].count('"ready":true') == 2 else None,
+                    timeout_s=20, what="both ready workers in resources.json")
+    assert "resources.xml" not in data and "project.xml" not in data
+    assert running.metric("partition_reconcile_errors_total") >= 1
+    assert any("do not fit in ConfigMap" in r.getMessage() for r in caplog.records)
+
+
+def test_files_breaking_the_runtime_rules_are_not_published_and_the_last_good_ones_stay(
+        client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
+        start: Callable[..., Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    core, ns = CoreV1Api(client), k8s_namespace
+    nodes = [cluster("a"), cluster("b")]
+    running = start()
+    mark_ready(core, ns, nodes[:1])
+    good = published_nodes(core, ns, 1)
+    broken = {"on": True}
+    real = reconcile.compss_files
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if broken["on"]:
+            raise CompssDocumentError(["resources.xml: ComputeNode x: no Adaptors"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "compss_files", failing)
+    errors = running.metric("partition_reconcile_errors_total")
+    mark_ready(core, ns, nodes[1:])
+    wait_for(lambda: published(core, ns)["resources.json"].count('"ready":true') == 2 or None,
+             timeout_s=20, what="the second worker in resources.json")
+    now = published(core, ns)
+    assert (now["resources.xml"], now["project.xml"]) == (good["resources.xml"], good["project.xml"])
+    assert running.metric("partition_reconcile_errors_total") > errors
+    # Once the files pass again, the next change of the partition publishes them.
+    broken["on"] = False
+    mark_ready(core, ns, [cluster("c")])
+    published_nodes(core, ns, 3)
