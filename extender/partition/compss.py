@@ -195,8 +195,12 @@ def compss_files(entries: Iterable[PartitionEntry], settings: PartitionSettings)
         resources = resources_xml(workers, settings)
         project = project_xml(workers, settings)
         validate_files(resources, project)
-    digest = hashlib.sha256(f"{resources}\0{project}".encode()).hexdigest()[:16]
-    return CompssFiles(resources, project, tuple(workers), skipped, digest)
+    return CompssFiles(resources, project, tuple(workers), skipped, files_digest(resources, project))
+
+
+def files_digest(resources: str, project: str) -> str:
+    """The digest that stands for the two files (sha256, 16 hex characters)."""
+    return hashlib.sha256(f"{resources}\0{project}".encode()).hexdigest()[:16]
 
 
 # --- the runtime's rules -------------------------------------------------------------------------
@@ -269,22 +273,21 @@ def _names(file: str, nodes: list[ET.Element], problems: list[str]) -> list[str]
     return names
 
 
-def resources_problems(text: str) -> list[str]:
-    """What the COMPSs runtime would reject in a `resources.xml` (empty list: nothing)."""
-    problems: list[str] = []
-    _resources_rules(text, problems)
-    return problems
+def _compute_nodes(text: str, root_tag: str, file: str,
+                   problems: list[str]) -> tuple[ET.Element | None, list[tuple[ET.Element, str]]]:
+    """The parsed root (None if unusable) and its ComputeNodes with their names, checked unique."""
+    root = _parse(text, root_tag, file, problems)
+    if root is None:
+        return None, []
+    nodes = root.findall("ComputeNode")
+    return root, list(zip(nodes, _names(file, nodes, problems), strict=True))
 
 
 def _resources_rules(text: str, problems: list[str]) -> set[str]:
-    """Append the problems of a `resources.xml` to `problems`; return its ComputeNode names."""
+    """Append what the runtime would reject in a `resources.xml`; return its ComputeNode names."""
     file = "resources.xml"
-    root = _parse(text, "ResourcesList", file, problems)
-    if root is None:
-        return set()
-    nodes = root.findall("ComputeNode")
-    names = _names(file, nodes, problems)
-    for node, name in zip(nodes, names, strict=True):
+    _, nodes = _compute_nodes(text, "ResourcesList", file, problems)
+    for node, name in nodes:
         where = f"{file}: ComputeNode {name}"
         processors = node.findall("Processor")
         if not processors:
@@ -306,28 +309,19 @@ def _resources_rules(text: str, problems: list[str]) -> set[str]:
             if size is None or not size > 0:
                 problems.append(f"{where}: Memory needs one Size > 0 (GB)")
         _check_adaptors(where, node, problems, required=True)
-    return set(names)
-
-
-def project_problems(text: str) -> list[str]:
-    """What the COMPSs runtime would reject in a `project.xml` (empty list: nothing)."""
-    problems: list[str] = []
-    _project_rules(text, problems)
-    return problems
+    return {name for _, name in nodes}
 
 
 def _project_rules(text: str, problems: list[str]) -> set[str]:
-    """Append the problems of a `project.xml` to `problems`; return its ComputeNode names."""
+    """Append what the runtime would reject in a `project.xml`; return its ComputeNode names."""
     file = "project.xml"
-    root = _parse(text, "Project", file, problems)
+    root, nodes = _compute_nodes(text, "Project", file, problems)
     if root is None:
         return set()
     masters = len(root.findall("MasterNode"))
     if masters != 1:
         problems.append(f"{file}: expected exactly one MasterNode, found {masters}")
-    nodes = root.findall("ComputeNode")
-    names = _names(file, nodes, problems)
-    for node, name in zip(nodes, names, strict=True):
+    for node, name in nodes:
         where = f"{file}: ComputeNode {name}"
         for tag in ("InstallDir", "WorkingDir"):
             found = node.findall(tag)
@@ -337,7 +331,7 @@ def _project_rules(text: str, problems: list[str]) -> set[str]:
         if limits and (len(limits) > 1 or (_int(limits[0]) or -1) < 0):
             problems.append(f"{where}: LimitOfTasks must appear once, as an integer >= 0")
         _check_adaptors(where, node, problems, required=False)
-    return set(names)
+    return {name for _, name in nodes}
 
 
 def validate_files(resources: str, project: str) -> None:

@@ -338,6 +338,8 @@ class Reconciler:
         self._published: list[PartitionEntry] | None = None
         self._compss: CompssFiles | None = None
         """The last COMPSs files that passed the rules (published or about to be)."""
+        self._in_configmap: CompssFiles | None = None
+        """The COMPSs files the ConfigMap holds now (what the master may be told about)."""
         self._told: str | None = None
         """Digest of the files the master was last told about (membership)."""
         self._service_checked: float | None = None
@@ -667,6 +669,7 @@ class Reconciler:
             self._failed("partition ConfigMap %s not published: %s", name, exc)
             return
         self._published = entries
+        self._in_configmap = self._compss if "resources.xml" in data else None
 
     def _compss_data(self, entries: list[PartitionEntry], used: int) -> dict[str, str]:
         """`resources.xml` and `project.xml` for `entries`, or the last good ones, or nothing."""
@@ -713,10 +716,9 @@ class Reconciler:
         self.membership.announced = workers_in(data.get("resources.xml", ""))
 
     def _tell_master(self) -> None:
-        files = self._compss
+        # Only files the ConfigMap already holds: a rolled master must find them there.
+        files = self._in_configmap
         if self.membership is None or files is None or files.digest == self._told:
-            return
-        if self._published is None:
             return
         try:
             self.membership.sync(files)

@@ -17,7 +17,7 @@ from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from extender.partition import reconcile
-from extender.partition.compss import CompssDocumentError, compss_files, validate_files
+from extender.partition.compss import CompssDocumentError, compss_files, files_digest, validate_files
 from extender.partition.membership import FILES_HASH_ANNOTATION
 from extender.partition.plan import NODE_ANNOTATION, PARTITION_LABEL, PartitionEntry
 from tests.controlplane import ControlPlane, create_node, set_pod_running, wait_for
@@ -109,6 +109,15 @@ def published_nodes(core: CoreV1Api, ns: str, count: int) -> dict[str, str]:
     return wait_for(ready, timeout_s=20, what=f"{count} ComputeNodes published")
 
 
+def create_master(apps: AppsV1Api, ns: str) -> None:
+    """A stand-in COMPSs master Deployment (no controller manager: it never gets pods)."""
+    apps.create_namespaced_deployment(ns, {
+        "metadata": {"name": "compss-master"},
+        "spec": {"selector": {"matchLabels": {"app": "compss-master"}},
+                 "template": {"metadata": {"labels": {"app": "compss-master"}},
+                              "spec": {"containers": [{"name": "master", "image": "compss/compss:3.3"}]}}}})
+
+
 def shares(resources: str) -> dict[str, tuple[str | None, str | None, str | None]]:
     """ComputeNode -> (CPU units, GPU units, memory GB)."""
     return {n.get("Name", ""): (n.findtext("Processor[@Name='MainProcessor']/ComputingUnits"),
@@ -163,11 +172,7 @@ def test_cordoning_a_node_removes_exactly_its_compute_node_and_rolls_the_master(
         client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
         start: Callable[..., Running]) -> None:
     core, apps, ns = CoreV1Api(client), AppsV1Api(client), k8s_namespace
-    apps.create_namespaced_deployment(ns, {
-        "metadata": {"name": "compss-master"},
-        "spec": {"selector": {"matchLabels": {"app": "compss-master"}},
-                 "template": {"metadata": {"labels": {"app": "compss-master"}},
-                              "spec": {"containers": [{"name": "master", "image": "compss/compss:3.3"}]}}}})
+    create_master(apps, ns)
     nodes = [cluster(s) for s in ("a", "b", "c")]
     start(compss={"membership": "roll"})
     pods = mark_ready(core, ns, nodes)
@@ -186,9 +191,9 @@ def test_cordoning_a_node_removes_exactly_its_compute_node_and_rolls_the_master(
     assert gone == {f"{pods[nodes[1]].metadata.name}.partition-workers.{ns}.svc"}
     assert {k: old[k] for k in new} == new
     validate_files(after["resources.xml"], after["project.xml"])
-    second = wait_for(lambda: h if (h := master_hash()) != first else None, timeout_s=20,
-                      what="the master rolled to the new files")
-    assert second != first
+    wanted = files_digest(after["resources.xml"], after["project.xml"])
+    wait_for(lambda: master_hash() == wanted or None, timeout_s=20, what="the master rolled to the new files")
+    assert wanted != first
 
 
 def test_a_deleted_headless_service_is_recreated(
@@ -229,22 +234,20 @@ def test_nothing_is_rewritten_or_rolled_while_the_compss_content_stays_the_same(
         client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
         start: Callable[..., Running]) -> None:
     core, apps, ns = CoreV1Api(client), AppsV1Api(client), k8s_namespace
-    apps.create_namespaced_deployment(ns, {
-        "metadata": {"name": "compss-master"},
-        "spec": {"selector": {"matchLabels": {"app": "compss-master"}},
-                 "template": {"metadata": {"labels": {"app": "compss-master"}},
-                              "spec": {"containers": [{"name": "master", "image": "compss/compss:3.3"}]}}}})
+    create_master(apps, ns)
     nodes = [cluster(s) for s in ("a", "b")]
     running = start(compss={"membership": "roll"})
     mark_ready(core, ns, nodes)
     data = published_nodes(core, ns, 2)
 
+    digest = files_digest(data["resources.xml"], data["project.xml"])
+
     def generation() -> int | None:
         deployment = apps.read_namespaced_deployment("compss-master", ns)
         annotations = deployment.spec.template.metadata.annotations or {}
-        return deployment.metadata.generation if FILES_HASH_ANNOTATION in annotations else None
+        return deployment.metadata.generation if annotations.get(FILES_HASH_ANNOTATION) == digest else None
 
-    rolled = wait_for(generation, timeout_s=20, what="the master rolled once")
+    rolled = wait_for(generation, timeout_s=20, what="the master rolled to the published files")
     version = core.read_namespaced_config_map("partition", ns).metadata.resource_version
 
     def passes_after(action: Callable[[], object]) -> None:
