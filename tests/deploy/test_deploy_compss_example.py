@@ -4,7 +4,9 @@ accepts it (server-side dry run)."""
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,14 @@ def test_the_application_is_mounted_where_both_sides_look_for_it(
     assert volumes[mounts[partition.compss.app_dir or ""]]["configMap"]["name"] == app["metadata"]["name"]
 
 
+def kubectl() -> str:
+    """kubectl on PATH or next to this interpreter (hack/install-deps.sh), as for rendering."""
+    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip("no kubectl on PATH: run hack/install-deps.sh")
+    return found
+
+
 def test_a_real_apiserver_accepts_the_example_in_a_server_side_dry_run(
         objects: tuple[dict[str, Any], ...], control_plane: ControlPlane, tmp_path: Path) -> None:
     namespaces = sorted({o["metadata"]["namespace"] for o in objects if o["metadata"].get("namespace")})
@@ -125,7 +135,7 @@ def test_a_real_apiserver_accepts_the_example_in_a_server_side_dry_run(
             manifest = tmp_path / "example.yaml"
             manifest.write_text(yaml.safe_dump_all(objects))
             done = subprocess.run(
-                ["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "apply", "--server-side",
+                [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "apply", "--server-side",
                  "--dry-run=server", "--field-manager=compss-example-test", "-f", str(manifest)],
                 capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 0, done.stderr
