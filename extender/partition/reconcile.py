@@ -162,6 +162,7 @@ class _ServiceSpec(msgspec.Struct):
 
 
 class _Service(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
     spec: _ServiceSpec = msgspec.field(default_factory=_ServiceSpec)
 
 
@@ -744,13 +745,9 @@ class Reconciler:
             "ports": [{"name": "nio", "port": compss.min_port, "targetPort": compss.min_port,
                        "protocol": "TCP"}],
         }
-        body = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": compss.service, "namespace": ns,
-                         "labels": {PARTITION_LABEL: self.settings.partition}},
-            "spec": spec,
-        }
+        metadata: dict[str, Any] = {"name": compss.service, "namespace": ns,
+                                    "labels": {PARTITION_LABEL: self.settings.partition}}
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
         try:
             try:
                 resp = self._call("get", self.api.read_namespaced_service, compss.service, ns,
@@ -761,7 +758,8 @@ class Reconciler:
                 self._call("create", self.api.create_namespaced_service, ns, body, _preload_content=False)
                 log.info("created headless Service %s/%s for the workers' names", ns, compss.service)
             else:
-                current = msgspec.json.decode(resp.data, type=_Service).spec
+                found = msgspec.json.decode(resp.data, type=_Service)
+                current = found.spec
                 if current.clusterIP != "None":
                     # clusterIP is immutable: a human must delete the Service.
                     self.metrics.errors.inc()
@@ -770,8 +768,9 @@ class Reconciler:
                               ns, compss.service, current.clusterIP)
                 elif current.selector != spec["selector"] or not current.publishNotReadyAddresses or [
                         (p.name, p.port) for p in current.ports or ()] != [("nio", compss.min_port)]:
-                    patch = {"spec": {k: spec[k] for k in ("selector", "publishNotReadyAddresses", "ports")}}
-                    self._call("patch", self.api.patch_namespaced_service, compss.service, ns, patch,
+                    # A replace, not a patch: a strategic merge would add our port to theirs.
+                    metadata["resourceVersion"] = found.metadata.resourceVersion
+                    self._call("update", self.api.replace_namespaced_service, compss.service, ns, body,
                                _preload_content=False)
                     log.info("put back the selector and port of Service %s/%s", ns, compss.service)
         except (ApiException, HTTPError, OSError) as exc:

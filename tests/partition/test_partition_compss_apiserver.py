@@ -333,3 +333,31 @@ def test_files_breaking_the_runtime_rules_are_not_published_and_the_last_good_on
     broken["on"] = False
     mark_ready(core, ns, [cluster("c")])
     published_nodes(core, ns, 3)
+
+
+def test_a_changed_headless_service_is_put_back_and_a_non_headless_one_is_reported(
+        client: ApiClient, k8s_namespace: str, cluster: Callable[..., str],
+        start: Callable[..., Running]) -> None:
+    core, ns = CoreV1Api(client), k8s_namespace
+    core.create_namespaced_service(ns, {
+        "metadata": {"name": "partition-workers"},
+        "spec": {"clusterIP": "None", "selector": {"app": "someone-else"},
+                 "ports": [{"name": "other", "port": 8080}]}})
+    cluster("a")
+    start()
+
+    def repaired() -> bool:
+        spec = core.read_namespaced_service("partition-workers", ns).spec
+        return spec.selector == {PARTITION_LABEL: "default"} and \
+            [(p.name, p.port) for p in spec.ports] == [("nio", 43001)]
+
+    wait_for(repaired, timeout_s=20, what="the Service's selector and port put back")
+    other = f"{ns}-other"
+    core.create_namespaced_service(ns, {
+        "metadata": {"name": "not-headless"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}})
+    running = start(compss={"service": "not-headless"}, partition=other)
+    wait_for(lambda: running.metric("partition_reconcile_errors_total") >= 1 or None, timeout_s=20,
+             what="the non-headless Service reported")
+    assert core.read_namespaced_service("not-headless", ns).spec.cluster_ip != "None"
+    assert running.thread.is_alive()
