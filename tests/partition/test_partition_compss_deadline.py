@@ -8,11 +8,14 @@ refresh (the real Fetcher) reads the catalog entry `compss_deadlines_missed` per
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, start_http_server
 
 from extender import localserver
@@ -23,10 +26,12 @@ from extender.metrics.prometheus import PrometheusSource
 from extender.partition.compss import DEADLINE_METRIC_PREFIX, compss_files, metric_safe
 from extender.partition.plan import PartitionEntry
 from extender.partition.reconcile import PartitionMetrics
-from extender.settings import Settings
+from extender.settings import Settings, load_settings
 from tests.controlplane import wait_for
 from tests.partition.conftest import make_settings
-from tests.support import settings
+from tests.support import CONFIG
+
+CONFIG_DIR = CONFIG.parent
 
 pytestmark = pytest.mark.prometheus
 GIB = 2**30
@@ -57,9 +62,18 @@ def stack() -> Iterator[tuple[str, str, PartitionMetrics]]:
         httpd.server_close()
 
 
-def extender_settings(prometheus_url: str) -> Settings:
+def extender_settings(prometheus_url: str, directory: Path) -> Settings:
+    """The shipped config with the opt-in entry of config/catalog-compss.example.yaml added as
+    its comments say (appended to the catalog, weighted in metrics-aware)."""
+    for name in ("extender.yaml", "monitoring.yaml"):
+        shutil.copy(CONFIG_DIR / name, directory / name)
+    catalog = yaml.safe_load((CONFIG_DIR / "catalog.yaml").read_text())
+    catalog["metrics"] += yaml.safe_load((CONFIG_DIR / "catalog-compss.example.yaml").read_text())["metrics"]
+    (directory / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     # $rate_window is substituted when the settings load.
-    return settings(prometheus={"url": prometheus_url}, cache={"rate_window": WINDOW})
+    return load_settings(directory / "extender.yaml", environ={}, overrides={
+        "prometheus": {"url": prometheus_url}, "cache": {"rate_window": WINDOW},
+        "policy": {"profiles": {"metrics-aware": {"weights": {"compss_deadlines_missed": 2}}}}})
 
 
 def push(gateway: str, worker: str, missed: float) -> None:
@@ -71,8 +85,10 @@ def push(gateway: str, worker: str, missed: float) -> None:
 
 
 def test_compss_deadline_misses_reach_the_node_of_the_worker_they_name(
-        stack: tuple[str, str, PartitionMetrics]) -> None:
+        stack: tuple[str, str, PartitionMetrics], tmp_path: Path) -> None:
     gateway, prometheus, metrics = stack
+    extender = extender_settings(prometheus, tmp_path)
+    assert extender.policy.profiles["metrics-aware"].weights["compss_deadlines_missed"] == 2
     partition = make_settings()
     entries = [PartitionEntry(node, f"partition-worker-{node}", "10.0.0.1", 8000, 16 * GIB, 0, True)
                for node in ("node-a", "node-b")]
@@ -81,7 +97,6 @@ def test_compss_deadline_misses_reach_the_node_of_the_worker_they_name(
     a, b = (w.name for w in files.workers)
     for worker in (a, b, "a-worker-of-another-partition"):
         push(gateway, worker, 0)
-    extender = extender_settings(prometheus)
     assert f"[{WINDOW}:]" in next(e.query for e in extender.catalog if e.name == "compss_deadlines_missed")
     fetcher = Fetcher(extender, PrometheusSource(extender.prometheus))
 
