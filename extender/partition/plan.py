@@ -178,6 +178,8 @@ def template_digest(settings: PartitionSettings) -> str:
         "sizing": [settings.sizing.container, settings.sizing.set_limits],
         "namespace": settings.namespace,
         "partition": settings.partition,
+        # hostname/subdomain and the WORKER_* names (render_worker) depend on these.
+        "compss": [settings.compss.enabled, settings.compss.service, settings.compss.cluster_domain],
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 

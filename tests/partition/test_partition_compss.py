@@ -357,3 +357,14 @@ def test_the_template_starts_the_nio_worker_with_the_published_name_share_and_pa
     assert (nio[20], nio[23]) == (compss_settings.app_dir, compss_settings.pythonpath)
     ports = {p["containerPort"] for p in container["ports"]}
     assert {compss_settings.min_port, compss_settings.max_port} <= ports
+
+
+def test_a_new_service_name_makes_every_worker_stale(settings: PartitionSettings) -> None:
+    """The workers' subdomain and published names follow compss.service: they are replaced."""
+    from extender.partition.plan import HASH_ANNOTATION
+
+    view = ObservedNode("a", Resources(8000, 32 * GIB, 0))
+    renamed = make_settings(compss={"service": "compss-workers"})
+    old, new = render_worker(view, settings), render_worker(view, renamed)
+    assert old["metadata"]["annotations"][HASH_ANNOTATION] != new["metadata"]["annotations"][HASH_ANNOTATION]
+    assert new["spec"]["subdomain"] == "compss-workers"
