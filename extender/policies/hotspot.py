@@ -124,7 +124,10 @@ class _Totals:
         self.mem = np.zeros(len(table.names) + 1)
         self.heap: list[tuple[float, str]] = []
         for node, log in logs.items():
-            self.update(node, log)
+            # A log whose every placement left the window counts nothing and expires nothing:
+            # skipping it keeps a new table's build proportional to the recent placements.
+            if log.times and log.times[-1] >= horizon:
+                self.update(node, log)
 
     def update(self, node: str, log: _NodeLog | None) -> None:
         """Recompute `node`'s row from its log (None: the ledger forgot it)."""
@@ -202,6 +205,8 @@ class Ledger:
         horizon = now - self.window_s
         with self._lock:
             for node, log in self._by_node.items():
+                if log.times[-1] < horizon:
+                    continue  # every placement left the window: nothing pending
                 i = position(node)
                 if i is not None and i >= 0:
                     k = log.first_counted(horizon, float(sampled_at[i]), self.settle_s)

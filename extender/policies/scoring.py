@@ -268,7 +268,9 @@ def _reject_derived(rule: FilterRule, ev: Evaluation, names: Sequence[str],
     goodness = ev.derived.get(rule.metric)
     if goodness is None:
         return
-    alive = np.array([name not in out for name in names], bool) & ~np.isnan(goodness)
+    alive = ~np.isnan(goodness)
+    if out:
+        alive &= np.fromiter((name not in out for name in names), bool, count=len(names))
     best = float(goodness[alive].max()) if alive.any() else 0.0
     if best <= 0:  # the term ranks no passing candidate: nothing to keep a band around
         return
@@ -276,8 +278,13 @@ def _reject_derived(rule: FilterRule, ev: Evaluation, names: Sequence[str],
     above = np.inf if rule.above is None else rule.above
     below = -np.inf if rule.below is None else rule.below
     label = rule.label or rule.metric
-    for i in np.flatnonzero(alive & ((relative > above) | (relative < below))).tolist():
-        out[names[i]] = Rejection(label, rule.reason or (
+    failing = np.flatnonzero(alive & ((relative > above) | (relative < below))).tolist()
+    if rule.reason:  # one verdict for all: the same text (frozen, so it can be shared)
+        verdict = Rejection(label, rule.reason)
+        out.update((names[i], verdict) for i in failing)
+        return
+    for i in failing:
+        out[names[i]] = Rejection(label, (
             f"{label} {relative[i]:.2f} relative to the best node, limit "
             f"{rule.below if rule.below is not None else rule.above:g}"))
 

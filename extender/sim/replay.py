@@ -12,6 +12,7 @@ time, rebuilt from the current state minus the changes made since (kept for 60 s
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
 from collections import deque
@@ -60,10 +61,25 @@ class ReplayResult:
     """Time-averaged allocated GPU share of capacity."""
     decision_ms: F64
     wall_s: float
+    slowdown: F64 = dataclasses.field(default_factory=lambda: np.zeros(0))
+    """Per placed task: time it ran over the progress it made (1 = no contention), judged at
+    its departure or, for tasks still running, at the end."""
+    load: float = 1.0
+    """The arrival speed-up the run was made with (`compress`)."""
 
     @property
     def deadline_miss_rate(self) -> float:
         return self.deadline_misses / self.tasks if self.tasks else 0.0
+
+    @property
+    def energy_above_idle_kwh(self) -> float:
+        """Energy beyond the all-idle floor: what placement changes (the floor dominates)."""
+        return self.energy_kwh - self.idle_energy_kwh
+
+    @property
+    def slowdown_p99(self) -> float:
+        """99th percentile of the per-task slowdown (NaN when nothing was placed)."""
+        return float(np.percentile(self.slowdown, 99)) if len(self.slowdown) else float("nan")
 
 
 class _State:
@@ -185,6 +201,7 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
     departures: list[tuple[float, int]] = []
     placement: dict[int, tuple[int, tuple[int, ...], float, float]] = {}
     latencies = np.zeros(len(pods))
+    slowdowns: list[float] = []
     misses = unscheduled = placed = 0
     gpu_milli_seconds = 0.0
     last_t, allocated = start, 0
@@ -205,6 +222,7 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
             achieved = state.progress[node] - progress0
             if achieved * (1.0 + models.DEADLINE_MARGIN) < expected - 1e-9:
                 misses += 1
+            slowdowns.append(_slowdown(expected, achieved))
         cluster.release(node, task, gpus)
         allocated -= task.total_gpu_milli
         state.change(node, now, -1, task.cpu_milli * usage.cpu[i],
@@ -243,8 +261,11 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
     for node in range(len(nodes)):
         state.advance(node, end)
     for node, _, began, progress0 in placement.values():  # still running: judged so far
-        if (state.progress[node] - progress0) * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9:
+        achieved = state.progress[node] - progress0
+        if achieved * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9:
             misses += 1
+        if end - began > 0:
+            slowdowns.append(_slowdown(end - began, achieved))
     span = max(end - start, 1e-9)
     idle_j = float(state.idle_w.sum()) * span
     return ReplayResult(
@@ -252,4 +273,10 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         tasks=len(pods), hotspot_node_minutes=float(state.hot_s.sum()) / 60.0,
         energy_kwh=float(state.energy_j.sum()) / 3.6e6, idle_energy_kwh=idle_j / 3.6e6,
         gpu_alloc_ratio=gpu_milli_seconds / span / max(cluster.gpu_capacity_milli, 1),
-        decision_ms=latencies, wall_s=time.perf_counter() - wall)
+        decision_ms=latencies, wall_s=time.perf_counter() - wall,
+        slowdown=np.array(slowdowns), load=speedup)
+
+
+def _slowdown(elapsed: float, achieved: float) -> float:
+    """Wall time over progress (>= 1; rates never exceed 1, so rounding is clipped)."""
+    return max(1.0, elapsed / achieved) if achieved > 0 else float("inf")
