@@ -165,6 +165,10 @@ class HotspotSettings(Struct):
     memory_metric: str = "memory_available_ratio"
     cores_metric: str = "cpu_cores"
     memory_total_metric: str = "memory_total_bytes"
+    score_with_pod: bool = False
+    """Score the CPU and memory terms on the node's usage plus this pod's requests (what the
+    node will look like with it, as Trimaran's TargetLoadPacking predicts), not on its usage
+    alone. Filter rules keep their own `with_pod` choice."""
 
 
 class Profile(Struct):

@@ -92,11 +92,13 @@ class CompiledProfile:
     """The filter rules on derived terms, checked after `checks` (see `FilterRule`)."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
+    score_with_pod: bool = False
+    """Score the CPU and memory terms with the pod's own requests added (`hotspot_cols` set)."""
 
     @property
     def per_pod(self) -> bool:
         """Whether results depend on the pod beyond its GPU flag (no shared baseline then)."""
-        return bool(self.derived) or bool(self.checks.with_pod.any())
+        return bool(self.derived) or bool(self.checks.with_pod.any()) or self.score_with_pod
 
 
 def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Sequence[str],
@@ -130,7 +132,7 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
     return CompiledProfile(name, w, np.where(gpu_only, 0.0, w), gpu_only, lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
-                           derived_rules, hot_cols)
+                           derived_rules, hot_cols, hot.score_with_pod and hot_cols is not None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +142,8 @@ class Evaluation:
     rows: IntArray
     """Row of each candidate in the table, -1 for nodes the table does not know."""
     values: FloatArray
-    """(k, m) values after hot-spot compensation."""
+    """(k, m) values after hot-spot compensation (and with the pod's own requests when
+    `own_included`)."""
     age_s: FloatArray
     """(k, m) seconds since the sample (NaN when none)."""
     fresh: BoolArray
@@ -155,6 +158,9 @@ class Evaluation:
     own: FloatArray | None = None
     """(k, m) change the pod's own requests would make to the values (hot-spot CPU and memory
     columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
+    own_included: bool = False
+    """Whether `values` already include `own` (the profile scores with the pod): rules without
+    `with_pod` then take it out again."""
 
     def take(self, indices: Sequence[int]) -> Evaluation:
         """The evaluation of the candidates at `indices` only, in that order."""
@@ -164,7 +170,8 @@ class Evaluation:
         return Evaluation(self.rows[i], self.values[i], self.age_s[i], self.fresh[i],
                           self.goodness[i], self.weights,
                           {term: g[i] for term, g in self.derived.items()}, self.derived_weights,
-                          self.scores[i], pending, None if self.own is None else self.own[i])
+                          self.scores[i], pending, None if self.own is None else self.own[i],
+                          self.own_included)
 
 
 def _shares(cpu_cores: float | FloatArray, memory_bytes: float | FloatArray, values: FloatArray,
@@ -201,6 +208,18 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
                                        compiled.hotspot_cols)
         values[:, cpu] += extra_cpu
         values[:, mem] -= extra_mem
+    own = None
+    if compiled.hotspot_cols is not None and (compiled.score_with_pod
+                                              or compiled.checks.with_pod.any()):
+        cpu, mem, _, _ = compiled.hotspot_cols
+        own = np.zeros_like(values)
+        own[:, cpu], own[:, mem] = _shares(pod.cpu_cores, pod.memory_bytes, values,
+                                           compiled.hotspot_cols)
+        own[:, mem] *= -1.0
+        if compiled.score_with_pod:
+            # What the node will look like with the pod: an idle node too small for it is no
+            # longer as good as an idle node that fits it easily.
+            values = values + own
     age = now - sampled
     fresh = ~np.isnan(values) & (age <= max_staleness_s)
     # |flip - g| is 1 - g where lower is better (flip = 1) and g elsewhere (flip = 0). Clipped
@@ -227,15 +246,8 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     scored = denominator > 0
     ratio = np.divide(numerator, denominator, out=np.zeros(len(rows)), where=scored)
     scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
-    own = None
-    if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
-        cpu, mem, _, _ = compiled.hotspot_cols
-        own = np.zeros_like(values)
-        own[:, cpu], own[:, mem] = _shares(pod.cpu_cores, pod.memory_bytes, values,
-                                           compiled.hotspot_cols)
-        own[:, mem] *= -1.0
     return Evaluation(rows, values, age, fresh, goodness, weights, derived, derived_weights,
-                      scores.astype(np.int64), pending, own)
+                      scores.astype(np.int64), pending, own, compiled.score_with_pod)
 
 
 @dataclass(frozen=True)
@@ -293,7 +305,9 @@ def _failures(checks: RuleChecks, ev: Evaluation) -> tuple[FloatArray, BoolArray
     """(k, rules) values checked, out-of-limit flags, and failures (incl. missing under reject)."""
     values, ok = ev.values[:, checks.columns], ev.fresh[:, checks.columns]
     if ev.own is not None:
-        values = values + ev.own[:, checks.columns] * checks.with_pod
+        # Rules with `with_pod` see the pod's requests, the others the node without them.
+        values = values + ev.own[:, checks.columns] * (checks.with_pod.astype(float)
+                                                       - float(ev.own_included))
     # Comparisons with NaN are False and do not warn.
     bad = ok & ((values > checks.above) | (values < checks.below))
     failed = bad | (~ok & checks.reject_missing & (ev.rows >= 0)[:, None])

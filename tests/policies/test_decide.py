@@ -104,7 +104,8 @@ def test_ranking_is_best_score_first_then_name(scores: list[int], rejected: list
 
 def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
     """The filter verdicts as the configuration reads: rule after rule, first failure wins; a
-    `with_pod` rule checks the value with the pod's requests added."""
+    `with_pod` rule checks the value with the pod's requests added, the others the value without
+    them (also when the profile scores with the pod)."""
     hot = s.profile(profile).hotspot
     units = {entry.name: entry.unit for entry in s.catalog}
     out: dict[str, str] = {}
@@ -119,6 +120,8 @@ def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
         mine = " with this pod" if rule.with_pod else ""
         for i, name in enumerate(names):
             value, fresh = float(ev.values[i, j]), bool(ev.fresh[i, j])
+            if ev.own_included:  # a profile scoring with the pod: its rules see the node as is
+                value -= float(ev.own[i, j])
             if name in out:
                 continue
             if rule.with_pod and rule.metric == hot.cpu_metric:
