@@ -32,6 +32,9 @@ DEFAULT_CONFIG = Path("config/extender.yaml")
 
 Direction = Literal["lower_is_better", "higher_is_better", "info"]
 MissingData = Literal["neutral", "reject"]
+"""What a filter rule does with a node lacking a fresh value: pass it, or fail it."""
+TermMissing = Literal["neutral", "worst", "reject"]
+"""What a score term does with a node lacking a fresh value (see `CacheSettings.missing_data`)."""
 UnknownNodes = Literal["neutral", "reject"]
 
 
@@ -42,7 +45,7 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 # --- metrics catalog --------------------------------------------------------------------------
 
 
-class CatalogEntry(Struct):
+class CatalogEntry(Struct, frozen=True):
     """One per-node signal: a PromQL instant vector with one series per node."""
 
     name: str
@@ -61,10 +64,40 @@ class CatalogEntry(Struct):
     """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
     gpu_only: bool = False
     """Scored only for pods that request `nvidia.com/gpu`."""
+    on_missing: TermMissing | None = None
+    """A node lacking a fresh value of this term (absent, stale, exporter down): `neutral` takes
+    the median of the nodes that have it, `worst` the least favourable value, `reject` also fails
+    the filter. Default: `cache.missing_data`. `neutral` suits signals only some nodes publish
+    (deadline sidecars)."""
     description: str = ""
 
 
-class NodeAliasSettings(Struct):
+class OwnerEntry(Struct, frozen=True):
+    """What a controller's running pods use: a PromQL vector with one series per
+    (namespace, owner_kind, owner_name), for the expected load of its new pods."""
+
+    name: str
+    query: str
+    resource: Literal["cpu", "memory"]
+    """`cpu` in cores, `memory` in bytes."""
+    description: str = ""
+
+
+class EstimateSettings(Struct, frozen=True):
+    """The expected load of a pod not yet measured (hot-spot compensation, `with_pod` rules):
+    per resource the larger of its requests and what its siblings (same controller) use, capped
+    by its limits; these defaults for a pod without requests (Koordinator uses the same)."""
+
+    enabled: bool = True
+    default_cpu_cores: float = 0.25
+    default_memory_bytes: float = 209715200.0
+    """200 MiB."""
+    window: str = "10m"
+    """Substituted for `$estimate_window` in the `owners` queries: how far back siblings' use is
+    looked at (their p90 over it)."""
+
+
+class NodeAliasSettings(Struct, frozen=True):
     """Maps exporter identities (IP addresses) to node names, from kube-state-metrics."""
 
     query: str = "kube_node_info"
@@ -75,7 +108,7 @@ class NodeAliasSettings(Struct):
 # --- sections -----------------------------------------------------------------------------------
 
 
-class ServerSettings(Struct):
+class ServerSettings(Struct, frozen=True):
     url_prefix: str = ""
     """Path prefix of the verbs, the path part of kube-scheduler's `urlPrefix` (e.g. `/scheduler`)."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -96,7 +129,7 @@ class ServerSettings(Struct):
     tls_key_file: str | None = None
 
 
-class PrometheusSettings(Struct):
+class PrometheusSettings(Struct, frozen=True):
     url: str = "http://prometheus-operated.monitoring:9090"
     query_timeout_s: float = 2.0
     """Per query. Refreshes run off the request path, so this may exceed the scheduler's
@@ -109,25 +142,32 @@ class PrometheusSettings(Struct):
     headers: dict[str, str] = {}
 
 
-class CacheSettings(Struct):
+class CacheSettings(Struct, frozen=True):
     refresh_interval_s: float = 15.0
     """One query per catalog entry per interval, for all nodes at once."""
     max_staleness_s: float = 90.0
     """Older values count as missing: scrape (30 s for dcgm) + refresh + two misses of margin."""
-    missing_data: MissingData = "neutral"
-    """`neutral`: a missing or stale term is dropped and the remaining weights renormalised; a node
-    with no fresh term gets `missing_score`. `reject`: filter fails a node missing a filtered or
-    weighted metric."""
+    missing_data: TermMissing = "worst"
+    """Default for a weighted term a node lacks (absent, stale, its exporter down), per catalog
+    entry `on_missing`: `worst` counts the least favourable value, `neutral` the median of the
+    nodes that have a fresh value (all nodes of the table, so a node's score does not depend on
+    which other candidates kube-scheduler sampled), `reject` also fails the filter. The weights
+    are never renormalised over the terms a node happens to have: missing data never wins. Filter
+    rules on a missing value pass unless their `on_missing` (or this) is `reject`."""
     missing_score: int = 0
-    """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+    """Score of a node with no fresh weighted term at all: never preferred over a known node."""
     rate_window: str = "1m"
     """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
+    push_max_age_s: float = 120.0
+    """Substituted for `$push_max_age` in catalog queries: Pushgateway groups whose last push
+    (`push_time_seconds`) is older count as absent, so the value of a sidecar killed without
+    deleting its group ages out. Several push intervals (sidecar default 10 s) plus a scrape."""
     refresh_in_child: bool = True
     """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
 
 
-class FilterRule(Struct):
+class FilterRule(Struct, frozen=True):
     """Reject a node when `metric` is above `above` or below `below`.
 
     `metric` may be a derived term (`gpu_fragmentation`, `gpu_packing`): its goodness (0..1) is
@@ -145,15 +185,16 @@ class FilterRule(Struct):
     reason: str | None = None
     """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
     on_missing: MissingData | None = None
-    """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
-    Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
+    """Missing or stale value: `neutral` passes, `reject` fails (default: `reject` when
+    cache.missing_data is `reject`, else `neutral`). Set `neutral` for signals that only some
+    nodes publish (e.g. deadline sidecars)."""
     with_pod: bool = False
     """Check the value the node would show with this pod's requests added (its CPU cores over the
     node's cores, its memory over the node's total): "would this pod make the node hot", not
     "is it hot already". Only for the profile's hot-spot CPU and memory metrics."""
 
 
-class HotspotSettings(Struct):
+class HotspotSettings(Struct, frozen=True):
     """Counts recent placements as load until the node's metrics can show them."""
 
     enabled: bool = True
@@ -171,7 +212,7 @@ class HotspotSettings(Struct):
     alone. Filter rules keep their own `with_pod` choice."""
 
 
-class Profile(Struct):
+class Profile(Struct, frozen=True):
     """A named policy: filter thresholds and score weights."""
 
     description: str = ""
@@ -181,7 +222,7 @@ class Profile(Struct):
     hotspot: HotspotSettings = HotspotSettings()
 
 
-class PolicySettings(Struct):
+class PolicySettings(Struct, frozen=True):
     default: str = "metrics-aware"
     policy_annotation: str = "extract.io/policy"
     """Pod annotation naming a profile for that pod."""
@@ -190,7 +231,7 @@ class PolicySettings(Struct):
     profiles: dict[str, Profile] = {}
 
 
-class ReferencePod(Struct):
+class ReferencePod(Struct, frozen=True):
     """The pod whose score /api/v1/nodes shows for every node."""
 
     cpu_cores: float = 1.0
@@ -198,7 +239,7 @@ class ReferencePod(Struct):
     gpus: int = 0
 
 
-class MonitoringSettings(Struct):
+class MonitoringSettings(Struct, frozen=True):
     """The Monitoring API (/api/v1)."""
 
     reference_pod: ReferencePod = ReferencePod()
@@ -215,7 +256,36 @@ class MonitoringSettings(Struct):
     result_cache_size: int = 256
 
 
-class Settings(Struct):
+class InformerSettings(Struct, frozen=True):
+    """The pod informer: every pod bound to a node, from the API server (list + watch)."""
+
+    enabled: bool = False
+    """Off by default so that local runs need no cluster; the manifests turn it on."""
+    kubeconfig: str | None = None
+    """None: the in-cluster service account, else $KUBECONFIG or ~/.kube/config. A path: that file."""
+    namespace: str = ""
+    """Watch one namespace only ("" = all namespaces, which needs a ClusterRole)."""
+    label_selector: str = ""
+    """Only pods matching this label selector (e.g. `team=ml,tier!=batch`); "" = all."""
+    field_selector: str = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+    """Server-side filter. The default sends only bound, unfinished pods: pods that finish or
+    are deleted arrive as DELETED events, and pending pods cost nothing."""
+    page_size: int = 500
+    """Pods per list page: a relist of 50 000 pods is 100 requests of bounded size."""
+    watch_timeout_s: float = 300.0
+    """The API server ends each watch after this long; the informer resumes from the last
+    resourceVersion (no relist)."""
+    resync_interval_s: float = 0.0
+    """Relist everything this often to repair any drift (0 = only after 410 Gone)."""
+    request_timeout_s: float = 10.0
+    """Connect timeout, and read timeout of one list page."""
+    backoff_min_s: float = 0.5
+    """First wait after a failed list or watch; doubled per consecutive failure (with jitter)."""
+    backoff_max_s: float = 30.0
+    """Longest wait between attempts while the API server is unreachable."""
+
+
+class Settings(Struct, frozen=True):
     """The extender's whole configuration."""
 
     server: ServerSettings = ServerSettings()
@@ -226,8 +296,12 @@ class Settings(Struct):
     """Relative to the settings file."""
     catalog: tuple[CatalogEntry, ...] = ()
     """Filled from `catalog_file` by load_settings()."""
+    owner_catalog: tuple[OwnerEntry, ...] = ()
+    """The catalog file's `owners` entries, filled by load_settings()."""
+    estimate: EstimateSettings = EstimateSettings()
     policy: PolicySettings = PolicySettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    informer: InformerSettings = InformerSettings()
     source: str = "<defaults>"
     """The file these settings came from (for messages)."""
 
@@ -346,31 +420,48 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     data = merge(read_yaml(path), env_overrides(environ, ENV_PREFIX, Settings.__struct_fields__))
     if overrides:
         data = merge(data, overrides)
-    if "catalog" in data or "source" in data:
+    if "catalog" in data or "owner_catalog" in data or "source" in data:
         raise ConfigError(f"{path}: catalog: set `catalog_file` to a catalog YAML, not `catalog`")
     settings = convert(data, Settings, str(path))
     catalog_path = (path.parent / settings.catalog_file).resolve()
     if not _DURATION.match(settings.cache.rate_window):
         raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
                           f"30s, got {settings.cache.rate_window!r}")
-    catalog = tuple(msgspec.structs.replace(e, query=e.query.replace("$rate_window",
-                                                                     settings.cache.rate_window))
-                    for e in _load_catalog(catalog_path))
-    settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
+    if not _DURATION.match(settings.estimate.window):
+        raise ConfigError(f"{path}: estimate.window: expected a PromQL duration such as 10m, got "
+                          f"{settings.estimate.window!r}")
+    params = {"$rate_window": settings.cache.rate_window,
+              "$push_max_age": f"{settings.cache.push_max_age_s:g}",
+              "$estimate_window": settings.estimate.window}
+    metrics, owners = _load_catalog(catalog_path)
+    catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
+                    for e in metrics)
+    owner_catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
+                          for e in owners)
+    settings = msgspec.structs.replace(settings, catalog=catalog, owner_catalog=owner_catalog,
+                                       source=str(path))
     validate(settings)
     return settings
 
 
-class _CatalogFile(Struct):
+def _substitute(query: str, params: Mapping[str, str]) -> str:
+    for name, value in params.items():
+        query = query.replace(name, value)
+    return query
+
+
+class _CatalogFile(Struct, frozen=True):
     metrics: tuple[CatalogEntry, ...]
+    owners: tuple[OwnerEntry, ...] = ()
 
 
-def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
+def _load_catalog(path: Path) -> tuple[tuple[CatalogEntry, ...], tuple[OwnerEntry, ...]]:
     data = read_yaml(path)
     # The monitoring API reads its own sections of the same file.
-    data = {"metrics": data.get("metrics", [])}
-    catalog = convert(data, _CatalogFile, str(path)).metrics
-    names = [entry.name for entry in catalog]
+    data = {"metrics": data.get("metrics", []), "owners": data.get("owners", [])}
+    parsed = convert(data, _CatalogFile, str(path))
+    catalog, owners = parsed.metrics, parsed.owners
+    names = [entry.name for entry in catalog] + [entry.name for entry in owners]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{path}: metrics: duplicate names {', '.join(duplicates)}")
@@ -380,7 +471,7 @@ def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
             raise ConfigError(f"{path}: metrics.{i}.range: expected min < max, got {entry.range}")
         if not entry.node_labels:
             raise ConfigError(f"{path}: metrics.{i}.node_labels: must name at least one label")
-    return catalog
+    return catalog, owners
 
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
@@ -400,6 +491,9 @@ def validate(settings: Settings) -> None:
     """Cross-field checks that types alone cannot express; ConfigError on the first problem."""
     src = settings.source
     known = {entry.name for entry in settings.catalog}
+    require_positive(src, {"estimate.default_cpu_cores": settings.estimate.default_cpu_cores,
+                           "estimate.default_memory_bytes": settings.estimate.default_memory_bytes,
+                           "cache.push_max_age_s": settings.cache.push_max_age_s})
     profiles = settings.policy.profiles
     if settings.policy.default not in profiles:
         raise ConfigError(
@@ -447,6 +541,59 @@ def validate(settings: Settings) -> None:
     prefix = settings.server.url_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")
+    validate_informer(src, settings.informer)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_FIELD_TERM = re.compile(r"^[A-Za-z0-9.]+(=|==|!=)[^,=!]*$")
+_LABEL_KEY = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_LABEL_TERM = re.compile(
+    rf"^\s*(!?{_LABEL_KEY}|{_LABEL_KEY}\s*(=|==|!=)\s*{_LABEL_VALUE}"
+    rf"|{_LABEL_KEY}\s+(in|notin)\s+\(\s*{_LABEL_VALUE}(\s*,\s*{_LABEL_VALUE})*\s*\))\s*$")
+
+
+def _selector_terms(selector: str) -> list[str]:
+    """Split a selector at the commas outside `in (...)` sets."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(selector):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    return terms
+
+
+def validate_informer(src: str, informer: InformerSettings) -> None:
+    """The informer's keys: positive durations, ordered backoff, selectors the API server accepts.
+
+    Selectors are checked here so that a typo fails at startup, not as a 400 on every relist."""
+    where = f"{src}: informer"
+    require_positive(src, {
+        "informer.watch_timeout_s": informer.watch_timeout_s,
+        "informer.request_timeout_s": informer.request_timeout_s,
+        "informer.backoff_min_s": informer.backoff_min_s,
+        "informer.page_size": informer.page_size,
+    })
+    if informer.backoff_max_s < informer.backoff_min_s:
+        raise ConfigError(f"{where}.backoff_max_s: expected >= backoff_min_s ({informer.backoff_min_s}), "
+                          f"got {informer.backoff_max_s}")
+    if informer.resync_interval_s < 0:
+        raise ConfigError(f"{where}.resync_interval_s: expected >= 0 (0 = never), got "
+                          f"{informer.resync_interval_s}")
+    if informer.namespace and not _DNS_LABEL.match(informer.namespace):
+        raise ConfigError(f"{where}.namespace: {informer.namespace!r} is not a namespace name")
+    if informer.field_selector:
+        for term in _selector_terms(informer.field_selector):
+            if not _FIELD_TERM.match(term.strip()):
+                raise ConfigError(f"{where}.field_selector: {term!r} is not `field=value`, "
+                                  f"`field==value` or `field!=value`")
+    if informer.label_selector:
+        for term in _selector_terms(informer.label_selector):
+            if not _LABEL_TERM.match(term):
+                raise ConfigError(f"{where}.label_selector: {term!r} is not a label selector term "
+                                  f"(key, !key, key=value, key!=value, key in (a,b), key notin (a,b))")
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -8,20 +8,46 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from flask import Flask
 
-from extender.metrics.prometheus import Sample
+from extender.metrics.prometheus import MetricsSource, Sample
 from extender.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
-FIXTURES = REPO.parent / "shared" / "fixtures" / "kube-scheduler"
-OPENB = REPO.parent / "shared" / "traces" / "openb"
-"""The OpenB trace, beside the repository as CI and developers have it."""
+FIXTURES = REPO / "data" / "kube-scheduler"
+"""Requests recorded from a real kube-scheduler (see the folder's README)."""
+OPENB = REPO / "data" / "openb"
+"""The OpenB trace (see the folder's README for its source and licence)."""
 
 
 def settings(**sections: Mapping[str, Any]) -> Settings:
     """The shipped default settings with `sections` deep-merged over them."""
     return load_settings(CONFIG, environ={}, overrides=sections)
+
+
+def app_for(s: Settings, source: MetricsSource | None = None, **options: Any) -> Flask:
+    """The webhook app over `source` (default: the Prometheus of `s`), as `extender serve`
+    builds it: the monitoring catalog loaded from the settings, one collector."""
+    from extender.metrics.cache import Fetcher, collector_for
+    from extender.monitoring.catalog import load_for
+    from extender.server import create_app
+
+    collector = collector_for(s) if source is None else Fetcher(s, source)
+    return create_app(s, load_for(s), collector, **options)
+
+
+def sample(exposition: str | bytes, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` in a Prometheus text exposition (parsed with
+    prometheus_client's parser, so a malformed page fails the test), None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
 
 
 def replace(s: Settings, **fields: Any) -> Settings:
@@ -37,7 +63,7 @@ class StaticSource:
 
     def __init__(self, s: Settings, values: Mapping[str, Mapping[str, float]],
                  nodes: list[str] | None = None) -> None:
-        self.by_query = {entry.query: entry.name for entry in s.catalog}
+        self.by_query = {entry.query: entry.name for entry in (*s.catalog, *s.owner_catalog)}
         self.alias_query = s.node_aliases.query
         self.values = {k: dict(v) for k, v in values.items()}
         self.nodes = nodes if nodes is not None else sorted({n for v in values.values() for n in v})
@@ -56,6 +82,28 @@ class StaticSource:
                     for i, n in enumerate(self.nodes)]
         metric = self.by_query[promql]
         return [Sample({"node": n}, v, t) for n, v in self.values.get(metric, {}).items()]
+
+
+class RecordingBinder:
+    """The webhook's Binder for tests without a cluster: records binds, and reads back the pods
+    a test put in `pods` (as the API server would hold them)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str]] = []
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def bound(self) -> list[str]:
+        return [node for *_, node in self.calls]
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        self.calls.append((namespace, name, uid, node))
+
+    def read(self, namespace: str, name: str) -> Any:
+        from extender import protocol as wire
+
+        pod = self.pods.get((namespace, name))
+        return None if pod is None else wire.decode(json.dumps(pod).encode(), wire.Pod)
 
 
 def fixture(name: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import threading
@@ -28,9 +29,9 @@ from typing import Protocol
 import numpy as np
 
 from extender.errors import MetricsError, PrometheusUnreachable
-from extender.metrics.catalog import NodeResolver
-from extender.metrics.prometheus import MetricsSource, Sample
-from extender.policies.model import Allocation, FloatArray, NodeTable
+from extender.metrics.identity import NodeResolver
+from extender.metrics.prometheus import MetricsSource, PrometheusSource, Sample
+from extender.policies.model import Allocation, FloatArray, NodeTable, OwnerKey, OwnerUsage
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,9 @@ class Fetcher:
                 errors[entry.name] = f"Prometheus unreachable: {exc}"
             except MetricsError as exc:
                 errors[entry.name] = str(exc)
-        self.table, unmatched = build_table(self.settings, results, self.resolver, at, self.table)
+        table, unmatched = build_table(self.settings, results, self.resolver, at, self.table)
+        owners = self._owners(at, reachable, errors, results)
+        self.table = dataclasses.replace(table, owners=owners) if owners is not None else table
         self.kubernetes_nodes = len(known)
         status = RefreshStatus(
             started_at=at, prometheus_up=reachable, errors=errors,
@@ -229,6 +232,37 @@ class Fetcher:
             unmatched=unmatched, kubernetes_nodes=len(known))
         return self.table, status
 
+
+    def _owners(self, at: float, reachable: bool, errors: dict[str, str],
+                results: dict[str, list[Sample]]) -> OwnerUsage | None:
+        """What each controller's pods use, from the catalog's `owners` entries; a failed query
+        keeps the previous values of its resource (None: no such entries)."""
+        entries = self.settings.owner_catalog
+        if not entries:
+            return None
+        previous = self.table.owners or OwnerUsage()
+        found = {"cpu": dict(previous.cpu_cores), "memory": dict(previous.memory_bytes)}
+        for entry in entries:
+            if not reachable:
+                errors[entry.name] = "skipped: Prometheus unreachable"
+                continue
+            try:
+                samples = self.source.query(entry.query, at)
+            except MetricsError as exc:
+                errors[entry.name] = str(exc)
+                continue
+            results[entry.name] = samples
+            usage: dict[OwnerKey, float] = {}
+            for sample in samples:
+                key = tuple(sample.labels.get(label, "") for label in OWNER_LABELS)
+                if all(key) and sample.value == sample.value:
+                    usage[(key[0], key[1], key[2])] = sample.value
+            found[entry.resource] = usage
+        return OwnerUsage(cpu_cores=found["cpu"], memory_bytes=found["memory"])
+
+
+OWNER_LABELS = ("namespace", "owner_kind", "owner_name")
+"""The labels an `owners` catalog query must keep: they name the controller."""
 
 _child: Fetcher | None = None  # the collector of a ChildFetcher's process
 
@@ -274,17 +308,22 @@ class ChildFetcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def collector_for(settings: Settings,
+                  source_factory: Callable[[], MetricsSource] | None = None) -> TableCollector:
+    """The production collector: the settings' Prometheus (or `source_factory()`), refreshed in a
+    child process when `cache.refresh_in_child` is set (the factory must then be picklable)."""
+    factory = source_factory or functools.partial(PrometheusSource, settings.prometheus)
+    if settings.cache.refresh_in_child:
+        return ChildFetcher(settings, factory)
+    return Fetcher(settings, factory())
+
+
 class MetricsCache:
     """Holds the current Snapshot and refreshes it in a background thread."""
 
-    def __init__(self, settings: Settings, source: MetricsSource | None = None, *,
-                 fetcher: TableCollector | None = None,
+    def __init__(self, settings: Settings, fetcher: TableCollector, *,
                  clock: Callable[[], float] = time.time,
                  on_refresh: Callable[[Snapshot], None] | None = None) -> None:
-        if fetcher is None:
-            if source is None:
-                raise ValueError("MetricsCache needs a source or a fetcher")
-            fetcher = Fetcher(settings, source)
         self.settings = settings
         self.fetcher = fetcher
         self.clock = clock

@@ -84,10 +84,10 @@ def api_client_for(kubeconfig: str | None) -> ApiClient:
 
     try:
         if kubeconfig:
-            client: ApiClient = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            client: ApiClient = config.new_client_from_config(config_file=kubeconfig)
             return client
         configuration = Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)
         return ApiClient(configuration)
     except (config.ConfigException, OSError) as exc:
         where = kubeconfig or "in-cluster service account"

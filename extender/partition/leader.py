@@ -98,9 +98,9 @@ def run_elected(
         lost.set()
         stop.set()
 
-    lock = LeaseLock(leader.lease_name, namespace, identity)  # type: ignore[no-untyped-call]
+    lock = LeaseLock(leader.lease_name, namespace, identity)
     lock.api_instance = CoordinationV1Api(api_client)
-    config = electionconfig.Config(  # type: ignore[no-untyped-call]
+    config = electionconfig.Config(
         lock,
         lease_duration=leader.lease_duration_s,
         renew_deadline=leader.renew_deadline_s,

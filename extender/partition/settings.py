@@ -24,7 +24,7 @@ ENV_PREFIX = "PARTITION_"
 DEFAULT_CONFIG = Path("config/partition.yaml")
 
 
-class EligibilitySettings(Struct):
+class EligibilitySettings(Struct, frozen=True):
     """Which nodes get a worker."""
 
     node_selector: dict[str, str] = {}
@@ -44,7 +44,7 @@ class EligibilitySettings(Struct):
     """Taint keys (NoSchedule or NoExecute effect) that exclude a node, e.g. `maintenance`."""
 
 
-class SizingSettings(Struct):
+class SizingSettings(Struct, frozen=True):
     """How big each worker is, as fractions of its node's allocatable resources."""
 
     container: str = "worker"
@@ -58,7 +58,7 @@ class SizingSettings(Struct):
     """Limits equal to requests (Guaranteed QoS). GPUs always get limit = request."""
 
 
-class RolloutSettings(Struct):
+class RolloutSettings(Struct, frozen=True):
     """How changes and failures are rolled out."""
 
     max_unavailable: int = 1
@@ -71,7 +71,7 @@ class RolloutSettings(Struct):
     """Grace period for deletions; None keeps the pod's own terminationGracePeriodSeconds."""
 
 
-class LeaderSettings(Struct):
+class LeaderSettings(Struct, frozen=True):
     """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace."""
 
     enabled: bool = True
@@ -84,7 +84,7 @@ class LeaderSettings(Struct):
     """Default: $POD_NAME, then the host name."""
 
 
-class PartitionSettings(Struct):
+class PartitionSettings(Struct, frozen=True):
     """The partition controller's whole configuration."""
 
     namespace: str = "extract"
