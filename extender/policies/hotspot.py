@@ -263,7 +263,7 @@ class Ledger:
         settle = self.settle_s if settle_s is None else settle_s
         with self._lock:
             for node, log in self._by_node.items():
-                if log.times[-1] < horizon:
+                if not log.times or log.times[-1] < horizon:
                     continue  # every placement left the window: nothing pending
                 i = position(node)
                 if i is not None and i >= 0:
