@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "partition": ("extender.partition.cli", "run the partition controller"),
     "sidecar": ("extender.sidecar.cli", "run the deadline sidecar next to a worker"),
     "simulate": ("extender.sim.cli", "run the trace-driven simulator"),
+    "learn": ("extender.learning.cli", "train the model of the `learned` score term"),
 }
 
 

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from extender.policies import fragmentation
 from extender.policies.hotspot import Ledger, Pending
+from extender.policies.learned import learned_term_for, uses_learned
 from extender.policies.model import (
     EstimateDefaults,
     IntArray,
@@ -44,7 +45,7 @@ from extender.policies.scoring import (
     evaluate,
     rejections,
 )
-from extender.settings import DERIVED_TERMS, Settings
+from extender.settings import DERIVED_TERMS, LEARNED_TERM, Settings
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,8 @@ class Engine:
         # simulator passes the terms of its own trace's workload.
         self.derived_terms = dict(fragmentation.DERIVED_TERMS if derived_terms is None
                                   else derived_terms)
+        if LEARNED_TERM not in self.derived_terms and uses_learned(settings):
+            self.derived_terms[LEARNED_TERM] = learned_term_for(settings)
         self._compiled: dict[tuple[object, ...], CompiledProfile] = {}
         self._baselines: dict[tuple[str, bool], _Baseline] = {}
 

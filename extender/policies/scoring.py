@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from extender.policies.hotspot import Pending
 from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
-from extender.settings import DERIVED_TERMS, FilterRule, Profile, Settings
+from extender.settings import DERIVED_TERMS, LEARNED_TERM, FilterRule, Profile, Settings
 
 BoolArray = npt.NDArray[np.bool_]
 MAX_SCORE = 10  # k8s.io/kube-scheduler/extender/v1 MaxExtenderPriority
@@ -105,6 +106,9 @@ class CompiledProfile:
     """(m,) columns whose missing values take the table's median (else the worst value)."""
     reject_missing: BoolArray
     """(m,) weighted columns whose missing values also fail the filter."""
+    notes: Mapping[str, str] = field(default_factory=dict)
+    """Metric or derived term -> what its value is, when it is no plain reading (a risk
+    aggregate and its parameters, a learned model), for explanations."""
     score_with_pod: bool = False
     """Score the CPU and memory terms with the pod's own requests added (`hotspot_cols` set)."""
 
@@ -146,11 +150,16 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
                      (hot.cpu_metric, hot.memory_metric, hot.cores_metric, hot.memory_total_metric))
         if min(cols) >= 0:
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
+    notes = {entry.name: entry.risk.describe() for entry in settings.catalog
+             if entry.risk is not None and entry.name in column}
+    if LEARNED_TERM in derived and settings.policy.learned_model:
+        notes[LEARNED_TERM] = (f"learned model {Path(settings.policy.learned_model).name}: "
+                               "1 - P(deadline miss) of this pod on the node, over the model's scale")
     return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
                            lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
                            derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
-                           reject & (w > 0),
+                           reject & (w > 0), notes,
                            score_with_pod=hot.score_with_pod and hot_cols is not None)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import heapq
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,9 +181,12 @@ def compress(pods: Pods, speedup: float) -> Pods:
 
 
 def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
-               speedup: float = 1.0) -> ReplayResult:
+               speedup: float = 1.0,
+               on_task_end: Callable[[int, float, bool], None] | None = None) -> ReplayResult:
     """Replay `pods` on `nodes` under `policy` (arrivals `speedup` times denser, see `compress`);
-    deterministic for a given seed."""
+    deterministic for a given seed. `on_task_end(pod index, slowdown, missed)` is told the
+    outcome of every placed task (when it ends, or at the end of the replay for those still
+    running; slowdown = elapsed / progress achieved, 1 without contention)."""
     if not pods.has_times:
         raise TraceError("the replay needs creation_time and deletion_time for every pod "
                          "(this pod list has none; use the saturation experiment)")
@@ -218,11 +222,15 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         account(now)
         state.advance(node, now)
         expected = now - began
+        missed = False
         if expected > 0:
             achieved = state.progress[node] - progress0
             if achieved * (1.0 + models.DEADLINE_MARGIN) < expected - 1e-9:
                 misses += 1
+                missed = True
             slowdowns.append(_slowdown(expected, achieved))
+            if on_task_end is not None:
+                on_task_end(i, expected / max(achieved, 1e-9), missed)
         cluster.release(node, task, gpus)
         allocated -= task.total_gpu_milli
         state.change(node, now, -1, task.cpu_milli * usage.cpu[i],
@@ -260,12 +268,14 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
     account(end)
     for node in range(len(nodes)):
         state.advance(node, end)
-    for node, _, began, progress0 in placement.values():  # still running: judged so far
+    for i, (node, _, began, progress0) in placement.items():  # still running: judged so far
         achieved = state.progress[node] - progress0
-        if achieved * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9:
-            misses += 1
-        if end - began > 0:
+        late = achieved * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9
+        misses += late
+        if end > began:
             slowdowns.append(_slowdown(end - began, achieved))
+            if on_task_end is not None:
+                on_task_end(i, (end - began) / max(achieved, 1e-9), late)
     span = max(end - start, 1e-9)
     idle_j = float(state.idle_w.sum()) * span
     return ReplayResult(
