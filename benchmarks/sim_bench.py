@@ -56,9 +56,11 @@ NOT_SWEPT = ("random", "best-fit", "dot-product", "gpu-packing", "gpu-clustering
 
 
 def sweep_policies(settings: Settings) -> list[str]:
-    """kube-default, FGD, then every other name the simulator knows: picks up new policies."""
+    """kube-default, the default profile, then every other name the simulator knows (FGD, the
+    other profiles, any policy added since): picks up new policies without code changes."""
     names = [n for n in registry.names(settings) if n not in NOT_SWEPT]
-    return ["kube-default", "fgd", *[n for n in names if n not in ("kube-default", "fgd")]]
+    first = ["kube-default", settings.policy.default]
+    return [*first, *[n for n in names if n not in first]]
 
 
 def kind(name: str, settings: Settings) -> str:
@@ -94,13 +96,16 @@ def main() -> int:
                         help="pod lists of the sweep (openb_pod_list_NAME.csv)")
     parser.add_argument("--policies", default="",
                         help="sweep only these policies (default: see sweep_policies)")
+    parser.add_argument("--first", type=int, default=0,
+                        help="sweep only the first N pods of each list by arrival (a time "
+                             "window from the first arrival; 0: the whole list)")
     args = parser.parse_args()
     if not args.no_sweep:
         settings = load_settings(args.config)
         policies = ([p for p in args.policies.split(",") if p] if args.policies
                     else sweep_policies(settings))
         sweep(settings, policies, [float(x) for x in args.loads.split(",")], args.sweep_seeds,
-              [x for x in args.lists.split(",") if x])
+              [x for x in args.lists.split(",") if x], args.first)
     if args.sweep_only:
         return 0
     gpu_nodes = TRACE / "openb_node_list_gpu_node.csv"
@@ -194,9 +199,27 @@ def main() -> int:
     return 0
 
 
+def first_pods(source: Path, count: int, out: Path) -> Path:
+    """The first `count` pods of `source` by creation time, as a pod list CSV in `out`."""
+    import csv
+
+    with source.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = sorted(reader, key=lambda r: float(r["creation_time"]))[:count]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"first{count}-{source.name}"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def sweep(settings: Settings, policies: Sequence[str], loads: Sequence[float], seeds: int,
-          lists: Sequence[str]) -> None:
-    """Run the load sweep on each pod list and write section `simulation-sweep`."""
+          lists: Sequence[str], first: int = 0) -> None:
+    """Run the load sweep on each pod list (its `first` pods only, when > 0) and write section
+    `simulation-sweep`."""
     all_nodes = TRACE / "openb_node_list_all_node.csv"
     parts = [
         f"Replay on all 1523 nodes, every policy at every load (arrival speed-up; durations "
@@ -205,29 +228,45 @@ def sweep(settings: Settings, policies: Sequence[str], loads: Sequence[float], s
         "by seed. Kinds: deterministic = the default profile (weighted metrics), heuristic = "
         "the other profiles, FGD and kube-default, learned = any policy using a trained model.",
     ]
+    if first:
+        parts.append(f"**A slice of the trace**: only the first {first} pods of each list by "
+                     "arrival (a time window from the first arrival), not the whole list; "
+                     "figures are for that window.")
     kinds = {p: kind(p, settings) for p in policies}
+    done: list[str] = []
     for name in lists:
         pods = TRACE / f"openb_pod_list_{name}.csv"
+        if first:
+            pods = first_pods(pods, first, OUT / "slices")
         rows: list[SummaryRow] = []
         timing = []
+        out = OUT / f"sweep-{name}"
         for policy in policies:
             start = time.perf_counter()
             outcome = simulate(all_nodes, pods, "replay", [policy], seeds, settings=settings,
                                loads=loads, progress=print)
             timing.append([policy, f"{time.perf_counter() - start:.0f}"])
             rows.extend(outcome.rows)
-        out = OUT / f"sweep-{name}"
-        write_summary(rows, out / "summary.csv")
+            write_summary(rows, out / "summary.csv")
+            headers, table = comparison(rows, "kube-default", kinds)
+            # Written after every policy: a sweep cut short still leaves what it measured.
+            current = [f"### Pod list `{name}`", markdown_table(headers, table),
+                       "Wall time of the whole sweep per policy (all loads and seeds, s): "
+                       + ", ".join(f"{p} {t}" for p, t in timing) + ".",
+                       f"Plots (one per metric against load) and per-seed CSV: `{out}/`."]
+            _write_sweep(lists, [*parts, *done, *current])
         plot_sweep(rows, out)
-        headers, table = comparison(rows, "kube-default", kinds)
-        print_table(rows, f"load sweep: {name}", (headers, table))
-        parts += [f"### Pod list `{name}`", markdown_table(headers, table),
-                  "Wall time of the whole sweep per policy (all loads and seeds, s): "
-                  + ", ".join(f"{p} {t}" for p, t in timing) + ".",
-                  f"Plots (one per metric against load) and per-seed CSV: `{out}/`."]
-    parts.append(SWEEP_NOTES)
-    path = write_section("simulation-sweep", "Load sweep and comparison (OpenB replay)",
-                         "python -m benchmarks.sim_bench --sweep-only", "\n\n".join(parts))
+        print_table(rows, f"load sweep: {name}", comparison(rows, "kube-default", kinds))
+        done += current
+
+
+def _write_sweep(lists: Sequence[str], parts: list[str]) -> None:
+    """Section `simulation-sweep` (for the shipped lists; else one named after `lists`)."""
+    name = ("simulation-sweep" if tuple(lists) == SWEEP_LISTS
+            else "simulation-sweep-" + "-".join(lists))
+    path = write_section(name, f"Load sweep and comparison (OpenB replay: {', '.join(lists)})",
+                         "python -m benchmarks.sim_bench --sweep-only --lists "
+                         + ",".join(lists), "\n\n".join([*parts, SWEEP_NOTES]))
     print(f"wrote {path}")
 
 
