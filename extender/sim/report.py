@@ -66,6 +66,16 @@ def write_summary(rows: Sequence[SummaryRow], path: Path) -> Path:
     return path
 
 
+def read_summary(path: Path) -> list[SummaryRow]:
+    """The rows `write_summary` wrote (empty cells back to NaN)."""
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            num = [float(row[k]) if row.get(k) else NAN for k in SUMMARY_COLUMNS[2:]]
+            out.append(SummaryRow(row["policy"], int(row["seed"]), *num))
+    return out
+
+
 def by_policy(rows: Sequence[SummaryRow]) -> dict[str, list[SummaryRow]]:
     """Rows grouped by policy, in first-seen order."""
     out: dict[str, list[SummaryRow]] = {}
