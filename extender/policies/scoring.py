@@ -117,6 +117,12 @@ class CompiledProfile:
         """Whether results depend on the pod beyond its GPU flag (no shared baseline then)."""
         return bool(self.derived) or bool(self.checks.with_pod.any()) or self.score_with_pod
 
+    @property
+    def per_pod_scores_only(self) -> bool:
+        """Whether only the scores depend on the pod (`score_with_pod` without pod-specific
+        rules or terms): the verdicts can still come from a shared baseline."""
+        return self.score_with_pod and not self.derived and not self.checks.with_pod.any()
+
 
 def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Sequence[str],
                     weights: Mapping[str, float] | None = None) -> CompiledProfile:

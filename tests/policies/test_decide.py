@@ -83,13 +83,15 @@ def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
     assert engine.compiled("gpu", table.metrics, None).per_pod
     engine.decide(pod, table, NODES, NOW)
     assert engine._baselines == {}
-    # The default profile scores with the pod's own requests (`score_with_pod`): per pod too.
-    assert engine.compiled(s.policy.default, table.metrics, None).per_pod
-    engine.decide(PodDemand(namespace="ns", name="c", cpu_cores=1), table, NODES, NOW)
-    assert engine._baselines == {}
-    engine.decide(PodDemand(namespace="ns", name="c", cpu_cores=1, policy="power"), table,
-                  NODES, NOW)
-    assert engine._baselines  # the power profile does build one
+    # The default profile scores with the pod's own requests (`score_with_pod`): its scores are
+    # per pod, its verdicts (rules on the node without the pod) still come from a baseline.
+    compiled = engine.compiled(s.policy.default, table.metrics, None)
+    assert compiled.per_pod and compiled.per_pod_scores_only
+    pod = PodDemand(namespace="ns", name="c", cpu_cores=3, memory_bytes=2**33)
+    fast = engine.decide(pod, table, NODES, NOW)
+    assert engine._baselines  # the default profile does build one
+    slow = Engine(s).evaluate(pod, table, NODES, NOW)
+    assert fast.scores == slow.scores and fast.rejected == slow.rejected
 
 
 def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:
