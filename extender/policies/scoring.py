@@ -161,12 +161,16 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
     if LEARNED_TERM in derived and settings.policy.learned_model:
         notes[LEARNED_TERM] = (f"learned model {Path(settings.policy.learned_model).name}: "
                                "1 - P(deadline miss) of this pod on the node, over the model's scale")
+    score_with_pod = hot.score_with_pod and hot_cols is not None
+    if score_with_pod:
+        for metric in (hot.cpu_metric, hot.memory_metric):
+            note = "with this pod's requests added (score_with_pod)"
+            notes[metric] = f"{notes[metric]}; {note}" if metric in notes else note
     return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
                            lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
                            derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
-                           reject & (w > 0), notes,
-                           score_with_pod=hot.score_with_pod and hot_cols is not None)
+                           reject & (w > 0), notes, score_with_pod=score_with_pod)
 
 
 @dataclass(frozen=True, eq=False)
