@@ -153,11 +153,12 @@ def validate(settings: PartitionSettings) -> None:
         raise ConfigError(f"{src}: metrics_port: expected 0..65535, got {settings.metrics_port}")
     if not settings.name_prefix or len(settings.name_prefix) > 40:
         raise ConfigError(f"{src}: name_prefix: expected 1..40 characters")
-    _validate_leader(settings.leader, src)
+    validate_leader(settings.leader, src)
     _validate_template(settings.pod_template, settings.sizing.container, src)
 
 
-def _validate_leader(leader: LeaderSettings, src: str) -> None:
+def validate_leader(leader: LeaderSettings, src: str) -> None:
+    """ConfigError unless the election timings are valid (shared with the rebalancer)."""
     # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
     if leader.retry_period_s < 1:
         raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
