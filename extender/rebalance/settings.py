@@ -21,7 +21,15 @@ import msgspec
 
 from extender.errors import ConfigError
 from extender.partition.settings import LeaderSettings, validate_leader
-from extender.settings import Settings, Struct, load_section, load_settings, require_positive
+from extender.settings import (
+    Settings,
+    Struct,
+    convert,
+    load_section,
+    load_settings,
+    read_yaml,
+    require_positive,
+)
 
 ENV_PREFIX = "REBALANCE_"
 DEFAULT_CONFIG = Path("config/rebalance.yaml")
@@ -153,6 +161,11 @@ def load_rebalance_settings(path: Path | str | None = None, *,
     """Load and validate `path` (default config/rebalance.yaml) and the extender settings it
     names (unless given); ConfigError names file, key and reason."""
     path = Path(path or DEFAULT_CONFIG)
+    thresholds = read_yaml(path).get("thresholds")
+    if isinstance(thresholds, dict):
+        # msgspec reports a bad value inside a mapping as `thresholds[...]`: name the metric.
+        for metric, raw in thresholds.items():
+            convert(raw, Threshold, f"{path}: thresholds.{metric}")
     settings = load_section(path, RebalanceSettings, environ=environ, env_prefix=ENV_PREFIX)
     if extender is None:
         extender = load_settings(path.parent / settings.extender_config, environ=environ)
