@@ -13,6 +13,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,29 +75,32 @@ def detect(table: NodeTable, thresholds: Mapping[str, Threshold], state: Debounc
     hot: dict[str, list[Breach]] = {}
     warming: dict[str, list[Breach]] = {}
     stale: dict[str, list[str]] = {}
-    not_cool: set[str] = set()
+    n = len(table.names)
+    not_cool = np.zeros(n, bool)
     for metric, rule in thresholds.items():
         j = table.column.get(metric)
-        for i, node in enumerate(table.names):
-            value = float(table.values[i, j]) if j is not None else float("nan")
-            sampled = float(table.sampled_at[i, j]) if j is not None else float("nan")
-            if np.isnan(value) or np.isnan(sampled) or now - sampled > max_staleness_s:
-                stale.setdefault(node, []).append(metric)
-                not_cool.add(node)
-                continue  # the count is dropped: stale data never carries a node towards eviction
-            over = value > rule.hot if rule.above else value < rule.hot
-            if rule.above and value >= rule.cool or not rule.above and value <= rule.cool:
-                not_cool.add(node)
-            if not over:
-                continue
-            n = counts[(node, metric)] = state.cycles(node, metric) + 1
-            breach = Breach(metric, value, rule.hot, rule.above, n)
-            (hot if n >= debounce_cycles else warming).setdefault(node, []).append(breach)
+        if j is None:
+            values, sampled = np.full(n, np.nan), np.full(n, np.nan)
+        else:
+            values, sampled = table.values[:, j], table.sampled_at[:, j]
+        with np.errstate(invalid="ignore"):
+            fresh = ~np.isnan(values) & (now - sampled <= max_staleness_s)
+            over = fresh & ((values > rule.hot) if rule.above else (values < rule.hot))
+            cool = fresh & ((values < rule.cool) if rule.above else (values > rule.cool))
+        not_cool |= ~cool
+        for i in np.flatnonzero(~fresh).tolist():
+            # The count is dropped: stale data never carries a node towards eviction.
+            stale.setdefault(table.names[i], []).append(metric)
+        for i in np.flatnonzero(over).tolist():
+            node = table.names[i]
+            c = counts[(node, metric)] = state.cycles(node, metric) + 1
+            breach = Breach(metric, float(values[i]), rule.hot, rule.above, c)
+            (hot if c >= debounce_cycles else warming).setdefault(node, []).append(breach)
     for node in hot:
         warming.pop(node, None)
     return Detection(
         hot={n: tuple(sorted(b, key=lambda x: -x.excess)) for n, b in sorted(hot.items())},
         warming={n: tuple(b) for n, b in sorted(warming.items())},
-        cool=frozenset(table.names) - not_cool,
+        cool=frozenset(itertools.compress(table.names, (~not_cool).tolist())),
         stale={n: tuple(m) for n, m in sorted(stale.items())},
         state=Debounce(counts))

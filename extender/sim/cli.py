@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ours: send every decision through the extender served by gunicorn "
                              "on a loopback port (filter, prioritize, bind), check each against "
                              "the in-process answer, and fail on any difference")
+    parser.add_argument("--rebalance", nargs="?", type=Path, default=None,
+                        const=Path("config/rebalance.yaml"), metavar="REBALANCE_YAML",
+                        help="replay: also run the rebalancer with these settings (default "
+                             "file: %(const)s); its runs are named POLICY+rebalance")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -78,11 +82,13 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
              seeds: int, *, config: Path | None = None, ratio: float = 1.3,
              extender_weight: float = 5.0, in_tree: str = "least-allocated",
              speedup: float = 1.0, settings: Settings | None = None, http: bool = False,
+             rebalance: Path | None = None,
              progress: Callable[[str], None] | None = None) -> Outcome:
     """Run every policy for `seeds` seeds; returns summary rows and the raw results. Profiles
     come from `settings`, else from the file `config` (read only when a profile is asked for).
     With `http`, ours' decisions go through the HTTP extender (a fresh server per run) and are
-    compared with the in-process ones (`Outcome.http`)."""
+    compared with the in-process ones (`Outcome.http`). With `rebalance` (a rebalancer settings
+    file), replays also run the rebalancer (`extender.sim.rebalance`)."""
     from extender.policies import allocation
     from extender.policies.fragmentation import TargetWorkload
     from extender.settings import load_settings
@@ -101,8 +107,17 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
     pods = load_pods(pods_path)
     workload = TargetWorkload.from_tasks(pods.cpu_milli.tolist(), pods.num_gpu.tolist(),
                                          pods.gpu_milli.tolist(), pods.spec)
-    if settings is None and any(p not in registry.BASELINE_NAMES for p in policies):
+    if settings is None and (rebalance is not None
+                             or any(p not in registry.BASELINE_NAMES for p in policies)):
         settings = load_settings(config)
+    moves = None
+    if rebalance is not None:
+        from extender.rebalance.settings import load_rebalance_settings
+
+        if experiment != "replay":
+            raise ExtenderError("--rebalance: only with --experiment replay")
+        assert settings is not None
+        moves, _ = load_rebalance_settings(rebalance, extender=settings)
     out = Outcome()
     if in_tree not in IN_TREE:
         raise ExtenderError(f"--in-tree: expected one of {', '.join(IN_TREE)}, got {in_tree!r}")
@@ -126,8 +141,15 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
                                             workload=workload, ratio=ratio)
                     out.saturation.append(result)
                 else:
-                    result = run_replay(nodes, pods, policy, name=name, seed=seed,
-                                        speedup=speedup)
+                    mover = None
+                    if moves is not None:
+                        from extender.sim.rebalance import SimRebalancer
+
+                        assert settings is not None
+                        mover = SimRebalancer(moves, settings, nodes, pods, workload)
+                    label = f"{name}+rebalance" if mover is not None else name
+                    result = run_replay(nodes, pods, policy, name=label, seed=seed,
+                                        speedup=speedup, mover=mover)
                     out.replay.append(result)
             finally:
                 if isinstance(policy, HttpPolicy):
@@ -150,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = simulate(args.nodes, args.pods, args.experiment, names, args.seeds,
                        config=args.config, ratio=args.ratio,
                        extender_weight=args.extender_weight, in_tree=args.in_tree,
-                       speedup=args.speedup, http=args.http,
+                       speedup=args.speedup, http=args.http, rebalance=args.rebalance,
                        progress=log.info)
     summary = write_summary(outcome.rows, args.out / "summary.csv")
     print_table(outcome.rows, f"{args.experiment}: {args.pods.name} on {args.nodes.name}")
@@ -158,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         for path in plot(outcome.rows, args.out, outcome.saturation):
             print(f"wrote {path}")
+    for result in outcome.replay:
+        if args.rebalance is not None:
+            print(f"{result.policy} seed {result.seed}: {result.evictions} evictions")
     failed = False
     for policy, seed, check in outcome.http:
         print(f"HTTP check {policy} seed {seed}: {check.decisions} decisions through gunicorn, "
