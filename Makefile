@@ -22,6 +22,7 @@ deps:
 test: venv deps
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check extender tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 ## The self-contained demo: emulated nodes -> real Prometheus -> extender -> recorded requests

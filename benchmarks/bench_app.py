@@ -3,7 +3,7 @@
     python -m benchmarks.bench_app extender --bind 127.0.0.1:PORT --nodes 5000
     python -m benchmarks.bench_app floor --bind 127.0.0.1:PORT        # or floor-lean
 
-The gunicorn options come from `extender.commands.serve.gunicorn_options` with that command's own
+The gunicorn options come from `extender.serving.gunicorn_options` with that command's own
 flag defaults, so a change to the deployed worker class, threads or keep-alive changes the
 benchmark too. As in `extender serve`, the app is created in the worker after fork. The extender
 is the real `create_app`, with a `FleetSource` instead of Prometheus; its cache is filled before
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from extender.commands import serve
+from extender import serving
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
@@ -31,7 +31,7 @@ APPS = ("extender", "floor", "floor-lean")
 def serve_args(bind: str, *, workers: int | None = None, threads: int | None = None) -> argparse.Namespace:
     """The `extender serve` flags for `bind`, with that command's defaults for everything else."""
     parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
+    serving.add_arguments(parser)
     argv = ["--bind", bind]
     if workers is not None:
         argv += ["--workers", str(workers)]
@@ -54,17 +54,21 @@ def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) ->
     if kind != "extender":
         raise ValueError(f"unknown app {kind!r}: expected one of {APPS}")
     from benchmarks.fleet import STALE_METRICS, FleetSource, OffsetClock, prime
+    from extender.metrics.cache import Fetcher, collector_for
+    from extender.monitoring.catalog import load_for
     from extender.server import create_app
 
     clock = OffsetClock()
     if settings.cache.refresh_in_child:  # as deployed: the fleet lives in the refresh process
         factory = functools.partial(FleetSource, settings, nodes,
                                     failing_after_first=STALE_METRICS)
-        app = create_app(settings, source_factory=factory, clock=clock, start_refresher=False)
+        app = create_app(settings, load_for(settings), collector_for(settings, factory),
+                         clock=clock, start_refresher=False)
         prime(app.extensions["extender"].cache, None, clock)
     else:
         source = FleetSource(settings, nodes)
-        app = create_app(settings, source=source, clock=clock, start_refresher=False)
+        app = create_app(settings, load_for(settings), Fetcher(settings, source), clock=clock,
+                         start_refresher=False)
         prime(app.extensions["extender"].cache, source, clock)
     cache = app.extensions["extender"].cache
     if refresher:
@@ -82,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: extender serve's)")
     parser.add_argument("--threads", type=int, help="threads per worker (default: extender serve's)")
     args = parser.parse_args(argv)
-    options = serve.gunicorn_options(serve_args(args.bind, workers=args.workers,
+    options = serving.gunicorn_options(serve_args(args.bind, workers=args.workers,
                                                 threads=args.threads), (None, None))
 
-    serve.run_gunicorn(options, lambda: build_app(args.app, args.config, args.nodes))
+    serving.run_gunicorn(options, lambda: build_app(args.app, args.config, args.nodes))
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 Mode = Literal["names", "nodes"]
 MODES: tuple[Mode, ...] = ("names", "nodes")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kube-scheduler"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "kube-scheduler"
 SEQ_MARKER = "@@SEQ@@"
 POD_FIXTURE = "names-0000-filter-cache-plain.json"
 NODE_FIXTURE = "nodes-0000-filter-full-plain.json"

@@ -29,7 +29,7 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from benchmarks.results import markdown_table, write_section
-from extender.localstack import wait_until
+from extender.localserver import wait_until
 from extender.partition.plan import (
     HASH_ANNOTATION,
     NodeView,

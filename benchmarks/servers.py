@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from extender.localstack import free_port, wait_until
+from extender.localserver import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0  # priming a 5000-node cache on a busy 2-core machine takes a few seconds

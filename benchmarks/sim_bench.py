@@ -22,7 +22,7 @@ from extender.sim.replay import ReplayResult
 from extender.sim.report import SummaryRow, mean_spread, plot, print_table, write_summary
 from extender.sim.saturation import SaturationResult
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "openb"
+TRACE = Path(__file__).resolve().parents[1] / "data" / "openb"
 PUBLISHED = {"random": 87.5, "dot-product": 90.9, "gpu-clustering": 91.9, "gpu-packing": 92.0,
              "best-fit": 93.1, "fgd": 95.4}
 """GPU allocation ratio (%) at 130% arrived demand, default list, mean of 10 seeds (FGD paper)."""

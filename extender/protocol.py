@@ -25,7 +25,7 @@ class Wire(msgspec.Struct, frozen=True):
 # --- Pod (partial) ------------------------------------------------------------------------------
 
 
-class ObjectMeta(Wire):
+class ObjectMeta(Wire, frozen=True):
     name: str = ""
     namespace: str = ""
     uid: str = ""
@@ -33,17 +33,17 @@ class ObjectMeta(Wire):
     annotations: dict[str, str] | None = None
 
 
-class ResourceRequirements(Wire):
+class ResourceRequirements(Wire, frozen=True):
     requests: dict[str, str | int | float] | None = None
     limits: dict[str, str | int | float] | None = None
 
 
-class Container(Wire):
+class Container(Wire, frozen=True):
     name: str = ""
     resources: ResourceRequirements | None = None
 
 
-class PodSpec(Wire):
+class PodSpec(Wire, frozen=True):
     containers: list[Container] = []
     initContainers: list[Container] | None = None  # noqa: N815 - Kubernetes field name
     overhead: dict[str, str | int | float] | None = None
@@ -52,7 +52,7 @@ class PodSpec(Wire):
     schedulerName: str | None = None  # noqa: N815
 
 
-class Pod(Wire):
+class Pod(Wire, frozen=True):
     metadata: ObjectMeta = ObjectMeta()
     spec: PodSpec = PodSpec()
 
@@ -60,24 +60,24 @@ class Pod(Wire):
 # --- Nodes --------------------------------------------------------------------------------------
 
 
-class NodeMeta(Wire):
+class NodeMeta(Wire, frozen=True):
     name: str = ""
 
 
-class NodeHeader(Wire):
+class NodeHeader(Wire, frozen=True):
     """What we read of a full Node object: its name. The rest stays raw."""
 
     metadata: NodeMeta = NodeMeta()
 
 
-class NodeList(Wire):
+class NodeList(Wire, frozen=True):
     items: list[msgspec.Raw] = []
 
 
 # --- filter / prioritize ------------------------------------------------------------------------
 
 
-class ExtenderArgs(Wire):
+class ExtenderArgs(Wire, frozen=True):
     """Body of filter and prioritize calls."""
 
     Pod: Pod | None = None
@@ -87,7 +87,7 @@ class ExtenderArgs(Wire):
     """Set when nodeCacheCapable is true."""
 
 
-class ExtenderFilterResult(Wire):
+class ExtenderFilterResult(Wire, frozen=True):
     Nodes: NodeList | None = None
     NodeNames: list[str] | None = None
     FailedNodes: dict[str, str] = {}
@@ -95,7 +95,7 @@ class ExtenderFilterResult(Wire):
     Error: str = ""
 
 
-class HostPriority(Wire, array_like=False):
+class HostPriority(Wire, frozen=True, array_like=False):
     Host: str
     Score: int
     """0..10 (MaxExtenderPriority); kube-scheduler multiplies it by the weight and by 10."""
@@ -107,37 +107,37 @@ HostPriorityList = list[HostPriority]
 # --- bind ---------------------------------------------------------------------------------------
 
 
-class ExtenderBindingArgs(Wire):
+class ExtenderBindingArgs(Wire, frozen=True):
     PodName: str = ""
     PodNamespace: str = ""
     PodUID: str = ""
     Node: str = ""
 
 
-class ExtenderBindingResult(Wire):
+class ExtenderBindingResult(Wire, frozen=True):
     Error: str = ""
 
 
 # --- preempt ------------------------------------------------------------------------------------
 
 
-class MetaPod(Wire):
+class MetaPod(Wire, frozen=True):
     UID: str = ""
 
 
-class MetaVictims(Wire):
+class MetaVictims(Wire, frozen=True):
     Pods: list[MetaPod] = []
     NumPDBViolations: int = 0
 
 
-class ExtenderPreemptionArgs(Wire):
+class ExtenderPreemptionArgs(Wire, frozen=True):
     Pod: Pod | None = None
     NodeNameToVictims: dict[str, msgspec.Raw] | None = None
     """Full victims (nodeCacheCapable: false); echoed back as meta victims by UID."""
     NodeNameToMetaVictims: dict[str, MetaVictims] | None = None
 
 
-class ExtenderPreemptionResult(Wire):
+class ExtenderPreemptionResult(Wire, frozen=True):
     NodeNameToMetaVictims: dict[str, MetaVictims] | None = None
 
 
@@ -148,7 +148,7 @@ _decoders: dict[type, msgspec.json.Decoder] = {}  # type: ignore[type-arg]
 _header_decoder = msgspec.json.Decoder(NodeHeader)
 
 
-class _FullVictims(Wire):
+class _FullVictims(Wire, frozen=True):
     Pods: list[Pod] = []
     NumPDBViolations: int = 0
 

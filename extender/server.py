@@ -12,154 +12,66 @@ answers degrade (reported in the body), but never takes every replica out of the
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from flask import Blueprint, Flask, Response
 from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 from werkzeug.wsgi import get_content_length
 
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
-from extender.metrics.cache import (
-    ChildFetcher,
-    Fetcher,
-    MetricsCache,
-    Snapshot,
-    TableCollector,
-)
-from extender.metrics.prometheus import MetricsSource, PrometheusSource
+from extender.metrics.cache import MetricsCache, Snapshot, TableCollector
+from extender.monitoring.answers import score_reference, selfcheck
+from extender.monitoring.catalog import MonitoringCatalog
+from extender.monitoring.model import SelfCheck
+from extender.monitoring.query import RangeSource
+from extender.monitoring.routes import monitoring_api
 from extender.policies.engine import Engine
 from extender.policies.scoring import DerivedTerm
 from extender.service import Binder, EventSink, Extender
+from extender.settings import Settings
+from extender.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from extender.api import SelfCheck
-from extender.settings import Settings
-
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-
-
-class Telemetry:
-    """Our own Prometheus metrics, in a registry per app (tests create many apps)."""
-
-    def __init__(self, cache: MetricsCache, clock: Callable[[], float]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter("extender_requests", "Requests by verb and HTTP code",
-                                ["verb", "code"], registry=r)
-        self.latency = Histogram("extender_request_duration_seconds", "Request latency by verb",
-                                 ["verb"], buckets=LATENCY_BUCKETS, registry=r)
-        self.rejections = Counter("extender_nodes_rejected", "Nodes rejected by filter, by reason",
-                                  ["reason"], registry=r)
-        self.placements = Counter("extender_placements", "Placements recorded for hot-spot "
-                                  "compensation, by source", ["source"], registry=r)
-        self.refresh_duration = Histogram("extender_refresh_duration_seconds",
-                                          "Duration of a metrics refresh", registry=r)
-        self.refresh_errors = Counter("extender_refresh_errors", "Failed catalog queries",
-                                      ["metric"], registry=r)
-        self._node_scores: tuple[Sequence[str], Sequence[int]] = ((), ())
-        r.register(_NodeScores(self))
-        Gauge("extender_cache_age_seconds", "Seconds since the last successful refresh "
-              "(+Inf before the first)", registry=r).set_function(
-            lambda: _or_inf(cache.current().age_s(clock())))
-        Gauge("extender_prometheus_up", "1 when the last refresh reached Prometheus",
-              registry=r).set_function(lambda: float(cache.current().status.prometheus_up))
-        Gauge("extender_cache_nodes", "Nodes in the metrics cache",
-              registry=r).set_function(lambda: float(len(cache.current().table.names)))
-
-    def rejected(self, code: str, nodes: int) -> None:
-        self.rejections.labels(code).inc(nodes)
-
-    def placement(self, source: str) -> None:
-        self.placements.labels(source).inc()
-
-    def set_node_scores(self, names: Sequence[str], scores: Sequence[int]) -> None:
-        # Swapped whole and rendered at scrape time: rewriting 5000 gauge children per refresh
-        # costs ~0.1 s of GIL; deleted nodes disappear with the next swap.
-        self._node_scores = (names, scores)
-
-    def refreshed(self, snapshot: Snapshot) -> None:
-        self.refresh_duration.observe(snapshot.status.duration_s)
-        for metric in snapshot.status.errors:
-            self.refresh_errors.labels(metric).inc()
-
-
-class _NodeScores(Collector):
-    """`extender_node_score{node}`: the reference pod's score per node, from the last refresh."""
-
-    def __init__(self, telemetry: Telemetry) -> None:
-        self.telemetry = telemetry
-
-    def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
-                                  labels=["node"])]
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
-                                   labels=["node"])
-        names, scores = self.telemetry._node_scores
-        for name, score in zip(names, scores, strict=True):
-            family.add_metric([name], score)
-        yield family
-
-
-def _or_inf(value: float | None) -> float:
-    return float("inf") if value is None else value
 
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(payload), status=status, mimetype=JSON)
 
 
-def create_app(settings: Settings, *, source: MetricsSource | None = None,
-               source_factory: Callable[[], MetricsSource] | None = None,
+def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableCollector, *,
                binder: Binder | None = None, events: EventSink | None = None,
-               clock: Callable[[], float] = time.time, start_refresher: bool = True,
-               blueprints: list[Blueprint] | None = None,
-               fetcher: TableCollector | None = None,
+               history: RangeSource | None = None, clock: Callable[[], float] = time.time,
+               start_refresher: bool = True, blueprints: list[Blueprint] | None = None,
                derived_terms: Mapping[str, DerivedTerm] | None = None) -> Flask:
-    """Build the WSGI app. Starts the metrics refresher (in this process) unless told not to.
+    """Build the WSGI app over metrics from `collector`; starts its refresher unless told not to.
 
-    Metrics come from `source` (refreshed in a thread; tests), else from `source_factory()`
-    (default: the Prometheus of `settings`), refreshed in a child process when
-    `cache.refresh_in_child` is set (the factory must then be picklable), unless a `fetcher` is
-    given (the simulator's, which returns the tables it is sent). `derived_terms` default to
-    `extender.policies.fragmentation.DERIVED_TERMS`. `binder` defaults to
-    the in-cluster Kubernetes API when `server.bind_enabled` is set.
+    Everything is given, nothing is read here: `settings` and the Monitoring API's `catalog` are
+    loaded at the edge (`extender serve`, tests); `collector` is the one way metrics come in
+    (`extender.metrics.cache.collector_for(settings)` in production, a `Fetcher` over any
+    `MetricsSource` in tests, the simulator's feed). `history` answers the Monitoring API's
+    Prometheus queries (default: the settings' Prometheus). `derived_terms` default to the
+    engine's (`extender.policies.fragmentation.DERIVED_TERMS`). `binder` defaults to the in-cluster
+    Kubernetes API when `server.bind_enabled` is set.
     """
-    from extender.api import monitoring_api, score_reference, selfcheck
-
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
     app.config["MAX_CONTENT_LENGTH"] = None  # we check the size ourselves, to answer in wire form
-    if fetcher is None and source is not None:
-        fetcher = Fetcher(settings, source)
-    elif fetcher is None:
-        factory = source_factory or functools.partial(PrometheusSource, settings.prometheus)
-        fetcher = (ChildFetcher(settings, factory) if settings.cache.refresh_in_child
-                   else Fetcher(settings, factory()))
-    cache = MetricsCache(settings, fetcher=fetcher, clock=clock)
+    cache = MetricsCache(settings, collector, clock=clock)
     telemetry = Telemetry(cache, clock)
     if settings.server.bind_enabled and binder is None:
         from extender.kube import ApiBinder
@@ -169,8 +81,7 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
         from extender.kube import ApiEventSink
 
         events = ApiEventSink()
-    extender = Extender(settings, cache, Engine(settings, derived_terms=(
-        _derived_terms() if derived_terms is None else derived_terms)),
+    extender = Extender(settings, cache, Engine(settings, derived_terms=derived_terms),
                         binder=binder if settings.server.bind_enabled else None,
                         events=events, observer=telemetry, clock=clock)
     app.extensions["extender"] = extender
@@ -245,7 +156,7 @@ def create_app(settings: Settings, *, source: MetricsSource | None = None,
     def metrics() -> Response:
         return Response(generate_latest(telemetry.registry), mimetype=CONTENT_TYPE_LATEST)
 
-    app.register_blueprint(monitoring_api(extender, clock))
+    app.register_blueprint(monitoring_api(extender, catalog, clock, source=history))
     for blueprint in blueprints or []:
         app.register_blueprint(blueprint)
 
@@ -328,13 +239,3 @@ def _error_body(exc: Exception) -> bytes:
     # reads it on 200s, operators read it in logs either way.
     message = str(exc) if isinstance(exc, ProtocolError) else f"internal error: {type(exc).__name__}"
     return msgspec.json.encode({"Error": message})
-
-
-def _derived_terms() -> dict[str, Any]:
-    """Allocation-derived score terms available to profiles (`gpu_fragmentation`,
-    `gpu_packing`). They count where the table carries allocation state: the cache builds it from
-    the kube-state-metrics entries of the catalog (`extender.metrics.cache.allocation_state`);
-    without them the terms are dropped like a missing metric."""
-    from extender.policies.fragmentation import DERIVED_TERMS
-
-    return dict(DERIVED_TERMS)

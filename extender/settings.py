@@ -32,6 +32,9 @@ DEFAULT_CONFIG = Path("config/extender.yaml")
 
 Direction = Literal["lower_is_better", "higher_is_better", "info"]
 MissingData = Literal["neutral", "reject"]
+"""What a filter rule does with a node lacking a fresh value: pass it, or fail it."""
+TermMissing = Literal["neutral", "worst", "reject"]
+"""What a score term does with a node lacking a fresh value (see `CacheSettings.missing_data`)."""
 UnknownNodes = Literal["neutral", "reject"]
 
 
@@ -42,7 +45,7 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 # --- metrics catalog --------------------------------------------------------------------------
 
 
-class CatalogEntry(Struct):
+class CatalogEntry(Struct, frozen=True):
     """One per-node signal: a PromQL instant vector with one series per node."""
 
     name: str
@@ -61,10 +64,15 @@ class CatalogEntry(Struct):
     """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
     gpu_only: bool = False
     """Scored only for pods that request `nvidia.com/gpu`."""
+    on_missing: TermMissing | None = None
+    """A node lacking a fresh value of this term (absent, stale, exporter down): `neutral` takes
+    the median of the nodes that have it, `worst` the least favourable value, `reject` also fails
+    the filter. Default: `cache.missing_data`. `neutral` suits signals only some nodes publish
+    (deadline sidecars)."""
     description: str = ""
 
 
-class NodeAliasSettings(Struct):
+class NodeAliasSettings(Struct, frozen=True):
     """Maps exporter identities (IP addresses) to node names, from kube-state-metrics."""
 
     query: str = "kube_node_info"
@@ -75,7 +83,7 @@ class NodeAliasSettings(Struct):
 # --- sections -----------------------------------------------------------------------------------
 
 
-class ServerSettings(Struct):
+class ServerSettings(Struct, frozen=True):
     url_prefix: str = ""
     """Path prefix of the verbs, the path part of kube-scheduler's `urlPrefix` (e.g. `/scheduler`)."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -96,7 +104,7 @@ class ServerSettings(Struct):
     tls_key_file: str | None = None
 
 
-class PrometheusSettings(Struct):
+class PrometheusSettings(Struct, frozen=True):
     url: str = "http://prometheus-operated.monitoring:9090"
     query_timeout_s: float = 2.0
     """Per query. Refreshes run off the request path, so this may exceed the scheduler's
@@ -109,25 +117,32 @@ class PrometheusSettings(Struct):
     headers: dict[str, str] = {}
 
 
-class CacheSettings(Struct):
+class CacheSettings(Struct, frozen=True):
     refresh_interval_s: float = 15.0
     """One query per catalog entry per interval, for all nodes at once."""
     max_staleness_s: float = 90.0
     """Older values count as missing: scrape (30 s for dcgm) + refresh + two misses of margin."""
-    missing_data: MissingData = "neutral"
-    """`neutral`: a missing or stale term is dropped and the remaining weights renormalised; a node
-    with no fresh term gets `missing_score`. `reject`: filter fails a node missing a filtered or
-    weighted metric."""
+    missing_data: TermMissing = "worst"
+    """Default for a weighted term a node lacks (absent, stale, its exporter down), per catalog
+    entry `on_missing`: `worst` counts the least favourable value, `neutral` the median of the
+    nodes that have a fresh value (all nodes of the table, so a node's score does not depend on
+    which other candidates kube-scheduler sampled), `reject` also fails the filter. The weights
+    are never renormalised over the terms a node happens to have: missing data never wins. Filter
+    rules on a missing value pass unless their `on_missing` (or this) is `reject`."""
     missing_score: int = 0
-    """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+    """Score of a node with no fresh weighted term at all: never preferred over a known node."""
     rate_window: str = "1m"
     """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
+    push_max_age_s: float = 120.0
+    """Substituted for `$push_max_age` in catalog queries: Pushgateway groups whose last push
+    (`push_time_seconds`) is older count as absent, so the value of a sidecar killed without
+    deleting its group ages out. Several push intervals (sidecar default 10 s) plus a scrape."""
     refresh_in_child: bool = True
     """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
 
 
-class FilterRule(Struct):
+class FilterRule(Struct, frozen=True):
     """Reject a node when `metric` is above `above` or below `below`.
 
     `metric` may be a derived term (`gpu_fragmentation`, `gpu_packing`): its goodness (0..1) is
@@ -145,15 +160,16 @@ class FilterRule(Struct):
     reason: str | None = None
     """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
     on_missing: MissingData | None = None
-    """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
-    Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
+    """Missing or stale value: `neutral` passes, `reject` fails (default: `reject` when
+    cache.missing_data is `reject`, else `neutral`). Set `neutral` for signals that only some
+    nodes publish (e.g. deadline sidecars)."""
     with_pod: bool = False
     """Check the value the node would show with this pod's requests added (its CPU cores over the
     node's cores, its memory over the node's total): "would this pod make the node hot", not
     "is it hot already". Only for the profile's hot-spot CPU and memory metrics."""
 
 
-class HotspotSettings(Struct):
+class HotspotSettings(Struct, frozen=True):
     """Counts recent placements as load until the node's metrics can show them."""
 
     enabled: bool = True
@@ -167,7 +183,7 @@ class HotspotSettings(Struct):
     memory_total_metric: str = "memory_total_bytes"
 
 
-class Profile(Struct):
+class Profile(Struct, frozen=True):
     """A named policy: filter thresholds and score weights."""
 
     description: str = ""
@@ -177,7 +193,7 @@ class Profile(Struct):
     hotspot: HotspotSettings = HotspotSettings()
 
 
-class PolicySettings(Struct):
+class PolicySettings(Struct, frozen=True):
     default: str = "metrics-aware"
     policy_annotation: str = "extract.io/policy"
     """Pod annotation naming a profile for that pod."""
@@ -186,7 +202,7 @@ class PolicySettings(Struct):
     profiles: dict[str, Profile] = {}
 
 
-class ReferencePod(Struct):
+class ReferencePod(Struct, frozen=True):
     """The pod whose score /api/v1/nodes shows for every node."""
 
     cpu_cores: float = 1.0
@@ -194,7 +210,7 @@ class ReferencePod(Struct):
     gpus: int = 0
 
 
-class MonitoringSettings(Struct):
+class MonitoringSettings(Struct, frozen=True):
     """The Monitoring API (/api/v1)."""
 
     reference_pod: ReferencePod = ReferencePod()
@@ -211,7 +227,7 @@ class MonitoringSettings(Struct):
     result_cache_size: int = 256
 
 
-class Settings(Struct):
+class Settings(Struct, frozen=True):
     """The extender's whole configuration."""
 
     server: ServerSettings = ServerSettings()
@@ -237,6 +253,36 @@ class Settings(Struct):
     def profile(self, name: str | None = None) -> Profile:
         """The profile called `name`, or the default one."""
         return self.policy.profiles[name or self.policy.default]
+
+
+# --- shared by the controllers ------------------------------------------------------------------
+
+
+class LeaderSettings(Struct, frozen=True):
+    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace (the
+    partition controller and the rebalancer each name their own Lease)."""
+
+    enabled: bool = True
+    lease_name: str = ""
+    lease_duration_s: int = 15
+    """A follower takes over this long after the leader's last renewal."""
+    renew_deadline_s: int = 10
+    retry_period_s: int = 2
+    identity: str | None = None
+    """Default: $POD_NAME, then the host name."""
+
+
+def validate_leader(leader: LeaderSettings, src: str) -> None:
+    """ConfigError unless the Lease is named and the election timings are valid."""
+    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
+    if not leader.lease_name:
+        raise ConfigError(f"{src}: leader.lease_name: must name the Lease")
+    if leader.retry_period_s < 1:
+        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
+    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
+        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
+    if leader.lease_duration_s <= leader.renew_deadline_s:
+        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -349,15 +395,22 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     if not _DURATION.match(settings.cache.rate_window):
         raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
                           f"30s, got {settings.cache.rate_window!r}")
-    catalog = tuple(msgspec.structs.replace(e, query=e.query.replace("$rate_window",
-                                                                     settings.cache.rate_window))
+    params = {"$rate_window": settings.cache.rate_window,
+              "$push_max_age": f"{settings.cache.push_max_age_s:g}"}
+    catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
                     for e in _load_catalog(catalog_path))
     settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
     validate(settings)
     return settings
 
 
-class _CatalogFile(Struct):
+def _substitute(query: str, params: Mapping[str, str]) -> str:
+    for name, value in params.items():
+        query = query.replace(name, value)
+    return query
+
+
+class _CatalogFile(Struct, frozen=True):
     metrics: tuple[CatalogEntry, ...]
 
 

@@ -8,20 +8,46 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from flask import Flask
 
-from extender.metrics.prometheus import Sample
+from extender.metrics.prometheus import MetricsSource, Sample
 from extender.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
-FIXTURES = REPO.parent / "shared" / "fixtures" / "kube-scheduler"
-OPENB = REPO.parent / "shared" / "traces" / "openb"
-"""The OpenB trace, beside the repository as CI and developers have it."""
+FIXTURES = REPO / "data" / "kube-scheduler"
+"""Requests recorded from a real kube-scheduler (see the folder's README)."""
+OPENB = REPO / "data" / "openb"
+"""The OpenB trace (see the folder's README for its source and licence)."""
 
 
 def settings(**sections: Mapping[str, Any]) -> Settings:
     """The shipped default settings with `sections` deep-merged over them."""
     return load_settings(CONFIG, environ={}, overrides=sections)
+
+
+def app_for(s: Settings, source: MetricsSource | None = None, **options: Any) -> Flask:
+    """The webhook app over `source` (default: the Prometheus of `s`), as `extender serve`
+    builds it: the monitoring catalog loaded from the settings, one collector."""
+    from extender.metrics.cache import Fetcher, collector_for
+    from extender.monitoring.catalog import load_for
+    from extender.server import create_app
+
+    collector = collector_for(s) if source is None else Fetcher(s, source)
+    return create_app(s, load_for(s), collector, **options)
+
+
+def sample(exposition: str | bytes, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` in a Prometheus text exposition (parsed with
+    prometheus_client's parser, so a malformed page fails the test), None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
 
 
 def replace(s: Settings, **fields: Any) -> Settings:

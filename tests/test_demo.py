@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from extender.commands import demo
-from extender.emulator import EmulatedNode
+from extender.demo import cli as demo
+from extender.demo.emulator import EmulatedNode
+from extender.demo.recordings import load_recordings, node_mapping, rewrite, without_nodes
 from extender.errors import ConfigError, ExtenderError
+from extender.policies.scoring import format_value
 from extender.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ def node(name: str, gpus: int = 0) -> EmulatedNode:
 
 
 def test_recordings_are_the_filter_and_prioritize_calls_in_both_modes() -> None:
-    recordings = demo.load_recordings(demo.DEFAULT_RECORDINGS)
+    recordings = load_recordings(demo.DEFAULT_RECORDINGS)
     assert {r.verb for r in recordings} == {"filter", "prioritize"}
     assert {r.mode for r in recordings} == {"names", "nodes"}
     full = next(r for r in recordings if r.mode == "nodes")
@@ -35,17 +37,17 @@ def test_recordings_are_the_filter_and_prioritize_calls_in_both_modes() -> None:
 def test_a_directory_without_recordings_or_with_a_bad_file_is_a_config_error(
         tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no filter/prioritize recordings"):
-        demo.load_recordings(tmp_path)
+        load_recordings(tmp_path)
     (tmp_path / "broken.json").write_text('{"mode": "names"}')
     with pytest.raises(ConfigError, match="broken.json: not a kube-scheduler recording"):
-        demo.load_recordings(tmp_path)
+        load_recordings(tmp_path)
 
 
 def test_recorded_gpu_nodes_map_onto_emulated_gpu_nodes() -> None:
-    recordings = demo.load_recordings(demo.DEFAULT_RECORDINGS)
+    recordings = load_recordings(demo.DEFAULT_RECORDINGS)
     nodes = [node("cpu-a"), node("cpu-b"), node("gpu-a", 2), node("gpu-b", 4), node("gpu-c", 8)]
     nodes += [node(f"cpu-{i}") for i in range(10)]
-    mapping = demo.node_mapping(recordings, nodes)
+    mapping = node_mapping(recordings, nodes)
     gpu = {n.name for n in nodes if n.gpus}
     assert {mapping[name] for name in ("node-0", "node-4", "node-8")} == gpu
     assert len(set(mapping.values())) == len(mapping)  # never two recorded nodes on one
@@ -57,7 +59,7 @@ def test_rewrite_renames_node_names_everywhere_and_nothing_else() -> None:
             "Nodes": {"items": [{"metadata": {"name": "node-1",
                                               "labels": {"kubernetes.io/hostname": "node-1"}}}]},
             "NodeNameToMetaVictims": {"node-2": {"Pods": []}}}
-    out = demo.rewrite(body, {"node-1": "a", "node-2": "b"})
+    out = rewrite(body, {"node-1": "a", "node-2": "b"})
     assert out["NodeNames"] == ["a", "b"]
     assert out["Pod"]["metadata"]["name"] == "node-1-pod"
     assert out["Nodes"]["items"][0]["metadata"] == {"name": "a",
@@ -69,10 +71,10 @@ def test_rewrite_renames_node_names_everywhere_and_nothing_else() -> None:
 def test_without_nodes_drops_rejected_candidates_in_either_mode() -> None:
     names = {"NodeNames": ["a", "b", "c"], "Nodes": None}
     full = {"NodeNames": None, "Nodes": {"items": [{"metadata": {"name": n}} for n in "abc"]}}
-    assert demo.without_nodes(names, {"b"})["NodeNames"] == ["a", "c"]
-    kept = demo.without_nodes(full, {"a", "c"})["Nodes"]["items"]
+    assert without_nodes(names, {"b"})["NodeNames"] == ["a", "c"]
+    kept = without_nodes(full, {"a", "c"})["Nodes"]["items"]
     assert [item["metadata"]["name"] for item in kept] == ["b"]
-    assert demo.without_nodes(names, set()) is names
+    assert without_nodes(names, set()) is names
 
 
 def test_demo_settings_point_at_the_local_prometheus_with_short_windows(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_a_broken_base_config_fails_before_anything_starts(tmp_path: Path) -> No
     (412.3, "W", "412 W"), (3.0, "", "3"), (None, "ratio", "n/a"),
 ])
 def test_values_are_shown_in_human_units(value: float | None, unit: str, shown: str) -> None:
-    assert demo.format_value(value, unit) == shown
+    assert format_value(value, unit) == shown
 
 
 @pytest.mark.prometheus
@@ -161,10 +163,10 @@ def test_missing_prometheus_is_a_clear_error_and_leaves_nothing_behind(
 
 
 def test_incidents_land_on_the_mapped_nodes_and_show_in_the_readings() -> None:
-    from extender.emulator import Emulator, load_nodes
+    from extender.demo.emulator import Emulator, load_fleet
 
-    nodes = load_nodes(demo.DEFAULT_NODE_LIST, limit=16, seed=1)
-    mapping = demo.node_mapping(demo.load_recordings(demo.DEFAULT_RECORDINGS), nodes)
+    nodes = load_fleet(demo.DEFAULT_NODE_LIST, limit=16, seed=1)
+    mapping = node_mapping(load_recordings(demo.DEFAULT_RECORDINGS), nodes)
     emulator = Emulator(nodes, seed=1)
     incidents = {i.node for i in demo.stage_incidents(emulator, mapping)}
     assert incidents == {mapping[n] for n in ("node-3", "node-10", "node-6", "node-9", "node-4")}
@@ -176,7 +178,7 @@ def test_incidents_land_on_the_mapped_nodes_and_show_in_the_readings() -> None:
 
 
 def test_burst_pods_are_the_recorded_pod_renamed_with_the_asked_cpu() -> None:
-    template = next(r for r in demo.load_recordings(demo.DEFAULT_RECORDINGS)
+    template = next(r for r in load_recordings(demo.DEFAULT_RECORDINGS)
                     if r.pod == "cache-burst-0" and r.verb == "filter").body
     first = demo._burst_body(template, 0, 8.0, ["a", "b"])
     second = demo._burst_body(template, 1, 8.0, ["a", "b"])
@@ -188,7 +190,7 @@ def test_burst_pods_are_the_recorded_pod_renamed_with_the_asked_cpu() -> None:
 
 
 def test_trace_slice_spreads_arrivals_and_clamps_lifetimes() -> None:
-    from extender.commands.demo_replay import MAX_TASK_S, MIN_TASK_S, trace_slice
+    from extender.demo.replay import MAX_TASK_S, MIN_TASK_S, trace_slice
 
     tasks = trace_slice(demo.DEFAULT_POD_LIST, 30, 40.0, seed=1)
     arrivals = [t.arrive_s for t in tasks]
@@ -200,8 +202,8 @@ def test_trace_slice_spreads_arrivals_and_clamps_lifetimes() -> None:
 
 
 def test_replay_counts_whole_gpus_and_gpu_shares_like_the_device_plugin() -> None:
-    from extender.commands.demo_replay import cluster_of
-    from extender.policies.allocation import Task, feasible, pick_gpus
+    from extender.demo.replay import cluster_of
+    from extender.policies.baselines import Task, feasible, pick_gpus
 
     def task(cpu: int, gpus: int, milli: int) -> Task:
         return Task(cpu_milli=cpu, memory_mib=1024, num_gpu=gpus, gpu_milli=milli)
@@ -230,8 +232,8 @@ def test_replay_counts_whole_gpus_and_gpu_shares_like_the_device_plugin() -> Non
 
 
 def test_replay_pods_reach_the_extender_with_their_gpu_share() -> None:
-    from extender.commands.demo_replay import TraceTask, pod_body
-    from extender.policies.allocation import Task
+    from extender.demo.replay import TraceTask, pod_body
+    from extender.policies.baselines import Task
     from extender.policies.model import pod_demand
     from extender.protocol import ExtenderArgs, decode
 

@@ -20,14 +20,10 @@ from benchmarks.answers import BadAnswer, check_answer
 from benchmarks.bench_app import CONFIG
 from benchmarks.load import run_load
 from benchmarks.servers import BenchServer
-from extender.metrics.cache import MetricsCache
+from extender.metrics.cache import Fetcher, MetricsCache
 from extender.settings import load_settings
 
 NODES = 10
-
-pytestmark = pytest.mark.skipif(not bodies.FIXTURES.is_dir(),
-                                reason=f"recorded kube-scheduler requests not found in {bodies.FIXTURES}")
-
 
 @pytest.fixture(scope="module")
 def recorded() -> bodies.Recorded:
@@ -251,7 +247,7 @@ def test_fleet_primes_the_cache_with_every_node_and_a_stale_metric() -> None:
     settings = load_settings(CONFIG, environ={})
     source = fleet.FleetSource(settings, 200)
     clock = fleet.OffsetClock()
-    cache = MetricsCache(settings, source, clock=clock)
+    cache = MetricsCache(settings, Fetcher(settings, source), clock=clock)
     snapshot = fleet.prime(cache, source, clock)
     table = snapshot.table
     assert table.names == tuple(sorted(source.names))

@@ -18,16 +18,16 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from extender.api import node_views
-    from extender.metrics.cache import MetricsCache
+    from extender.metrics.cache import Fetcher, MetricsCache
     from extender.metrics.prometheus import PrometheusSource
+    from extender.monitoring.answers import node_views
     from extender.policies.engine import Engine
     from extender.service import Extender
     from extender.settings import load_settings
 
     overrides = {"prometheus": {"url": args.prometheus_url}} if args.prometheus_url else None
     settings = load_settings(args.config, overrides=overrides)
-    cache = MetricsCache(settings, PrometheusSource(settings.prometheus))
+    cache = MetricsCache(settings, Fetcher(settings, PrometheusSource(settings.prometheus)))
     snapshot = cache.refresh()
     console = Console()
     if not snapshot.status.prometheus_up:

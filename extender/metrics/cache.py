@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import threading
@@ -28,8 +29,8 @@ from typing import Protocol
 import numpy as np
 
 from extender.errors import MetricsError, PrometheusUnreachable
-from extender.metrics.catalog import NodeResolver
-from extender.metrics.prometheus import MetricsSource, Sample
+from extender.metrics.identity import NodeResolver
+from extender.metrics.prometheus import MetricsSource, PrometheusSource, Sample
 from extender.policies.model import Allocation, FloatArray, NodeTable
 from extender.settings import Settings
 
@@ -274,17 +275,22 @@ class ChildFetcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def collector_for(settings: Settings,
+                  source_factory: Callable[[], MetricsSource] | None = None) -> TableCollector:
+    """The production collector: the settings' Prometheus (or `source_factory()`), refreshed in a
+    child process when `cache.refresh_in_child` is set (the factory must then be picklable)."""
+    factory = source_factory or functools.partial(PrometheusSource, settings.prometheus)
+    if settings.cache.refresh_in_child:
+        return ChildFetcher(settings, factory)
+    return Fetcher(settings, factory())
+
+
 class MetricsCache:
     """Holds the current Snapshot and refreshes it in a background thread."""
 
-    def __init__(self, settings: Settings, source: MetricsSource | None = None, *,
-                 fetcher: TableCollector | None = None,
+    def __init__(self, settings: Settings, fetcher: TableCollector, *,
                  clock: Callable[[], float] = time.time,
                  on_refresh: Callable[[Snapshot], None] | None = None) -> None:
-        if fetcher is None:
-            if source is None:
-                raise ValueError("MetricsCache needs a source or a fetcher")
-            fetcher = Fetcher(settings, source)
         self.settings = settings
         self.fetcher = fetcher
         self.clock = clock

@@ -46,7 +46,7 @@ ENV_PREFIX = "MONITORING_"
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-class LevelQuery(Struct):
+class LevelQuery(Struct, frozen=True):
     """How one level of a metric is computed."""
 
     query: str
@@ -57,7 +57,7 @@ class LevelQuery(Struct):
     """Node level only: the scoring catalog entry whose cached value is the current value."""
 
 
-class NamedMetric(Struct):
+class NamedMetric(Struct, frozen=True):
     name: str
     unit: str
     """`ratio` (0..1), `bytes`, `bytes/s`, `cores`, `W`, `J`, `s`, `bool`, `count`, ..."""
@@ -74,7 +74,7 @@ class NamedMetric(Struct):
         return self.level(level).unit or self.unit
 
 
-class SelectorSettings(Struct):
+class SelectorSettings(Struct, frozen=True):
     """Series used to apply selectors that are not labels of a level's series."""
 
     pod_info: str = "kube_pod_info"
@@ -84,7 +84,7 @@ class SelectorSettings(Struct):
     kube-state-metrics exports only the label keys allowed by `--metric-labels-allowlist`."""
 
 
-class DiscoverySettings(Struct):
+class DiscoverySettings(Struct, frozen=True):
     """`GET /api/v1/sd/targets`: the partition's workers and their deadline sidecars."""
 
     resources_file: str | None = None
@@ -102,7 +102,7 @@ class DiscoverySettings(Struct):
     """List only workers whose pod is Ready (others are listed with `ready="false"`)."""
 
 
-class MonitoringCatalog(Struct):
+class MonitoringCatalog(Struct, frozen=True):
     """The whole monitoring.yaml."""
 
     params: dict[str, str] = {}

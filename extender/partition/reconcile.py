@@ -149,7 +149,7 @@ def _timestamp(value: str | None) -> float | None:
 
 
 def _quantity(value: str) -> Decimal:
-    amount: Decimal = parse_quantity(value)  # type: ignore[no-untyped-call]
+    amount: Decimal = parse_quantity(value)
     return amount
 
 
@@ -356,7 +356,7 @@ class Reconciler:
         with self._responses_lock:
             self._responses.add(resp)
         try:
-            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+            for line in iter_resp_lines(resp):
                 if stop.is_set():
                     return
                 if not line:

@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from extender.errors import ConfigError
-from extender.settings import Struct, load_section, require_positive
+from extender.settings import (
+    LeaderSettings,
+    Struct,
+    load_section,
+    require_positive,
+    validate_leader,
+)
 
 ENV_PREFIX = "PARTITION_"
 DEFAULT_CONFIG = Path("config/partition.yaml")
 
 
-class EligibilitySettings(Struct):
+class EligibilitySettings(Struct, frozen=True):
     """Which nodes get a worker."""
 
     node_selector: dict[str, str] = {}
@@ -44,7 +50,7 @@ class EligibilitySettings(Struct):
     """Taint keys (NoSchedule or NoExecute effect) that exclude a node, e.g. `maintenance`."""
 
 
-class SizingSettings(Struct):
+class SizingSettings(Struct, frozen=True):
     """How big each worker is, as fractions of its node's allocatable resources."""
 
     container: str = "worker"
@@ -58,7 +64,7 @@ class SizingSettings(Struct):
     """Limits equal to requests (Guaranteed QoS). GPUs always get limit = request."""
 
 
-class RolloutSettings(Struct):
+class RolloutSettings(Struct, frozen=True):
     """How changes and failures are rolled out."""
 
     max_unavailable: int = 1
@@ -71,20 +77,13 @@ class RolloutSettings(Struct):
     """Grace period for deletions; None keeps the pod's own terminationGracePeriodSeconds."""
 
 
-class LeaderSettings(Struct):
-    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace."""
+class PartitionLeaderSettings(LeaderSettings, frozen=True):
+    """The partition controller's Lease (a partial `leader:` section keeps this name)."""
 
-    enabled: bool = True
     lease_name: str = "extender-partition"
-    lease_duration_s: int = 15
-    """A follower takes over this long after the leader's last renewal."""
-    renew_deadline_s: int = 10
-    retry_period_s: int = 2
-    identity: str | None = None
-    """Default: $POD_NAME, then the host name."""
 
 
-class PartitionSettings(Struct):
+class PartitionSettings(Struct, frozen=True):
     """The partition controller's whole configuration."""
 
     namespace: str = "extract"
@@ -109,7 +108,7 @@ class PartitionSettings(Struct):
     eligibility: EligibilitySettings = EligibilitySettings()
     sizing: SizingSettings = SizingSettings()
     rollout: RolloutSettings = RolloutSettings()
-    leader: LeaderSettings = LeaderSettings()
+    leader: PartitionLeaderSettings = PartitionLeaderSettings()
     pod_template: dict[str, Any] = {}
     """A Pod manifest (metadata.labels/annotations and spec) without name, namespace or node
     affinity: the controller adds those per node."""
@@ -155,17 +154,6 @@ def validate(settings: PartitionSettings) -> None:
         raise ConfigError(f"{src}: name_prefix: expected 1..40 characters")
     validate_leader(settings.leader, src)
     _validate_template(settings.pod_template, settings.sizing.container, src)
-
-
-def validate_leader(leader: LeaderSettings, src: str) -> None:
-    """ConfigError unless the election timings are valid (shared with the rebalancer)."""
-    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
-    if leader.retry_period_s < 1:
-        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
-    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
-        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
-    if leader.lease_duration_s <= leader.renew_deadline_s:
-        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 def _validate_template(template: Mapping[str, Any], container: str, src: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from extender.policies import fragmentation
 from extender.policies.hotspot import Ledger, Pending
 from extender.policies.model import IntArray, NodeTable, PodDemand, name_ranks
 from extender.policies.scoring import (
@@ -199,7 +200,10 @@ class Engine:
         self.settings = settings
         hot = settings.profile().hotspot
         self.ledger = ledger or Ledger(hot.window_s, hot.settle_s)
-        self.derived_terms = dict(derived_terms or {})
+        # The one place the default is decided: the webhook and `extender nodes` take it, the
+        # simulator passes the terms of its own trace's workload.
+        self.derived_terms = dict(fragmentation.DERIVED_TERMS if derived_terms is None
+                                  else derived_terms)
         self._compiled: dict[tuple[object, ...], CompiledProfile] = {}
         self._baselines: dict[tuple[str, bool], _Baseline] = {}
 

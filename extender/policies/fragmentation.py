@@ -28,14 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from extender.policies.allocation import (
+from extender.policies.baselines import (
     F64,
     I64,
     MAX_NODE_SCORE,
     MILLI,
     Bools,
+    Choice,
     ClusterView,
-    Decision,
     Task,
 )
 from extender.policies.model import Allocation, FloatArray, IntArray, NodeTable, PodDemand
@@ -203,12 +203,12 @@ def _sigmoid(x: F64) -> F64:
 
 
 def fgd_policy(workload: TargetWorkload, models: Sequence[str]) -> Callable[
-        [Task, ClusterView, Bools, np.random.Generator], Decision]:
+        [Task, ClusterView, Bools, np.random.Generator], Choice]:
     """The FGD policy for a cluster whose GPU model indices name `models`."""
     # Row m of `by_model` is the access of model index m; the last row serves nodes without GPUs.
     by_model = workload.access([*models, ""])
 
-    def fgd(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+    def fgd(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
         rows = np.flatnonzero(ok)
         scores = np.zeros(len(view))
         gpu = np.full(len(view), -1, np.int64)
@@ -218,7 +218,7 @@ def fgd_policy(workload: TargetWorkload, models: Sequence[str]) -> Callable[
                                           by_model[group], workload, group=group)
             scores[rows] = fgd_levels(delta)
             gpu[rows] = slot
-        return Decision(scores, gpu)
+        return Choice(scores, gpu)
 
     return fgd
 

@@ -232,6 +232,30 @@ class NodeTable:
         """Each row's position in the sorted order of the names (ranks ties by name cheaply)."""
         return name_ranks(self.names)
 
+    def fresh_medians(self, now: float, max_staleness_s: float) -> FloatArray:
+        """Per metric, the median of the values that are fresh at `now` over every node of the
+        table (NaN where no node has one): what `on_missing: neutral` imputes.
+
+        Cached until the first of those values goes stale, so a request pays for it once per
+        refresh at most.
+        """
+        memo = self.__dict__.get("_fresh_medians")
+        if memo is not None:
+            at, until, staleness, medians = memo
+            if staleness == max_staleness_s and at <= now < until:
+                return medians  # type: ignore[no-any-return]
+        fresh = ~np.isnan(self.values) & (now - self.sampled_at <= max_staleness_s)
+        medians = np.full(len(self.metrics), np.nan)
+        have = fresh.any(axis=0)
+        if have.any():
+            cols = np.flatnonzero(have)
+            medians[cols] = np.nanmedian(np.where(fresh[:, cols], self.values[:, cols], np.nan),
+                                         axis=0)
+        expiry = self.sampled_at[fresh] + max_staleness_s
+        until = float(expiry.min()) if expiry.size else float("inf")
+        self.__dict__["_fresh_medians"] = (now, until, max_staleness_s, medians)
+        return medians
+
     def value(self, node: str, metric: str) -> float:
         """One value (NaN when absent)."""
         i, j = self.index.get(node), self.column.get(metric)

@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes.client import CoreV1Api
     from prometheus_client import REGISTRY
 
-    from extender.metrics.cache import MetricsCache
+    from extender.leader import api_client_for
+    from extender.metrics.cache import Fetcher, MetricsCache
     from extender.metrics.prometheus import PrometheusSource
-    from extender.partition.cli import api_client_for
     from extender.rebalance.controller import RebalanceMetrics, Rebalancer
     from extender.rebalance.kube import ClusterApi
     from extender.rebalance.settings import load_rebalance_settings
@@ -54,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
     api_client = api_client_for(args.kubeconfig)
     api = ClusterApi(CoreV1Api(api_client), extender.policy, settings.api_timeout_s,
                      events=settings.events and not settings.dry_run)
-    cache = MetricsCache(extender, PrometheusSource(extender.prometheus))
+    cache = MetricsCache(extender, Fetcher(extender, PrometheusSource(extender.prometheus)))
     rebalancer = Rebalancer(settings, extender, api, cache, metrics=RebalanceMetrics(REGISTRY))
     if args.once:
         report = rebalancer.cycle()
         print(msgspec.json.encode(report).decode())
         return 1 if report.error else 0
 
-    from extender.partition.leader import run_elected
+    from extender.leader import run_elected
     from extender.rebalance.http import serve
 
     leading = threading.Event()

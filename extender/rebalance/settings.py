@@ -20,8 +20,8 @@ from typing import Literal
 import msgspec
 
 from extender.errors import ConfigError
-from extender.partition.settings import LeaderSettings, validate_leader
 from extender.settings import (
+    LeaderSettings,
     Settings,
     Struct,
     convert,
@@ -29,6 +29,7 @@ from extender.settings import (
     load_settings,
     read_yaml,
     require_positive,
+    validate_leader,
 )
 
 ENV_PREFIX = "REBALANCE_"
@@ -37,7 +38,7 @@ DEFAULT_CONFIG = Path("config/rebalance.yaml")
 Load = Literal["cpu", "memory", "gpu", "pods"]
 
 
-class Threshold(Struct):
+class Threshold(Struct, frozen=True):
     """When one catalog metric makes a node hot, and when it leaves room for more work."""
 
     hot_above: float | None = None
@@ -69,7 +70,7 @@ class Threshold(Struct):
         return self.hot if limit is None else limit
 
 
-class LimitSettings(Struct):
+class LimitSettings(Struct, frozen=True):
     """How much one cycle, one node, one namespace and the whole controller may evict."""
 
     per_cycle: int = 5
@@ -83,7 +84,7 @@ class LimitSettings(Struct):
     """Token bucket size: evictions possible at once after a quiet period."""
 
 
-class ExclusionSettings(Struct):
+class ExclusionSettings(Struct, frozen=True):
     """Pods never evicted (each rule can be switched off)."""
 
     require_controller: bool = True
@@ -103,14 +104,20 @@ class ExclusionSettings(Struct):
     """Namespaces whose pods are never evicted."""
 
 
-class SimulationSettings(Struct):
+class SimulationSettings(Struct, frozen=True):
     """Only for `extender simulate --rebalance`."""
 
     restart_cost_s: float = 30.0
     """Work lost and time added per eviction (pull, start, warm-up)."""
 
 
-class RebalanceSettings(Struct):
+class RebalanceLeaderSettings(LeaderSettings, frozen=True):
+    """The rebalancer's Lease (a partial `leader:` section keeps this name)."""
+
+    lease_name: str = "extender-rebalance"
+
+
+class RebalanceSettings(Struct, frozen=True):
     """The rebalancer's whole configuration."""
 
     extender_config: str = "extender.yaml"
@@ -150,7 +157,7 @@ class RebalanceSettings(Struct):
     history: int = 20
     """Cycles kept for /api/v1/rebalance."""
     api_timeout_s: float = 10.0
-    leader: LeaderSettings = LeaderSettings(lease_name="extender-rebalance")
+    leader: RebalanceLeaderSettings = RebalanceLeaderSettings()
     simulation: SimulationSettings = SimulationSettings()
     source: str = "<defaults>"
 

@@ -35,7 +35,7 @@ STATUS_BY_REASON = {"duplicate_id": 409, "end_without_start": 409, "clock_backwa
                     "too_many_running": 503}
 
 
-def create_app(tracker: Tracker, registry: CollectorRegistry, *,
+def create_sidecar_app(tracker: Tracker, registry: CollectorRegistry, *,
                push_status: Callable[[], PushStatus | None] = lambda: None) -> Flask:
     """The Flask app serving events, metrics and health for one tracker."""
     app = Flask(__name__)

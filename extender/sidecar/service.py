@@ -14,9 +14,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from extender.sidecar.http import HttpServer, create_app
-from extender.sidecar.metrics import deadline_registry
+from extender.sidecar.http import HttpServer, create_sidecar_app
 from extender.sidecar.push import Pusher
+from extender.sidecar.series import deadline_registry
 from extender.sidecar.settings import SidecarSettings
 from extender.sidecar.tail import EventFileTailer
 from extender.sidecar.tracker import Clock, Tracker
@@ -70,6 +70,6 @@ def build_sidecar(settings: SidecarSettings, *, node: str, worker: str,
     server = None
     if listen is not None:
         status = pusher.status if pusher is not None else (lambda: None)
-        server = HttpServer(create_app(tracker, registry, push_status=status), *listen)
+        server = HttpServer(create_sidecar_app(tracker, registry, push_status=status), *listen)
     tailer = EventFileTailer(events_file, tracker) if events_file else None
     return Sidecar(tracker, registry, pusher, server, tailer)

@@ -27,7 +27,7 @@ JOB = "extract-deadline"
 """Pushgateway job of every sidecar; the grouping key adds `node` and `worker`."""
 
 
-class JitterSettings(Struct):
+class JitterSettings(Struct, frozen=True):
     """The margin above the expected duration before a task counts as a miss."""
 
     relative: float = 0.5
@@ -36,7 +36,7 @@ class JitterSettings(Struct):
     """Absorbs scheduling noise of very short tasks, where a relative margin alone is too tight."""
 
 
-class EstimatorSettings(Struct):
+class EstimatorSettings(Struct, frozen=True):
     """The online estimate of a task type's duration (see extender.sidecar.estimate)."""
 
     alpha: float = 0.1
@@ -50,7 +50,7 @@ class EstimatorSettings(Struct):
     """Task types remembered; the least recently seen type is forgotten beyond this."""
 
 
-class WindowSettings(Struct):
+class WindowSettings(Struct, frozen=True):
     """The sliding window of deadline_miss_ratio."""
 
     seconds: float = 300.0
@@ -61,7 +61,7 @@ class WindowSettings(Struct):
     the task rate, and a verdict leaves the window within seconds / buckets of its age."""
 
 
-class PushSettings(Struct):
+class PushSettings(Struct, frozen=True):
     """Pushes to the Pushgateway, from a background thread."""
 
     interval_s: float = 10.0
@@ -73,7 +73,7 @@ class PushSettings(Struct):
     backoff_max_s: float = 60.0
 
 
-class SidecarSettings(Struct):
+class SidecarSettings(Struct, frozen=True):
     """The deadline sidecar's whole configuration (CLI flags fill node, worker, URLs and files)."""
 
     jitter: JitterSettings = JitterSettings()

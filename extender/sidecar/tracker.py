@@ -35,7 +35,7 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
-class Verdict:
+class TaskVerdict:
     """The judgement of one task, returned by `end()` and for overdue tasks."""
 
     id: str
@@ -103,7 +103,7 @@ class Tracker:
 
     # --- events --------------------------------------------------------------------------------
 
-    def apply(self, event: Event) -> Expectation | Verdict:
+    def apply(self, event: Event) -> Expectation | TaskVerdict:
         """Apply one decoded event: `start()` or `end()`."""
         if isinstance(event, TaskStart):
             return self.start(event)
@@ -133,7 +133,7 @@ class Tracker:
                 self._compact()
             return expectation
 
-    def end(self, event: TaskEnd) -> Verdict:
+    def end(self, event: TaskEnd) -> TaskVerdict:
         """Finish a task and judge it (unless it already got its overdue verdict).
 
         Raises BadEvent `end_without_start` or `clock_backwards`.
@@ -159,7 +159,7 @@ class Tracker:
                 self._verdict(ended, missed)
             if math.isfinite(task.expectation.limit_s):
                 self._observe_lateness(duration - task.expectation.limit_s)
-            return Verdict(task.id, task.type, task.expectation, duration, missed)
+            return TaskVerdict(task.id, task.type, task.expectation, duration, missed)
 
     def reject(self, error: BadEvent) -> None:
         """Count an event rejected before reaching the tracker (decoding errors)."""

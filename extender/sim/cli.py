@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FIRST_SEED = 42  # the OpenB artifact's seeds are 42..51
 IN_TREE = {"least-allocated": "kube_default", "most-allocated": "most_allocated",
            "none": "no_resource_scoring"}
-"""--in-tree choice -> the function of `extender.policies.allocation` scoring like it."""
+"""--in-tree choice -> the function of `extender.policies.baselines` scoring like it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class Outcome:
+class SimulationRuns:
     rows: list[SummaryRow] = field(default_factory=list)
     saturation: list[SaturationResult] = field(default_factory=list)
     replay: list[ReplayResult] = field(default_factory=list)
@@ -83,13 +83,14 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
              extender_weight: float = 5.0, in_tree: str = "least-allocated",
              speedup: float = 1.0, settings: Settings | None = None, http: bool = False,
              rebalance: Path | None = None,
-             progress: Callable[[str], None] | None = None) -> Outcome:
+             progress: Callable[[str], None] | None = None) -> SimulationRuns:
     """Run every policy for `seeds` seeds; returns summary rows and the raw results. Profiles
     come from `settings`, else from the file `config` (read only when a profile is asked for).
     With `http`, ours' decisions go through the HTTP extender (a fresh server per run) and are
-    compared with the in-process ones (`Outcome.http`). With `rebalance` (a rebalancer settings
-    file), replays also run the rebalancer (`extender.sim.rebalance`)."""
-    from extender.policies import allocation
+    compared with the in-process ones (`SimulationRuns.http`). With `rebalance` (a rebalancer
+    settings file), replays also run the rebalancer (`extender.sim.rebalance`)."""
+    from extender.openb import load_nodes, load_pods
+    from extender.policies import baselines
     from extender.policies.fragmentation import TargetWorkload
     from extender.settings import load_settings
     from extender.sim import policies as registry
@@ -97,7 +98,6 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
     from extender.sim.replay import run_replay
     from extender.sim.report import summarise
     from extender.sim.saturation import run_saturation
-    from extender.sim.trace import load_nodes, load_pods
 
     if seeds < 1:
         raise ExtenderError(f"--seeds: expected at least 1, got {seeds}")
@@ -118,10 +118,10 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
             raise ExtenderError("--rebalance: only with --experiment replay")
         assert settings is not None
         moves, _ = load_rebalance_settings(rebalance, extender=settings)
-    out = Outcome()
+    out = SimulationRuns()
     if in_tree not in IN_TREE:
         raise ExtenderError(f"--in-tree: expected one of {', '.join(IN_TREE)}, got {in_tree!r}")
-    tree = getattr(allocation, IN_TREE[in_tree])
+    tree = getattr(baselines, IN_TREE[in_tree])
     for name in policies:
         for seed in range(FIRST_SEED, FIRST_SEED + seeds):
             # A fresh policy per run: ours keeps a placement ledger.

@@ -12,7 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from extender.policies.allocation import (
+from extender.openb import Nodes, Pods
+from extender.policies.baselines import (
     GPU_CLASSES,
     MILLI,
     ClusterView,
@@ -22,7 +23,6 @@ from extender.policies.allocation import (
     pick_gpus,
     select,
 )
-from extender.sim.trace import Nodes, Pods
 
 
 class Cluster:

@@ -32,9 +32,9 @@ import requests
 from flask import Blueprint, Response, current_app, request
 
 from extender import protocol as wire
-from extender.localstack import LocalServer, free_port
+from extender.localserver import LocalServer, free_port
 from extender.metrics.cache import RefreshStatus
-from extender.policies.allocation import Bools, ClusterView, Decision, Task
+from extender.policies.baselines import Bools, Choice, ClusterView, Task
 from extender.policies.fragmentation import TargetWorkload, derived_terms
 from extender.policies.model import Allocation, NodeTable, request_pod
 from extender.settings import Settings
@@ -133,6 +133,7 @@ class NoBinding:
 def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
     """The production app on the simulator's clock and metrics, with `PUT /sim/state`, and the
     simulator's target workload for `gpu_fragmentation`."""
+    from extender.monitoring.catalog import load_for
     from extender.server import create_app
 
     clock = SimClock()
@@ -148,27 +149,27 @@ def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
         return Response(status=204)
 
     server = msgspec.structs.replace(settings.server, bind_enabled=True)
-    app = create_app(msgspec.structs.replace(settings, server=server), fetcher=fetcher,
-                     binder=NoBinding(), clock=clock, start_refresher=False, blueprints=[feed],
-                     derived_terms=derived_terms(workload))
+    settings = msgspec.structs.replace(settings, server=server)
+    app = create_app(settings, load_for(settings), fetcher, binder=NoBinding(), clock=clock,
+                     start_refresher=False, blueprints=[feed], derived_terms=derived_terms(workload))
     return app
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the simulator's extender under gunicorn, as `extender serve` does."""
-    from extender.commands import serve
+    from extender import serving
 
     parser = argparse.ArgumentParser(prog="python -m extender.sim.http")
     parser.add_argument("--settings", required=True, type=Path,
                         help="the Settings as JSON (written by the simulator)")
     parser.add_argument("--workload", required=True, type=Path,
                         help="the target workload as msgpack (written by the simulator)")
-    serve.add_arguments(parser)
+    serving.add_arguments(parser)
     args = parser.parse_args(argv)
     settings = msgspec.json.decode(args.settings.read_bytes(), type=Settings)
     workload = msgspec.msgpack.decode(args.workload.read_bytes(), type=Workload).target()
-    options = serve.gunicorn_options(args, (None, None))
-    serve.run_gunicorn(options, functools.partial(create_sim_app, settings, workload))
+    options = serving.gunicorn_options(args, (None, None))
+    serving.run_gunicorn(options, functools.partial(create_sim_app, settings, workload))
     return 0
 
 
@@ -228,7 +229,7 @@ class HttpPolicy:
         return response.json()
 
     def __call__(self, task: Task, view: ClusterView, ok: Bools,
-                 rng: np.random.Generator) -> Decision:
+                 rng: np.random.Generator) -> Choice:
         local = self.local
         self._count += 1
         name = f"pod-{self._count}"

@@ -16,23 +16,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from extender.policies import allocation
-from extender.policies.allocation import F64, Bools, ClusterView, Decision, Policy, Task
+from extender.openb import Nodes, TraceError
+from extender.policies import baselines
+from extender.policies.baselines import F64, Bools, Choice, ClusterView, Policy, Task
 from extender.policies.engine import Engine
 from extender.policies.fragmentation import TargetWorkload, derived_terms, fgd_policy
 from extender.policies.model import Allocation, NodeTable, PodDemand
 from extender.settings import Settings
 from extender.sim.replay import Observation
-from extender.sim.trace import Nodes, TraceError
 
 BASELINES: dict[str, Policy] = {
-    "kube-default": allocation.kube_default,
-    "random": allocation.random_policy,
-    "best-fit": allocation.best_fit,
-    "dot-product": allocation.dot_product,
-    "gpu-packing": allocation.gpu_packing,
-    "gpu-clustering": allocation.gpu_clustering,
-    "trimaran-tlp": allocation.trimaran_tlp,
+    "kube-default": baselines.kube_default,
+    "random": baselines.random_policy,
+    "best-fit": baselines.best_fit,
+    "dot-product": baselines.dot_product,
+    "gpu-packing": baselines.gpu_packing,
+    "gpu-clustering": baselines.gpu_clustering,
+    "trimaran-tlp": baselines.trimaran_tlp,
 }
 BASELINE_NAMES = (*BASELINES, "fgd")
 EXTENDER_WEIGHT = 5  # manifests/base/scheduler-config.yaml: extender scores 0..10 -> 0..500
@@ -49,7 +49,7 @@ class OursPolicy:
 
     def __init__(self, settings: Settings, profile: str, nodes: Nodes, workload: TargetWorkload,
                  *, extender_weight: float = EXTENDER_WEIGHT,
-                 in_tree: Policy = allocation.kube_default) -> None:
+                 in_tree: Policy = baselines.kube_default) -> None:
         self.profile = profile
         self.nodes = nodes
         self.names = nodes.names
@@ -88,7 +88,7 @@ class OursPolicy:
         gpus = self.nodes.gpus
         with np.errstate(invalid="ignore", divide="ignore"):
             values[:, col["gpu_memory_free_ratio"]] = np.where(
-                gpus > 0, np.maximum(view.gpu_free, 0).sum(axis=1) / (gpus * allocation.MILLI),
+                gpus > 0, np.maximum(view.gpu_free, 0).sum(axis=1) / (gpus * baselines.MILLI),
                 np.nan)
         values[:, col["cpu_cores"]] = view.cpu_capacity / 1000.0
         values[:, col["memory_total_bytes"]] = mem_total * 2**20
@@ -105,21 +105,21 @@ class OursPolicy:
                          column=self.column)
 
     def demand(self, task: Task, name: str = "") -> PodDemand:
-        share = task.gpu_milli if task.shares_gpu else allocation.MILLI * task.num_gpu
+        share = task.gpu_milli if task.shares_gpu else baselines.MILLI * task.num_gpu
         return PodDemand(namespace="sim", name=name, cpu_cores=task.cpu_milli / 1000.0,
                          memory_bytes=float(task.memory_mib) * 2**20, gpus=task.num_gpu,
                          gpu_milli=share, policy=self.profile,
                          gpu_models=tuple(self.nodes.models[m] for m in task.models if m >= 0))
 
     def __call__(self, task: Task, view: ClusterView, ok: Bools,
-                 rng: np.random.Generator) -> Decision:
+                 rng: np.random.Generator) -> Choice:
         rows = np.flatnonzero(ok)
         offered = [self.names[i] for i in rows]
         extender = self.extender_scores(task, self.table(view), offered)
         return self.combine(task, view, ok, rng, extender)
 
     def combine(self, task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator,
-                extender: F64) -> Decision:
+                extender: F64) -> Choice:
         """kube-scheduler's final score of each feasible node: the in-tree resource score plus
         the extender's (`extender`, one per feasible node: -inf where filter rejected) times its
         weight, on the 0..100 scale."""
@@ -127,7 +127,7 @@ class OursPolicy:
         scores = np.full(len(view), -np.inf)
         in_tree = self.in_tree(task, view, ok, rng).scores[rows]
         scores[rows] = in_tree + self.extender_weight * 10 * extender
-        return Decision(scores)
+        return Choice(scores)
 
     def extender_scores(self, task: Task, table: NodeTable, offered: list[str]) -> F64:
         """What kube-scheduler learns from the extender about the `offered` nodes (those that

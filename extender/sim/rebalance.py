@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from extender.policies.allocation import MILLI
+from extender.openb import Nodes, Pods
+from extender.policies.baselines import MILLI
 from extender.policies.fragmentation import TargetWorkload
 from extender.rebalance.choose import NodeView, PodView, choose
 from extender.rebalance.controller import TokenBucket
@@ -24,7 +25,6 @@ from extender.settings import Settings
 from extender.sim.cluster import Cluster, task_of
 from extender.sim.policies import OursPolicy
 from extender.sim.replay import Observation
-from extender.sim.trace import Nodes, Pods
 
 
 class SimRebalancer:

@@ -22,10 +22,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from extender.policies.allocation import Policy, pick_gpus
+from extender.openb import Nodes, Pods, TraceError
+from extender.policies.baselines import Policy, pick_gpus
 from extender.sim import models
 from extender.sim.cluster import Cluster, Stateful, decide, task_of
-from extender.sim.trace import Nodes, Pods, TraceError
 
 F64 = npt.NDArray[np.float64]
 HISTORY_S = 60.0  # changes kept to rebuild the lagged view (lag is at most 30 s)

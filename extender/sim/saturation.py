@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from extender.policies.allocation import Policy
+from extender.openb import Nodes, Pods, TraceError
+from extender.policies.baselines import Policy
 from extender.policies.fragmentation import TargetWorkload, node_fragmentation
 from extender.sim import models
 from extender.sim.cluster import Cluster, Stateful, decide, task_of
 from extender.sim.replay import Observation
-from extender.sim.trace import Nodes, Pods, TraceError
 
 RATIO = 1.3  # arrived GPU requests / GPU capacity at the end, as published
 STEP_S = 60.0

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from extender.cli import SUBCOMMANDS
-from extender.localstack import free_port, wait_until
+from extender.localserver import free_port, wait_until
 from extender.partition.settings import load_partition_settings
 from tests.deploy.conftest import find, pod_specs, render, write_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from extender.emulator import EmulatedNode, Emulator, EmulatorServer, load_nodes
+from extender.demo.emulator import EmulatedNode, Emulator, EmulatorServer, load_fleet
 from tests.support import OPENB
 
 OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
@@ -34,7 +34,7 @@ def openb_csv() -> Path:
 @pytest.fixture(scope="session")
 def openb_nodes() -> list[EmulatedNode]:
     """Twelve OpenB nodes: CPU-only nodes and one GPU node of every model."""
-    return load_nodes(OPENB_NODES, limit=12, seed=1)
+    return load_fleet(OPENB_NODES, limit=12, seed=1)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from extender.emulator import CONTENT_TYPE, GPU_MODELS, Emulator, EmulatorServer
+from extender.demo.emulator import CONTENT_TYPE, GPU_MODELS, Emulator, EmulatorServer
 
 EXPORTERS = ("node-exporter", "kube-state-metrics", "cadvisor", "dcgm")
 

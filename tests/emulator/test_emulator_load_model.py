@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from extender.emulator import GIB, GPU_MODELS, Emulator, Pod, PowerModel, load_nodes
+from extender.demo.emulator import GIB, GPU_MODELS, EmulatedPod, Emulator, PowerModel, load_fleet
 
 
 def cpu_node(emulator: Emulator) -> str:
@@ -21,7 +21,7 @@ def test_placing_a_pod_adds_requests_times_usage_factor(emulator: Emulator) -> N
     node = cpu_node(emulator)
     cores = emulator.reading(node).cores
     before = emulator.reading(node)
-    emulator.place(Pod.single("demo", "p1", cpu_cores=4, memory_bytes=8 * GIB, usage_factor=0.5),
+    emulator.place(EmulatedPod.single("demo", "p1", cpu_cores=4, memory_bytes=8 * GIB, usage_factor=0.5),
                    node)
     after = emulator.reading(node)
     assert after.cpu_utilisation == pytest.approx(before.cpu_utilisation + 2 / cores)
@@ -34,18 +34,18 @@ def test_placing_a_pod_adds_requests_times_usage_factor(emulator: Emulator) -> N
 def test_the_default_usage_factor_applies_when_the_pod_has_none(emulator: Emulator) -> None:
     node = cpu_node(emulator)
     before = emulator.reading(node).cpu_demand_cores
-    emulator.place(Pod.single("demo", "p", cpu_cores=10, memory_bytes=GIB), node)
+    emulator.place(EmulatedPod.single("demo", "p", cpu_cores=10, memory_bytes=GIB), node)
     assert emulator.reading(node).cpu_demand_cores == pytest.approx(
         before + 10 * emulator.usage_factor)
 
 
 def test_a_pod_runs_in_one_place_only(emulator: Emulator) -> None:
-    pod = Pod.single("demo", "once", cpu_cores=1, memory_bytes=GIB)
+    pod = EmulatedPod.single("demo", "once", cpu_cores=1, memory_bytes=GIB)
     emulator.place(pod, emulator.nodes[0].name)
     with pytest.raises(ValueError, match="demo/once already runs on"):
         emulator.place(pod, emulator.nodes[1].name)
     with pytest.raises(KeyError, match="unknown emulated node"):
-        emulator.place(Pod.single("demo", "x", cpu_cores=1, memory_bytes=GIB), "nowhere")
+        emulator.place(EmulatedPod.single("demo", "x", cpu_cores=1, memory_bytes=GIB), "nowhere")
     with pytest.raises(KeyError, match="not running"):
         emulator.remove("demo", "never")
 
@@ -54,7 +54,7 @@ def test_overcommit_saturates_the_node_and_shows_cpu_pressure(emulator: Emulator
     node = cpu_node(emulator)
     cores = emulator.reading(node).cores
     assert emulator.reading(node).cpu_pressure == 0
-    emulator.place(Pod.single("demo", "hog", cpu_cores=2 * cores, memory_bytes=GIB,
+    emulator.place(EmulatedPod.single("demo", "hog", cpu_cores=2 * cores, memory_bytes=GIB,
                               usage_factor=1.0), node)
     reading = emulator.reading(node)
     assert reading.cpu_utilisation == 1.0
@@ -79,9 +79,9 @@ def test_gpu_pods_raise_the_utilisation_of_their_gpus(emulator: Emulator) -> Non
     emulator.set_background(node, gpu=0.0)
     for pod in emulator.reading(node).pods:
         emulator.remove(*pod.split("/"))
-    emulator.place(Pod.single("train", "g1", cpu_cores=1, memory_bytes=GIB, gpus=1,
+    emulator.place(EmulatedPod.single("train", "g1", cpu_cores=1, memory_bytes=GIB, gpus=1,
                               usage_factor=0.8), node)
-    emulator.place(Pod.single("train", "g2", cpu_cores=1, memory_bytes=GIB, gpus=0.5,
+    emulator.place(EmulatedPod.single("train", "g2", cpu_cores=1, memory_bytes=GIB, gpus=0.5,
                               usage_factor=0.8), node)
     gpus = emulator.reading(node).gpus
     assert sorted(g.utilisation for g in gpus)[-2:] == pytest.approx([0.4, 0.8])
@@ -105,7 +105,7 @@ def test_power_grows_with_load_and_includes_gpus(emulator: Emulator) -> None:
 
 
 def test_power_model_is_idle_plus_busy_cores_plus_gpu_envelope(openb_csv) -> None:
-    (node,) = [n for n in load_nodes(openb_csv) if n.name == "openb-node-0000"]
+    (node,) = [n for n in load_fleet(openb_csv) if n.name == "openb-node-0000"]
     model = PowerModel(idle_w=100, per_core_w=2, per_gib_w=0)
     assert model.host_w(node, 0.5) == 100 + 2 * node.cores * 0.5
     t4 = PowerModel.gpu_w
@@ -117,7 +117,7 @@ def test_placements_from_many_threads_are_all_recorded(emulator: Emulator) -> No
 
     def place(worker: int) -> None:
         for i in range(20):
-            emulator.place(Pod.single("load", f"w{worker}-{i}", cpu_cores=0.1, memory_bytes=GIB),
+            emulator.place(EmulatedPod.single("load", f"w{worker}-{i}", cpu_cores=0.1, memory_bytes=GIB),
                            nodes[(worker + i) % len(nodes)])
             emulator.render("node-exporter")
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import requests
 
-from extender import localstack
-from extender.emulator import GIB, Emulator, EmulatorServer, Pod
+from extender import localserver
+from extender.demo import launcher
+from extender.demo.emulator import GIB, EmulatedPod, Emulator, EmulatorServer
 
 pytestmark = pytest.mark.prometheus
 
@@ -21,7 +22,7 @@ def stack(openb_nodes) -> Iterator[tuple[Emulator, str]]:
     """An emulator (real clock) served on loopback and a Prometheus scraping it every second."""
     emulator = Emulator(openb_nodes, seed=2)
     with EmulatorServer(emulator) as server:
-        with localstack.prometheus(server.scrape_targets(), scrape_interval_s=1).start() as prom:
+        with launcher.prometheus(server.scrape_targets(), scrape_interval_s=1).start() as prom:
             yield emulator, prom.url
 
 
@@ -47,7 +48,7 @@ def settles(url: str, promql: str, label: str, expected: dict[str, float], *,
             got[k] == pytest.approx(v, rel=rel, abs=abs_) for k, v in expected.items())
 
     try:
-        localstack.wait_until(matches, timeout_s=timeout_s, what=promql)
+        localserver.wait_until(matches, timeout_s=timeout_s, what=promql)
     except TimeoutError:
         pytest.fail(f"{promql}: expected {expected}, last got {last.get('got')}")
     return last["got"]
@@ -76,7 +77,7 @@ def test_node_exporter_instances_map_to_node_names_through_kube_node_info(stack)
 def test_a_placed_pod_shows_up_in_the_cpu_rate(stack) -> None:
     emulator, url = stack
     node = next(n for n in emulator.nodes if not n.gpus)
-    emulator.place(Pod.single("it", "burst", cpu_cores=node.cores * 0.4, memory_bytes=GIB,
+    emulator.place(EmulatedPod.single("it", "burst", cpu_cores=node.cores * 0.4, memory_bytes=GIB,
                               usage_factor=1.0), node.name)
     try:
         expected = {r.node: r.cpu_utilisation for r in emulator.readings()}
@@ -128,7 +129,7 @@ def test_gpu_workload_labels_arrive_as_exported_labels_like_the_helm_chart(stack
         return set(by_label(url, 'count by (exported_pod) (DCGM_FI_DEV_GPU_UTIL{exported_pod!=""})',
                             "exported_pod"))
 
-    localstack.wait_until(lambda: exported() == pods, timeout_s=30, what="exported_pod labels")
+    localserver.wait_until(lambda: exported() == pods, timeout_s=30, what="exported_pod labels")
 
 
 def test_node_conditions_reach_prometheus(stack) -> None:

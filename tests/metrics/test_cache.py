@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from extender.metrics.cache import MetricsCache, build_table
-from extender.metrics.catalog import NodeResolver, strip_port
+from extender.metrics.cache import Fetcher, MetricsCache, build_table
+from extender.metrics.identity import NodeResolver, strip_port
 from extender.metrics.prometheus import Sample, _sample
 from tests.support import StaticSource, healthy, settings
 
@@ -71,7 +71,7 @@ def test_refresh_swaps_a_whole_snapshot_with_one_query_per_entry() -> None:
     nodes = ["a", "b"]
     source = StaticSource(s, healthy(nodes, cpu_utilisation={"a": 0.2, "b": 0.8}))
     clock = Clock()
-    cache = MetricsCache(s, source, clock=clock)
+    cache = MetricsCache(s, Fetcher(s, source), clock=clock)
     before = cache.current()
     after = cache.refresh()
     assert before is not after and cache.current() is after
@@ -84,7 +84,7 @@ def test_outage_keeps_old_values_until_stale_then_recovers() -> None:
     s = settings()
     source = StaticSource(s, healthy(["a"]))
     clock = Clock()
-    cache = MetricsCache(s, source, clock=clock)
+    cache = MetricsCache(s, Fetcher(s, source), clock=clock)
     cache.refresh()
     source.down = True
     clock.now += 30
@@ -116,7 +116,7 @@ def test_a_failing_query_does_not_fail_the_others() -> None:
         return real(promql, at)
 
     source.query = query  # type: ignore[method-assign]
-    snapshot = MetricsCache(s, source, clock=Clock()).refresh()
+    snapshot = MetricsCache(s, Fetcher(s, source), clock=Clock()).refresh()
     assert snapshot.status.prometheus_up
     assert list(snapshot.status.errors) == ["disk_io_now"]
     assert math.isnan(snapshot.table.value("a", "disk_io_now"))
@@ -127,7 +127,7 @@ def test_deleted_nodes_are_forgotten_after_long_staleness() -> None:
     s = settings()
     source = StaticSource(s, healthy(["a", "b"]))
     clock = Clock()
-    cache = MetricsCache(s, source, clock=clock)
+    cache = MetricsCache(s, Fetcher(s, source), clock=clock)
     cache.refresh()
     source.values = healthy(["a"])
     source.nodes = ["a"]
@@ -138,14 +138,14 @@ def test_deleted_nodes_are_forgotten_after_long_staleness() -> None:
 
 
 def test_refresher_thread_refreshes_and_stops() -> None:
-    from extender import localstack
+    from extender import localserver
 
     s = settings(cache={"refresh_interval_s": 0.05})
     source = StaticSource(s, healthy(["a"]))
-    cache = MetricsCache(s, source)
+    cache = MetricsCache(s, Fetcher(s, source))
     cache.start()
     try:
-        localstack.wait_until(lambda: cache.current().refreshes >= 3, timeout_s=10,
+        localserver.wait_until(lambda: cache.current().refreshes >= 3, timeout_s=10,
                               what="three refreshes")
     finally:
         cache.stop()
@@ -164,7 +164,7 @@ def test_child_fetcher_refreshes_in_another_process_and_survives_its_death() -> 
 
     s = settings()
     fetcher = ChildFetcher(s, functools.partial(PidSource, s))
-    cache = MetricsCache(s, fetcher=fetcher, clock=Clock())
+    cache = MetricsCache(s, fetcher, clock=Clock())
     try:
         first = cache.refresh()
         child_pid = first.table.value("a", "cpu_utilisation")
@@ -191,7 +191,7 @@ def test_allocation_state_comes_from_kube_state_metrics_requests() -> None:
         "gpus_allocatable": {"a": 8, "b": 2},                   # c: no GPUs
         "gpus_requested": {"a": 7, "b": 0},
     })
-    snapshot = MetricsCache(s, StaticSource(s, values)).refresh()
+    snapshot = MetricsCache(s, Fetcher(s, StaticSource(s, values))).refresh()
     alloc = snapshot.table.allocation
     assert alloc is not None
     assert alloc.cpu_free_milli[:2].tolist() == [3500.0, 32000.0]

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 
-from extender import localstack
-from extender.emulator import GIB, Emulator, EmulatorServer, Pod, load_nodes
-from extender.metrics.cache import MetricsCache, Snapshot
+from extender import localserver
+from extender.demo import launcher
+from extender.demo.emulator import GIB, EmulatedPod, Emulator, EmulatorServer, load_fleet
+from extender.metrics.cache import Fetcher, MetricsCache, Snapshot
 from extender.metrics.prometheus import PrometheusSource
-from extender.server import create_app
 from extender.settings import Settings
-from tests.support import OPENB, fixture, settings
+from tests.support import OPENB, app_for, fixture, sample, settings
 
 pytestmark = pytest.mark.prometheus
 
@@ -30,7 +30,7 @@ OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 class Stack:
     emulator: Emulator
     server: EmulatorServer
-    prometheus: localstack.LocalServer
+    prometheus: localserver.LocalServer
 
     def settings(self, **sections: object) -> Settings:
         return settings(prometheus={"url": self.prometheus.url, "query_timeout_s": 2, "retries": 0},
@@ -40,9 +40,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    emulator = Emulator(load_nodes(OPENB_NODES, limit=10, seed=3), seed=3)
+    emulator = Emulator(load_fleet(OPENB_NODES, limit=10, seed=3), seed=3)
     with EmulatorServer(emulator) as server:
-        prom = localstack.prometheus(server.scrape_targets(), scrape_interval_s=1).start()
+        prom = launcher.prometheus(server.scrape_targets(), scrape_interval_s=1).start()
         try:
             yield Stack(emulator, server, prom)
         finally:
@@ -59,13 +59,13 @@ def warm(cache: MetricsCache, emulator: Emulator, names: list[str]) -> Snapshot:
                  for n in names)
         return snap if ok else None
 
-    return localstack.wait_until(ready, timeout_s=40, interval_s=0.5, what="CPU rates to settle")
+    return localserver.wait_until(ready, timeout_s=40, interval_s=0.5, what="CPU rates to settle")
 
 
 def test_emulated_series_reach_the_cache_with_the_right_per_node_values(stack: Stack) -> None:
     s = stack.settings()
     names = [n.name for n in stack.emulator.nodes]
-    cache = MetricsCache(s, PrometheusSource(s.prometheus))
+    cache = MetricsCache(s, Fetcher(s, PrometheusSource(s.prometheus)))
     snap = warm(cache, stack.emulator, names)
     table = snap.table
     assert set(names) <= set(table.names)
@@ -93,17 +93,17 @@ def test_emulated_series_reach_the_cache_with_the_right_per_node_values(stack: S
 def test_placed_load_shows_in_the_cache_and_moves_the_ranking(stack: Stack) -> None:
     s = stack.settings()
     names = [n.name for n in stack.emulator.nodes if not n.gpus][:3]
-    cache = MetricsCache(s, PrometheusSource(s.prometheus))
+    cache = MetricsCache(s, Fetcher(s, PrometheusSource(s.prometheus)))
     before = warm(cache, stack.emulator, names).table.value(names[0], "cpu_utilisation")
     node = stack.emulator.nodes[[n.name for n in stack.emulator.nodes].index(names[0])]
-    stack.emulator.place(Pod.single("load", "hog", cpu_cores=node.cores * 0.9,
+    stack.emulator.place(EmulatedPod.single("load", "hog", cpu_cores=node.cores * 0.9,
                                     memory_bytes=GIB, usage_factor=1.0), names[0])
     try:
         def busy() -> bool:
             return cache.refresh().table.value(names[0], "cpu_utilisation") > before + 0.5
 
-        localstack.wait_until(busy, timeout_s=30, interval_s=0.5, what="the hog to show")
-        app = create_app(s, start_refresher=False)
+        localserver.wait_until(busy, timeout_s=30, interval_s=0.5, what="the hog to show")
+        app = app_for(s, start_refresher=False)
         app.extensions["extender"].cache.refresh()
         request = fixture("names-0001-prioritize-cache-plain.json")["request"]
         request = {**request, "NodeNames": names}
@@ -118,11 +118,11 @@ def test_prometheus_killed_and_restarted_no_failed_request_staleness_visible_rec
         stack: Stack) -> None:
     names = [n.name for n in stack.emulator.nodes]
     # A second Prometheus we may kill, on a fixed port so it can come back at the same URL.
-    prom = localstack.prometheus(stack.server.scrape_targets(), scrape_interval_s=1).start()
+    prom = launcher.prometheus(stack.server.scrape_targets(), scrape_interval_s=1).start()
     offset = [0.0]
     s = settings(prometheus={"url": prom.url, "query_timeout_s": 1, "retries": 0},
                  cache={"rate_window": "5s", "max_staleness_s": 20})
-    app: Flask = create_app(s, start_refresher=False, clock=lambda: time.time() + offset[0])
+    app: Flask = app_for(s, start_refresher=False, clock=lambda: time.time() + offset[0])
     extender = app.extensions["extender"]
     client = app.test_client()
     request = {**fixture("names-0001-prioritize-cache-plain.json")["request"], "NodeNames": names}
@@ -138,7 +138,7 @@ def test_prometheus_killed_and_restarted_no_failed_request_staleness_visible_rec
         assert client.post("/filter", json=request).status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
-        assert "extender_prometheus_up 0.0" in client.get("/metrics").data.decode()
+        assert sample(client.get("/metrics").data, "extender_prometheus_up") == 0.0
         # Once the data is older than max_staleness it counts as missing: scores fall to the
         # missing score, never to an error.
         offset[0] = 60.0
@@ -167,7 +167,8 @@ def test_nodes_command_prints_the_live_snapshot(stack: Stack, monkeypatch: pytes
 
     monkeypatch.setenv("EXTENDER_CACHE__RATE_WINDOW", "5s")
     monkeypatch.setenv("COLUMNS", "250")
-    warm(MetricsCache(stack.settings(), PrometheusSource(stack.settings().prometheus)),
+    s = stack.settings()
+    warm(MetricsCache(s, Fetcher(s, PrometheusSource(s.prometheus))),
          stack.emulator, [n.name for n in stack.emulator.nodes])
     args = Namespace(config=None, prometheus_url=stack.prometheus.url, metrics=None)
     assert nodes.run(args) == 0
@@ -182,6 +183,6 @@ def test_nodes_command_says_when_prometheus_is_unreachable(capsys: pytest.Captur
 
     from extender.commands import nodes
 
-    url = f"http://127.0.0.1:{localstack.free_port()}"
+    url = f"http://127.0.0.1:{localserver.free_port()}"
     assert nodes.run(Namespace(config=None, prometheus_url=url, metrics=None)) == 1
     assert "Prometheus unreachable" in capsys.readouterr().out

@@ -18,14 +18,14 @@ import yaml
 from flask import Flask
 from werkzeug.serving import make_server
 
-from extender import localstack
-from extender.emulator import EmulatedNode, EmulatorServer, load_nodes
-from extender.localstack import ScrapeTarget
+from extender import localserver
+from extender.demo import launcher
+from extender.demo.emulator import EmulatedNode, EmulatorServer, load_fleet
+from extender.demo.launcher import ScrapeTarget
 from extender.monitoring.catalog import DiscoverySettings
 from extender.monitoring.discovery import Worker, target_groups, write_file_sd
-from extender.server import create_app
 from tests.monitoring.world import APPS, PARTITION_NAMESPACE, Extras, World, build_world
-from tests.support import OPENB, REPO, settings
+from tests.support import OPENB, REPO, app_for, settings
 
 OPENB_NODES = OPENB / "openb_node_list_all_node.csv"
 WINDOW = "5s"
@@ -44,7 +44,7 @@ class Stack:
 
 def pick_nodes() -> list[EmulatedNode]:
     """Three CPU-only nodes and three GPU nodes of different models (both dcgm label spellings)."""
-    nodes = load_nodes(OPENB_NODES)
+    nodes = load_fleet(OPENB_NODES)
     cpu = [n for n in nodes if not n.gpus][:3]
     gpu: list[EmulatedNode] = []
     for node in nodes:
@@ -113,9 +113,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config = monitoring_copy(tmp / "config", discovery={
             "resources_file": str(resources), "namespace": PARTITION_NAMESPACE,
             "sidecar_port": sidecar_port})
-        prom_port = localstack.free_port()
+        prom_port = localserver.free_port()
         prom_url = f"http://127.0.0.1:{prom_port}"
-        app = create_app(app_settings(config, prom_url))
+        app = app_for(app_settings(config, prom_url))
         served = Served(app)
         file_sd = tmp / "file-sd.json"
         write_file_sd(file_sd, target_groups(
@@ -124,7 +124,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         apps = [{"targets": [extras_host], "labels": {
             "namespace": "shop", "pod": a.pod, "__metrics_path__": f"/app/{a.pod}/metrics"}}
             for a in APPS]
-        apps.append({"targets": [f"127.0.0.1:{localstack.free_port()}"],  # nobody listens
+        apps.append({"targets": [f"127.0.0.1:{localserver.free_port()}"],  # nobody listens
                      "labels": {"namespace": "shop", "pod": "web-2"}})
         targets = [
             *emulated.scrape_targets(),
@@ -136,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 {"files": [str(file_sd)], "refresh_interval": "1s"}]}),
         ]
         (tmp / "prometheus").mkdir()
-        prometheus = localstack.prometheus(targets, scrape_interval_s=1, port=prom_port,
+        prometheus = launcher.prometheus(targets, scrape_interval_s=1, port=prom_port,
                                            workdir=tmp / "prometheus")
         prometheus.start()
         try:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from statistics import mean
 from typing import Any
 
-from extender.emulator import MIB, NodeReading, Pod
+from extender.demo.emulator import MIB, EmulatedPod, NodeReading
 from tests.monitoring.world import APPS, PARTITION_NAMESPACE, World, quantile
 
 Key = tuple[tuple[str, str], ...]
@@ -39,11 +39,11 @@ def cluster(value: float) -> Values:
     return {(): value}
 
 
-def pods(w: World) -> Iterable[tuple[Pod, str]]:
+def pods(w: World) -> Iterable[tuple[EmulatedPod, str]]:
     return w.pods.values()
 
 
-def grouped(w: World, level: str, f: Callable[[Pod, Any], float], *,
+def grouped(w: World, level: str, f: Callable[[EmulatedPod, Any], float], *,
             per_container: bool = False, combine: str = "sum") -> Values:
     """Sum (or mean) of f over pods or containers, grouped by the level's labels."""
     acc: dict[Key, list[float]] = defaultdict(list)
@@ -60,21 +60,21 @@ def grouped(w: World, level: str, f: Callable[[Pod, Any], float], *,
     return {key: (sum(v) if combine == "sum" else mean(v)) for key, v in acc.items()}
 
 
-def usage(w: World, pod: Pod, c: Any) -> float:
+def usage(w: World, pod: EmulatedPod, c: Any) -> float:
     cores = c.cpu_cores if c is not None else pod.cpu_cores
     return cores * w.factor(pod)
 
 
-def working_set(w: World, pod: Pod, c: Any) -> float:
+def working_set(w: World, pod: EmulatedPod, c: Any) -> float:
     parts = [c] if c is not None else list(pod.containers)
     return float(sum(int(x.memory_bytes * w.factor(pod)) for x in parts))
 
 
-def requested_cpu(pod: Pod, c: Any) -> float:
+def requested_cpu(pod: EmulatedPod, c: Any) -> float:
     return c.cpu_cores if c is not None else pod.cpu_cores
 
 
-def requested_memory(pod: Pod, c: Any) -> float:
+def requested_memory(pod: EmulatedPod, c: Any) -> float:
     return float(c.memory_bytes if c is not None else pod.memory_bytes)
 
 
@@ -82,7 +82,7 @@ def ratio(a: Values, b: Values) -> Values:
     return {key: a[key] / b[key] for key in a if b.get(key)}
 
 
-def by_level(w: World, level: str, f: Callable[[Pod, Any], float]) -> Values:
+def by_level(w: World, level: str, f: Callable[[EmulatedPod, Any], float]) -> Values:
     return grouped(w, level, f, per_container=level == "container")
 
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from extender import localstack
+from extender import localserver
 from extender.monitoring.catalog import DiscoverySettings
 from extender.monitoring.discovery import (
     DiscoveryUnavailable,
@@ -24,10 +24,9 @@ from extender.monitoring.discovery import (
     write_file_sd,
 )
 from extender.monitoring.model import TargetGroup
-from extender.server import create_app
 from tests.monitoring.conftest import Stack, app_settings, monitoring_copy, worker_records, write_resources
 from tests.monitoring.world import PARTITION_NAMESPACE
-from tests.support import REPO, StaticSource, settings
+from tests.support import REPO, StaticSource, app_for, settings
 
 WORKERS = [Worker("n2", "partition-worker-n2", "10.0.0.2", True),
            Worker("n1", "partition-worker-n1", "fd00::1", False),
@@ -90,12 +89,12 @@ def test_file_sd_is_written_atomically_as_json(tmp_path: Path) -> None:
 def test_sd_endpoint_answers_404_unconfigured_and_503_when_the_file_is_missing(
         tmp_path: Path) -> None:
     s = settings()
-    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    app = app_for(s, StaticSource(s, {}), start_refresher=False)
     answer = app.test_client().get("/api/v1/sd/targets")
     assert answer.status_code == 404 and "discovery.resources_file is not set" in answer.json["error"]
     missing = monitoring_copy(tmp_path, discovery={"resources_file": str(tmp_path / "nope.json")})
     s = app_settings(missing, "http://127.0.0.1:1")
-    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    app = app_for(s, StaticSource(s, {}), start_refresher=False)
     answer = app.test_client().get("/api/v1/sd/targets")
     assert answer.status_code == 503 and "nope.json: cannot read" in answer.json["error"]
     assert answer.headers["Retry-After"]
@@ -116,7 +115,7 @@ def expect_workers(stack: Stack, job: str, workers: list[Worker]) -> dict[str, A
         return got.keys() == want.keys() and all(
             want[pod].items() <= got[pod].items() for pod in want)
 
-    localstack.wait_until(seen, timeout_s=30, what=f"{job} targets in Prometheus")
+    localserver.wait_until(seen, timeout_s=30, what=f"{job} targets in Prometheus")
     return active_targets(stack, job)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import requests
 
-from extender import localstack
+from extender import localserver
 from extender.monitoring.catalog import load_monitoring_catalog
 from tests.monitoring.conftest import Stack
 from tests.monitoring.expected import Values, expected
@@ -65,7 +65,7 @@ def settle(stack: Stack, metric: str, level: str, fetch: Any) -> tuple[Values, V
         return matches(last["got"], want, tolerance(metric))
 
     try:
-        localstack.wait_until(check, timeout_s=30, interval_s=0.5, what=f"{metric}@{level}")
+        localserver.wait_until(check, timeout_s=30, interval_s=0.5, what=f"{metric}@{level}")
     except TimeoutError:
         diff = {key: (last.get("got", {}).get(key), value) for key, value in last.get("want", {}).items()}
         extra = set(last.get("got", {})) - set(last.get("want", {}))
@@ -131,7 +131,7 @@ def test_catalog_lists_every_metric_with_levels_units_and_selectors(stack: Stack
 
 def test_range_query_returns_one_point_per_step(stack: Stack) -> None:
     client = stack.app.test_client()
-    localstack.wait_until(lambda: client.get("/api/v1/metrics/memory_available_bytes", query_string={
+    localserver.wait_until(lambda: client.get("/api/v1/metrics/memory_available_bytes", query_string={
         "level": "cluster", "start": "-6s"}).json["series"], timeout_s=30, what="6 s of data")
     body = client.get("/api/v1/metrics/memory_available_bytes",
                       query_string={"level": "node", "start": "-6s", "step": "2"}).json

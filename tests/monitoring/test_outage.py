@@ -8,23 +8,24 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from extender import localstack
+from extender import localserver
 from extender.client import MonitoringClient, Unavailable
-from extender.emulator import Emulator, EmulatorServer
-from extender.server import create_app
+from extender.demo import launcher
+from extender.demo.emulator import Emulator, EmulatorServer
 from tests.monitoring.conftest import Served, app_settings, monitoring_copy, pick_nodes
+from tests.support import app_for
 
 pytestmark = pytest.mark.prometheus
 
 
 @pytest.fixture(scope="module")
-def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, localstack.LocalServer]]:
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, localserver.LocalServer]]:
     """Its own small emulator and Prometheus, which the test stops."""
     tmp: Path = tmp_path_factory.mktemp("outage")
     emulator = Emulator(pick_nodes()[:2], seed=7)
     with EmulatorServer(emulator) as served:
-        with localstack.prometheus(served.scrape_targets(), scrape_interval_s=1).start() as prom:
-            app = create_app(app_settings(monitoring_copy(tmp), prom.url))
+        with launcher.prometheus(served.scrape_targets(), scrape_interval_s=1).start() as prom:
+            app = app_for(app_settings(monitoring_copy(tmp), prom.url))
             try:
                 yield app, prom
             finally:
@@ -38,7 +39,7 @@ def test_history_fails_with_503_while_cached_node_values_are_still_served(outage
     def cached() -> list[dict[str, float]]:
         return client.get("/api/v1/metrics/memory_available_ratio").json["series"]
 
-    before = localstack.wait_until(lambda: len(cached()) == 2 and cached(), timeout_s=30,
+    before = localserver.wait_until(lambda: len(cached()) == 2 and cached(), timeout_s=30,
                                    what="cached values")
     assert client.get("/api/v1/metrics/memory_available_ratio",
                       query_string={"start": "-2s", "step": "1"}).status_code == 200
@@ -74,7 +75,7 @@ def test_the_client_raises_unavailable_on_503_and_status_0_when_unreachable(outa
         assert api.current("memory_available_ratio").source == "cache"
     finally:
         served.stop()
-    dead = MonitoringClient(f"http://127.0.0.1:{localstack.free_port()}", timeout_s=1)
+    dead = MonitoringClient(f"http://127.0.0.1:{localserver.free_port()}", timeout_s=1)
     with pytest.raises(Exception) as info:
         dead.metrics()
     assert getattr(info.value, "status", None) == 0

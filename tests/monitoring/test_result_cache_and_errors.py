@@ -8,12 +8,9 @@ import pytest
 from flask import Flask
 
 from extender.errors import PrometheusUnreachable, QueryFailed
-from extender.metrics.cache import RefreshStatus, Snapshot
 from extender.metrics.prometheus import RangeSeries, Sample
-from extender.monitoring.catalog import load_for
-from extender.monitoring.http import default_source, metrics_blueprint
-from extender.policies.model import NodeTable
-from tests.support import settings
+from extender.monitoring.routes import default_source
+from tests.support import StaticSource, app_for, settings
 
 NOW = 1_800_000_000.0
 
@@ -39,12 +36,10 @@ class FakeSource:
 
 
 def app_with(source: FakeSource, **monitoring: Any) -> Flask:
+    """The app with an empty metrics cache and `source` answering the Monitoring API."""
     s = settings(monitoring=monitoring)
-    app = Flask("test")
-    snapshot = Snapshot(NodeTable.empty([e.name for e in s.catalog]), RefreshStatus())
-    app.register_blueprint(metrics_blueprint(s, load_for(s), lambda: snapshot, lambda: NOW,
-                                             source=source), url_prefix="/api/v1")
-    return app
+    return app_for(s, StaticSource(s, {}), history=source, start_refresher=False,
+                   clock=lambda: NOW)
 
 
 def test_identical_questions_within_the_ttl_cost_one_query_and_answers_keep_level_labels() -> None:

@@ -9,10 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from extender import localstack
-from extender.server import create_app
+from extender import localserver
 from tests.monitoring.conftest import Stack, app_settings
 from tests.monitoring.world import PARTITION_NAMESPACE
+from tests.support import app_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -27,7 +27,7 @@ def labels(answer: Any, key: str) -> set[str]:
 
 
 def eventually(check: Any, what: str) -> None:
-    localstack.wait_until(check, timeout_s=30, interval_s=0.5, what=what)
+    localserver.wait_until(check, timeout_s=30, interval_s=0.5, what=what)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def client(stack: Stack) -> FlaskClient:
 @pytest.fixture(scope="module")
 def limited(stack: Stack) -> Iterator[Flask]:
     """An extender on the same Prometheus with tiny limits."""
-    app = create_app(app_settings(stack.monitoring_yaml, stack.prometheus_url,
+    app = app_for(app_settings(stack.monitoring_yaml, stack.prometheus_url,
                                   max_series=2, max_points_per_series=10), start_refresher=False)
     yield app
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from extender.emulator import GIB, MIB, Container, EmulatedNode, Emulator, Pod
+from extender.demo.emulator import GIB, MIB, EmulatedContainer, EmulatedNode, EmulatedPod, Emulator
 
 PARTITION_NAMESPACE = "extract"
 BUCKETS = (0.05, 0.1, 0.25, 0.5)
@@ -47,14 +47,14 @@ APPS = (App("web-0", (50.0, 40.0, 10.0, 0.0, 0.0), 0.06),
 class World:
     emulator: Emulator
     nodes: list[EmulatedNode]
-    pods: dict[str, tuple[Pod, str]] = field(default_factory=dict)
+    pods: dict[str, tuple[EmulatedPod, str]] = field(default_factory=dict)
     """`namespace/name` -> (pod, node)."""
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     """`namespace/name` -> pod labels (served as kube_pod_labels)."""
     miss_ratio: dict[str, float] = field(default_factory=dict)
     """Worker pod -> deadline_miss_ratio."""
 
-    def place(self, pod: Pod, node: str, labels: dict[str, str] | None = None) -> None:
+    def place(self, pod: EmulatedPod, node: str, labels: dict[str, str] | None = None) -> None:
         self.emulator.place(pod, node)
         key = f"{pod.namespace}/{pod.name}"
         self.pods[key] = (pod, node)
@@ -65,7 +65,7 @@ class World:
         return [(pod.name, node) for pod, node in self.pods.values()
                 if pod.namespace == PARTITION_NAMESPACE]
 
-    def factor(self, pod: Pod) -> float:
+    def factor(self, pod: EmulatedPod) -> float:
         return self.emulator.usage_factor if pod.usage_factor is None else pod.usage_factor
 
 
@@ -78,17 +78,17 @@ def build_world(nodes: list[EmulatedNode]) -> World:
     gpu = [n for n in nodes if n.gpus]
     a, b, busy = cpu[0].name, cpu[1].name, cpu[2].name
     g1, g2 = gpu[0].name, gpu[1].name
-    world.place(Pod("shop", "web-0", (Container("main", 1.0, 2 * GIB),
-                                      Container("proxy", 0.2, 256 * MIB)), usage_factor=0.5),
+    world.place(EmulatedPod("shop", "web-0", (EmulatedContainer("main", 1.0, 2 * GIB),
+                                      EmulatedContainer("proxy", 0.2, 256 * MIB)), usage_factor=0.5),
                 a, {"app": "web", "tier": "front"})
-    world.place(Pod.single("shop", "web-1", cpu_cores=2.0, memory_bytes=4 * GIB, usage_factor=0.8),
+    world.place(EmulatedPod.single("shop", "web-1", cpu_cores=2.0, memory_bytes=4 * GIB, usage_factor=0.8),
                 b, {"app": "web"})
-    world.place(Pod.single("batch", "train-0", cpu_cores=4.0, memory_bytes=16 * GIB, gpus=1.0,
+    world.place(EmulatedPod.single("batch", "train-0", cpu_cores=4.0, memory_bytes=16 * GIB, gpus=1.0,
                            usage_factor=0.9), g1, {"app": "train"})
-    world.place(Pod("batch", "infer-0", (Container("main", 2.0, 8 * GIB, 0.5),),
+    world.place(EmulatedPod("batch", "infer-0", (EmulatedContainer("main", 2.0, 8 * GIB, 0.5),),
                     usage_factor=0.6, ready=False), g2, {"app": "infer"})
     for node in (a, g1):
-        world.place(Pod.single(PARTITION_NAMESPACE, f"partition-worker-{node}", cpu_cores=1.0,
+        world.place(EmulatedPod.single(PARTITION_NAMESPACE, f"partition-worker-{node}", cpu_cores=1.0,
                                memory_bytes=GIB, usage_factor=0.5), node,
                     {"extract.io/partition": "default"})
     world.miss_ratio = {f"partition-worker-{a}": 0.25, f"partition-worker-{g1}": 0.5}
@@ -153,6 +153,11 @@ class Extras:
         for worker, node in self.world.workers():
             yield (f'deadline_window_tasks{{job="extract-deadline",node="{node}",worker="{worker}"}}'
                    ' 20\n')
+        # The Pushgateway's own per-group gauge: the time of the group's last push.
+        yield "# TYPE push_time_seconds gauge\n"
+        for worker, node in self.world.workers():
+            yield (f'push_time_seconds{{job="extract-deadline",node="{node}",worker="{worker}"}} '
+                   f'{time.time()}\n')
 
     def _histogram(self, app: App) -> Iterator[str]:
         elapsed = time.monotonic() - self.started + 100.0

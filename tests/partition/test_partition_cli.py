@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from extender.errors import ConfigError
-from extender.localstack import free_port, wait_until
+from extender.localserver import free_port, wait_until
 from extender.partition import cli
 from tests.partition.conftest import CONFIG, NS
 from tests.partition.fakeapi import FakeKubernetes, node

@@ -13,7 +13,7 @@ import yaml
 from kubernetes.client import ApiClient, CoreV1Api
 from prometheus_client import CollectorRegistry
 
-from extender.localstack import wait_until
+from extender.localserver import wait_until
 from extender.partition import reconcile
 from extender.partition.plan import HASH_ANNOTATION, NODE_ANNOTATION, PARTITION_LABEL
 from extender.partition.reconcile import PartitionMetrics, Reconciler

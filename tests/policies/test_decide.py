@@ -38,7 +38,7 @@ def random_table(seed: int, mode: str) -> NodeTable:
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 10_000), mode=st.sampled_from(["neutral", "reject"]),
-       gpu=st.booleans(), profile=st.sampled_from([None, "metrics-aware", "power", "gpu"]),
+       gpu=st.booleans(), profile=st.sampled_from([None, "metrics-aware", "power"]),
        candidates=st.lists(st.sampled_from(NODES + ["ghost-1", "ghost-2"]), min_size=1,
                            max_size=14, unique=True),
        placements=st.lists(st.tuples(st.sampled_from(NODES), st.floats(0, 90)), max_size=6),
@@ -70,6 +70,21 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
         assert top == slow.ranking(3)
         detail = fast.detail(top)
         assert detail.scores.tolist() == [slow.scores[i] for i in top]
+
+
+def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
+    # The gpu profile's FGD term depends on the pod's GPU request, so `decide` answers through
+    # `evaluate` (and the property above, which compares the baseline path with `evaluate`,
+    # covers only the profiles that have one). A baseline built for it would be wrong.
+    s = SETTINGS["neutral"]
+    table = random_table(7, "neutral")
+    engine = Engine(s)
+    pod = PodDemand(namespace="ns", name="g", cpu_cores=1, gpus=1, gpu_milli=1000, policy="gpu")
+    assert engine.compiled("gpu", table.metrics, None).per_pod
+    engine.decide(pod, table, NODES, NOW)
+    assert engine._baselines == {}
+    engine.decide(PodDemand(namespace="ns", name="c", cpu_cores=1), table, NODES, NOW)
+    assert engine._baselines  # the default profile does build one
 
 
 def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:
@@ -138,11 +153,14 @@ def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
                 out[name] = (f"no {rule.metric} data" if math.isnan(value)
                              or math.isnan(ev.age_s[i, j]) else
                              f"{rule.metric} data older than {s.cache.max_staleness_s:.0f}s")
-    if s.cache.missing_data == "reject" and ev.weights.any():
-        weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
-        for i, name in enumerate(names):
-            if not weighted[i] and ev.rows[i] >= 0:
-                out.setdefault(name, "no fresh metric data")
+    # A weighted term whose policy is `reject` fails a node lacking it, naming every such term.
+    policy = {e.name: e.on_missing or s.cache.missing_data for e in s.catalog}
+    for i, name in enumerate(names):
+        lacking = [m for j, m in enumerate(metrics) if policy.get(m) == "reject"
+                   and ev.weights[j] > 0 and not ev.fresh[i, j]]
+        if lacking and ev.rows[i] >= 0 and name not in out:
+            out[name] = (f"no fresh data for {', '.join(lacking)} (exporter down or series "
+                         f"missing?)")
     return out
 
 

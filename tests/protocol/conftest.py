@@ -6,8 +6,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from extender.server import create_app
-from tests.support import StaticSource, healthy, settings
+from tests.support import StaticSource, app_for, healthy, settings
 
 NODES = [f"node-{i}" for i in range(512)]
 
@@ -29,7 +28,7 @@ def make_app() -> Callable[..., Flask]:
         server.update(sections.pop("server", {}))
         s = settings(server=server, **sections)
         values = healthy(NODES, cpu_utilisation={"node-5": 0.97})
-        app = create_app(s, source=StaticSource(s, values), binder=binder, start_refresher=False)
+        app = app_for(s, StaticSource(s, values), binder=binder, start_refresher=False)
         app.extensions["extender"].cache.refresh()
         return app
 

@@ -21,7 +21,7 @@ import pytest
 from kubernetes.client import AppsV1Api, CoreV1Api, PolicyV1Api
 from prometheus_client import CollectorRegistry
 
-from extender.metrics.cache import MetricsCache
+from extender.metrics.cache import Fetcher, MetricsCache
 from extender.rebalance.controller import CycleReport, RebalanceMetrics, Rebalancer
 from extender.rebalance.kube import ClusterApi
 from extender.rebalance.settings import RebalanceSettings
@@ -100,7 +100,7 @@ def make(cp: ControlPlane, ns: str, *, hot_cpu: float = 0.99, cool_cpu: float = 
         base, debounce_cycles=2, min_pod_age_s=0, cooldown_s=600,
         limits=msgspec.structs.replace(base.limits, per_node=PER_NODE, per_namespace=10), **changes)
     metrics = RebalanceMetrics(CollectorRegistry())
-    cache = MetricsCache(EXT, source, clock=lambda: clock[0])
+    cache = MetricsCache(EXT, Fetcher(EXT, source), clock=lambda: clock[0])
     api = ClusterApi(core, EXT.policy, 10.0, events=rules.events and not rules.dry_run)
     rebalancer = Rebalancer(rules, EXT, api, cache, metrics=metrics, clock=lambda: clock[0])
     return Setup(ns, core, hot, cool, source, clock, rebalancer, metrics)

@@ -13,7 +13,7 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from extender.cli import main
-from extender.metrics.cache import MetricsCache
+from extender.metrics.cache import Fetcher, MetricsCache
 from extender.rebalance.controller import RebalanceMetrics, Rebalancer
 from extender.rebalance.http import serve
 from extender.rebalance.kube import ClusterApi
@@ -30,7 +30,7 @@ def served() -> Iterator[tuple[str, Rebalancer, threading.Event]]:
     unused.host = "http://127.0.0.1:9"  # never called: nothing is hot for long enough
     api = ClusterApi(CoreV1Api(ApiClient(unused)), EXT.policy, 1.0)
     registry = CollectorRegistry()
-    rebalancer = Rebalancer(RebalanceSettings(), EXT, api, MetricsCache(EXT, source),
+    rebalancer = Rebalancer(RebalanceSettings(), EXT, api, MetricsCache(EXT, Fetcher(EXT, source)),
                             metrics=RebalanceMetrics(registry))
     leading = threading.Event()
     server = serve(rebalancer, registry, 0, leading.is_set, host="127.0.0.1")

@@ -123,3 +123,9 @@ def test_pod_and_node_lists_decode_into_views_and_free_resources() -> None:
     assert view.nodes["n1"].gpus_free == 1 and view.nodes["n1"].schedulable
     assert not view.nodes["n2"].schedulable and not view.nodes["n3"].schedulable
     assert view.uids["n2"] == "u2"
+
+
+def test_a_partial_leader_section_keeps_the_rebalancers_lease(tmp_path: Path) -> None:
+    loaded, _ = load_rebalance_settings(write(tmp_path, {"leader": {"retry_period_s": 3}}),
+                                        environ={})
+    assert loaded.leader.lease_name == "extender-rebalance" and loaded.leader.retry_period_s == 3

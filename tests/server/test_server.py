@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from extender import localstack
+from extender import localserver
 from extender.kube import ApiBinder, ApiEventSink
-from extender.server import create_app
-from tests.support import StaticSource, fixture, healthy, settings
+from tests.support import StaticSource, app_for, fixture, healthy, sample, settings
 
 NODES = ["node-0", "node-1", "node-2", "node-3"]
 NOW = 1_800_000_000.0  # a fixed clock: data ages are exact
@@ -21,7 +20,7 @@ def app_with(values: dict[str, dict[str, float]] | None = None, **sections: Any)
     s = settings(**sections)
     source = StaticSource(s, values or healthy(NODES, cpu_utilisation={
         "node-0": 0.95, "node-1": 0.10, "node-2": 0.40, "node-3": 0.70}))
-    app = create_app(s, source=source, start_refresher=False, clock=lambda: NOW)
+    app = app_for(s, source, start_refresher=False, clock=lambda: NOW)
     app.extensions["extender"].cache.refresh()
     return app
 
@@ -90,30 +89,30 @@ def test_prioritize_winner_counts_as_load_for_the_next_pod() -> None:
         best = max(answer, key=lambda h: (h["Score"], [-ord(c) for c in h["Host"]]))
         winners.append(best["Host"])
     assert len(set(winners)) == 4  # a burst of four big pods spreads over four equal nodes
-    assert 'extender_placements_total{source="prioritize"} 4.0' in \
-        client.get("/metrics").data.decode()
+    assert sample(client.get("/metrics").data, "extender_placements_total",
+                  source="prioritize") == 4.0
 
 
 def test_metrics_count_rejections_by_reason_and_expose_reference_scores() -> None:
     client = app_with().test_client()
     client.post("/filter", json=REQUEST)
-    text = client.get("/metrics").data.decode()
-    assert 'extender_nodes_rejected_total{reason="cpu"} 1.0' in text
-    assert 'extender_node_score{node="node-1"}' in text
-    assert "extender_request_duration_seconds_bucket" in text
-    assert "extender_prometheus_up 1.0" in text
+    text = client.get("/metrics").data
+    assert sample(text, "extender_nodes_rejected_total", reason="cpu") == 1.0
+    assert sample(text, "extender_node_score", node="node-1") is not None
+    assert sample(text, "extender_request_duration_seconds_count", verb="filter") == 1.0
+    assert sample(text, "extender_prometheus_up") == 1.0
 
 
 def test_rejections_are_counted_per_node() -> None:
     hot = {n: 0.95 for n in NODES[:3]}
     client = app_with(values=healthy(NODES, cpu_utilisation={**hot, "node-3": 0.2})).test_client()
     assert len(client.post("/filter", json=REQUEST).get_json()["FailedNodes"]) == 3
-    assert 'extender_nodes_rejected_total{reason="cpu"} 3.0' in client.get("/metrics").data.decode()
+    assert sample(client.get("/metrics").data, "extender_nodes_rejected_total", reason="cpu") == 3.0
 
 
 def test_readyz_stays_ready_before_the_first_refresh_and_says_so() -> None:
     s = settings()
-    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    app = app_for(s, StaticSource(s, {}), start_refresher=False)
     ready = app.test_client().get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["status"] == "degraded" and ready.get_json()["refreshes"] == 0
@@ -151,16 +150,16 @@ def test_pod_events_are_written_off_the_request_path() -> None:
     api = FakeCoreApi()
     sink = ApiEventSink(api)
     s = settings(server={"pod_events": True})
-    app = create_app(s, source=StaticSource(s, healthy(NODES)), events=sink, start_refresher=False)
+    app = app_for(s, StaticSource(s, healthy(NODES)), events=sink, start_refresher=False)
     app.extensions["extender"].cache.refresh()
     app.test_client().post("/prioritize", json=REQUEST)
-    localstack.wait_until(lambda: api.events, timeout_s=10, what="an event")
+    localserver.wait_until(lambda: api.events, timeout_s=10, what="an event")
     namespace, event = api.events[0]
     assert namespace == "default" and event.involved_object.name == "cache-plain"
     assert event.reason == "MetricsAwareDecision" and "4 candidates" in event.message
     assert event.message.startswith("prioritize") and "; best node-" in event.message
     app.test_client().post("/filter", json={**REQUEST, "NodeNames": ["node-2"]})
-    localstack.wait_until(lambda: len(api.events) > 1, timeout_s=10, what="a second event")
+    localserver.wait_until(lambda: len(api.events) > 1, timeout_s=10, what="a second event")
     assert api.events[1][1].message.endswith("; placed on node-2, the only node left")
 
 
@@ -182,7 +181,7 @@ def test_event_sink_drops_when_full_instead_of_blocking() -> None:
 
 def test_requests_before_the_first_refresh_are_answered_neutrally() -> None:
     s = settings()
-    app = create_app(s, source=StaticSource(s, {}), start_refresher=False)
+    app = app_for(s, StaticSource(s, {}), start_refresher=False)
     client = app.test_client()
     assert client.post("/filter", json=REQUEST).get_json()["NodeNames"] == NODES
     scores = client.post("/prioritize", json=REQUEST).get_json()
@@ -200,7 +199,7 @@ class RecordingBinder:
 def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
     s = settings(server={"bind_enabled": True})
     binder = RecordingBinder()
-    app = create_app(s, source=StaticSource(s, healthy(NODES, cpu_utilisation={
+    app = app_for(s, StaticSource(s, healthy(NODES, cpu_utilisation={
         "node-0": 0.95, "node-1": 0.10, "node-2": 0.40, "node-3": 0.70})),
         binder=binder, start_refresher=False, clock=lambda: NOW)
     app.extensions["extender"].cache.refresh()
@@ -212,9 +211,9 @@ def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
     client.post("/bind", json={"PodName": "cache-plain", "PodNamespace": "default",
                                "PodUID": uid, "Node": "node-1"})
     assert binder.bound == ["node-1"]
-    metrics = client.get("/metrics").data.decode()
-    assert 'extender_placements_total{source="bind"} 1.0' in metrics
-    assert 'extender_placements_total{source="filter"}' not in metrics
+    metrics = client.get("/metrics").data
+    assert sample(metrics, "extender_placements_total", source="bind") == 1.0
+    assert sample(metrics, "extender_placements_total", source="filter") is None
 
 
 def test_gpu_profile_keeps_fgds_best_nodes_from_kube_state_metrics_allocation() -> None:
@@ -229,7 +228,7 @@ def test_gpu_profile_keeps_fgds_best_nodes_from_kube_state_metrics_allocation() 
         "gpus_requested": {"busy": 7, "idle": 0},
     })
     s = settings()
-    app = create_app(s, source=StaticSource(s, values), start_refresher=False, clock=lambda: NOW)
+    app = app_for(s, StaticSource(s, values), start_refresher=False, clock=lambda: NOW)
     app.extensions["extender"].cache.refresh()
     pod = {**REQUEST["Pod"], "metadata": {**REQUEST["Pod"]["metadata"],
                                            "annotations": {"extract.io/policy": "gpu"}}}

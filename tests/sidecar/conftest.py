@@ -7,8 +7,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from extender import localstack
-from extender.localstack import ScrapeTarget
+from extender import localserver
+from extender.demo import launcher
+from extender.demo.launcher import ScrapeTarget
 from extender.sidecar.settings import SidecarSettings
 from extender.sidecar.tracker import Tracker
 from tests.sidecar.support import ManualClock, make_settings, start
@@ -30,23 +31,23 @@ def tracker(settings: SidecarSettings, clock: ManualClock) -> Tracker:
 
 
 @pytest.fixture(scope="session")
-def shared_gateway() -> Iterator[localstack.LocalServer]:
+def shared_gateway() -> Iterator[localserver.LocalServer]:
     """One real Pushgateway for the tests that do not stop it (each uses its own group)."""
-    with start(localstack.pushgateway()) as gateway:
+    with start(launcher.pushgateway()) as gateway:
         yield gateway
 
 
 @pytest.fixture
-def own_gateway() -> Iterator[localstack.LocalServer]:
+def own_gateway() -> Iterator[localserver.LocalServer]:
     """A real Pushgateway this test may stop and restart (with `start()`)."""
-    with start(localstack.pushgateway()) as gateway:
+    with start(launcher.pushgateway()) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="session")
-def gateway_prometheus(shared_gateway: localstack.LocalServer) -> Iterator[localstack.LocalServer]:
+def gateway_prometheus(shared_gateway: localserver.LocalServer) -> Iterator[localserver.LocalServer]:
     """A real Prometheus scraping the shared Pushgateway every second, with honor_labels."""
     target = ScrapeTarget("pushgateway", (urlparse(shared_gateway.url).netloc,),
                           honor_labels=True)
-    with start(localstack.prometheus([target], scrape_interval_s=1)) as server:
+    with start(launcher.prometheus([target], scrape_interval_s=1)) as server:
         yield server

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import requests
 
-from extender import localstack
+from extender import localserver
 from extender.sidecar.settings import (
     EstimatorSettings,
     JitterSettings,
@@ -45,7 +45,7 @@ def make_settings(**changes: Any) -> SidecarSettings:
     return msgspec.structs.replace(base, **changes)
 
 
-def start(server: localstack.LocalServer) -> localstack.LocalServer:
+def start(server: localserver.LocalServer) -> localserver.LocalServer:
     """`server.start()`, then collect the log handle it leaves in a reference cycle.
 
     LocalServer.start() never closes its log file; the handle is freed by a later GC pass, at a

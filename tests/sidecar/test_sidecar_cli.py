@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from extender import localstack
+from extender import localserver
 from extender.errors import ConfigError
-from extender.localstack import wait_until
+from extender.localserver import wait_until
 from extender.sidecar.cli import parse_listen
 from tests.sidecar.support import gateway_values
 
@@ -41,9 +41,9 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def process(shared_gateway: localstack.LocalServer, config: Path,
+def process(shared_gateway: localserver.LocalServer, config: Path,
             tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    port = localstack.free_port()
+    port = localserver.free_port()
     events = tmp_path / "events.jsonl"
     profile = tmp_path / "profile.csv"
     profile.write_text("type,seconds\nfit,0.001\n")
@@ -64,7 +64,7 @@ def process(shared_gateway: localstack.LocalServer, config: Path,
 
 
 def test_sidecar_process_counts_http_and_file_events_and_deletes_its_group_on_sigterm(
-        shared_gateway: localstack.LocalServer,
+        shared_gateway: localserver.LocalServer,
         process: tuple[subprocess.Popen[str], str, Path]) -> None:
     child, url, events = process
     requests.post(url + "/v1/tasks/start", json={"id": "h1", "type": "fit"}, timeout=5)
@@ -94,7 +94,7 @@ def test_sidecar_process_counts_http_and_file_events_and_deletes_its_group_on_si
     (["--node", " "], "--node: must not be empty"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(extra: list[str], message: str) -> None:
-    argv = sidecar_argv("http://127.0.0.1:1", localstack.free_port(), *extra)
+    argv = sidecar_argv("http://127.0.0.1:1", localserver.free_port(), *extra)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr
@@ -103,7 +103,7 @@ def test_bad_flags_exit_2_with_a_clear_message(extra: list[str], message: str) -
 def test_bad_config_value_names_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("jitter:\n  relative: lots\n")
-    argv = sidecar_argv("http://127.0.0.1:1", localstack.free_port(), "--config", str(config))
+    argv = sidecar_argv("http://127.0.0.1:1", localserver.free_port(), "--config", str(config))
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{config}: jitter.relative: Expected `float`, got `str`" in result.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from extender import localstack
-from extender.localstack import wait_until
+from extender import localserver
+from extender.localserver import wait_until
 from extender.sidecar.events import TaskEnd, TaskStart
 from extender.sidecar.service import Sidecar, build_sidecar
 from tests.sidecar.support import ManualClock, by_node, gateway_values, make_settings
@@ -27,8 +27,8 @@ def finish(car: Sidecar, clock: ManualClock, task_id: str, seconds: float) -> No
 
 
 def test_miss_ratio_per_node_reaches_promql_with_the_node_label_and_the_worst_worker(
-        shared_gateway: localstack.LocalServer,
-        gateway_prometheus: localstack.LocalServer) -> None:
+        shared_gateway: localserver.LocalServer,
+        gateway_prometheus: localserver.LocalServer) -> None:
     clock = ManualClock()
     slow = sidecar(shared_gateway.url, "e2e-slow", "w1", clock)
     slow_peer = sidecar(shared_gateway.url, "e2e-slow", "w2", clock)

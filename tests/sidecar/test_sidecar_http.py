@@ -9,24 +9,25 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from extender import localstack
+from extender import localserver
 from extender.sidecar import api as deadline
-from extender.sidecar.http import HttpServer, create_app
-from extender.sidecar.metrics import deadline_registry
+from extender.sidecar.http import HttpServer, create_sidecar_app
+from extender.sidecar.series import deadline_registry
 from extender.sidecar.tracker import Tracker
 from tests.sidecar.support import ManualClock, make_settings
+from tests.support import sample
 
 
 @pytest.fixture
 def client(tracker: Tracker) -> FlaskClient:
-    return create_app(tracker, deadline_registry(tracker.stats)).test_client()
+    return create_sidecar_app(tracker, deadline_registry(tracker.stats)).test_client()
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[Tracker, str]]:
     """A tracker behind a real HTTP server on loopback."""
     tracker = Tracker(make_settings())
-    server = HttpServer(create_app(tracker, deadline_registry(tracker.stats)), "127.0.0.1", 0)
+    server = HttpServer(create_sidecar_app(tracker, deadline_registry(tracker.stats)), "127.0.0.1", 0)
     server.start()
     yield tracker, server.url
     server.stop()
@@ -93,14 +94,15 @@ def test_metrics_serves_every_published_name(client: FlaskClient, clock: ManualC
     answer = client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("text/plain; version=")
-    lines = set(answer.get_data(as_text=True).splitlines())
-    for line in ("deadline_tasks_total 1.0", "deadline_tasks_missed_total 1.0",
-                 "deadline_miss_ratio 1.0", "deadline_tasks_running 1.0",
-                 "deadline_window_tasks 1.0", 'deadline_lateness_seconds_bucket{le="0"} 0.0',
-                 'deadline_lateness_seconds_bucket{le="10"} 1.0',
-                 "deadline_lateness_seconds_count 1.0", "deadline_lateness_seconds_sum 7.5",
-                 'deadline_bad_events_total{reason="duplicate_id"} 0.0'):
-        assert line in lines
+    text = answer.get_data(as_text=True)
+    for name, labels, value in (
+            ("deadline_tasks_total", {}, 1.0), ("deadline_tasks_missed_total", {}, 1.0),
+            ("deadline_miss_ratio", {}, 1.0), ("deadline_tasks_running", {}, 1.0),
+            ("deadline_window_tasks", {}, 1.0), ("deadline_lateness_seconds_bucket", {"le": "0"}, 0.0),
+            ("deadline_lateness_seconds_bucket", {"le": "10"}, 1.0),
+            ("deadline_lateness_seconds_count", {}, 1.0), ("deadline_lateness_seconds_sum", {}, 7.5),
+            ("deadline_bad_events_total", {"reason": "duplicate_id"}, 0.0)):
+        assert sample(text, name, **labels) == value, (name, labels)
 
 
 def test_healthz_reports_counts(client: FlaskClient) -> None:
@@ -144,7 +146,7 @@ def test_decorator_reports_one_task_per_call_even_when_it_raises(
 
 def test_unreachable_sidecar_never_raises_into_the_application_and_logs_once(
         caplog: pytest.LogCaptureFixture) -> None:
-    reporter = deadline.HttpReporter(f"http://127.0.0.1:{localstack.free_port()}", timeout_s=0.5)
+    reporter = deadline.HttpReporter(f"http://127.0.0.1:{localserver.free_port()}", timeout_s=0.5)
     caplog.set_level(logging.WARNING, logger="extender.sidecar.api")
     results = []
     for _ in range(5):

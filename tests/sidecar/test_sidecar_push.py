@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import push_to_gateway
 
-from extender import localstack
-from extender.localstack import wait_until
+from extender import localserver
+from extender.localserver import wait_until
 from extender.sidecar import api as deadline
-from extender.sidecar.metrics import deadline_registry
 from extender.sidecar.push import Pusher
+from extender.sidecar.series import deadline_registry
 from extender.sidecar.settings import PushSettings
 from extender.sidecar.tracker import Tracker
 from tests.sidecar.support import gateway_values, make_settings, start
@@ -45,7 +45,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 
 def test_pushed_values_arrive_in_the_gateway_under_node_and_worker(
-        shared_gateway: localstack.LocalServer) -> None:
+        shared_gateway: localserver.LocalServer) -> None:
     tracker, pusher = make_pusher(shared_gateway.url, "w-values")
     pusher.start()
     try:
@@ -64,7 +64,7 @@ def test_pushed_values_arrive_in_the_gateway_under_node_and_worker(
 
 
 def test_close_pushes_the_last_state_then_deletes_the_group(
-        shared_gateway: localstack.LocalServer) -> None:
+        shared_gateway: localserver.LocalServer) -> None:
     slow = PushSettings(interval_s=3600, timeout_s=2.0)
     tracker, pusher = make_pusher(shared_gateway.url, "w-close", slow)
     pusher.start()
@@ -111,7 +111,7 @@ def test_a_hanging_gateway_never_blocks_the_application(black_hole: str) -> None
 
 
 def test_outage_logs_once_counting_continues_and_recovery_is_logged_once(
-        own_gateway: localstack.LocalServer, caplog: pytest.LogCaptureFixture) -> None:
+        own_gateway: localserver.LocalServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="extender.sidecar.push")
     tracker, pusher = make_pusher(own_gateway.url, "w-outage")
     pusher.start()
@@ -166,7 +166,7 @@ def test_failed_pushes_back_off_exponentially_up_to_the_cap() -> None:
 
 def test_close_with_the_gateway_down_reports_that_the_group_may_linger(
         caplog: pytest.LogCaptureFixture) -> None:
-    url = f"http://127.0.0.1:{localstack.free_port()}"
+    url = f"http://127.0.0.1:{localserver.free_port()}"
     _, pusher = make_pusher(url, "w-down")
     assert pusher.close() is False
     assert len(warnings_about(caplog, "could not delete")) == 1

@@ -111,7 +111,7 @@ def test_endless_line_is_dropped_to_bound_memory(
 
 def test_background_thread_applies_lines_and_stop_drains_the_rest(
         events: Path, tracker: Tracker) -> None:
-    from extender.localstack import wait_until
+    from extender.localserver import wait_until
 
     tailer = EventFileTailer(events, tracker, poll_interval_s=0.05).start()
     append(events, line("start", "a", type="fit"))

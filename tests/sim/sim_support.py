@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from extender.sim.trace import Nodes, Pods
-
-OPENB = Path(__file__).resolve().parents[3] / "shared" / "traces" / "openb"
+from extender.openb import Nodes, Pods
 
 
 def make_nodes(specs: list[tuple[int, int, int, str]]) -> Nodes:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sim_support import make_nodes, make_pods
 
-from extender.policies.allocation import Task, feasible, pick_gpus
+from extender.policies.baselines import Task, feasible, pick_gpus
 from extender.sim.cluster import Cluster, task_of
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from sim_support import OPENB
 
 from extender.settings import load_settings
 from extender.sim.cli import simulate
+from tests.support import OPENB
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "extender.yaml"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sim_support import make_nodes
 
-from extender.policies.allocation import Policy, Task
+from extender.policies.baselines import Policy, Task
 from extender.policies.fragmentation import (
     DERIVED_TERMS,
     TargetWorkload,

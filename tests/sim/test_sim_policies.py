@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sim_support import make_nodes
 
-from extender.policies import allocation as A
-from extender.policies.allocation import Task
+from extender.policies import baselines as A
+from extender.policies.baselines import Task
 from extender.policies.fragmentation import (
     TargetWorkload,
     fgd_policy,

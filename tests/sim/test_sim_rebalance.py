@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from extender.cli import main
-from extender.policies import allocation as A
+from extender.policies import baselines as A
 from extender.policies.fragmentation import TargetWorkload
 from extender.rebalance.settings import RebalanceSettings, SimulationSettings
 from extender.sim.cluster import Cluster
 from extender.sim.rebalance import SimRebalancer
 from extender.sim.replay import Observation, run_replay
-from tests.sim.sim_support import OPENB, make_nodes, make_pods
-from tests.support import settings
+from tests.sim.sim_support import make_nodes, make_pods
+from tests.support import OPENB, settings
 
 
 @dataclass
@@ -74,8 +74,6 @@ def test_cli_runs_the_rebalancer_in_the_replay(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     nodes = OPENB / "openb_node_list_all_node.csv"
     pods = OPENB / "openb_pod_list_cpu050.csv"
-    if not nodes.exists():
-        pytest.skip(f"OpenB trace not found at {OPENB}")
     code = main(["simulate", "--nodes", str(nodes), "--pods", str(pods), "--experiment",
                  "replay", "--policy", "best-fit", "--speedup", "400", "--rebalance",
                  str(Path("config/rebalance.yaml").resolve()), "--no-plots",

@@ -10,7 +10,7 @@ import pytest
 from sim_support import make_nodes, make_pods
 
 from extender.cli import main
-from extender.policies import allocation as A
+from extender.policies import baselines as A
 from extender.policies.fragmentation import TargetWorkload, fgd_policy
 from extender.sim.replay import compress, run_replay
 from extender.sim.report import SUMMARY_COLUMNS

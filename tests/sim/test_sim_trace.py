@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sim_support import OPENB
 
-from extender.sim.trace import TraceError, load_nodes, load_pods
+from extender.openb import TraceError, load_nodes, load_pods
+from tests.support import OPENB
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -89,7 +89,6 @@ def test_nodes_without_gpus_have_no_model(tmp_path: Path) -> None:
     assert nodes.max_gpus == 8
 
 
-@pytest.mark.skipif(not OPENB.exists(), reason="OpenB trace absent")
 def test_openb_lists_load() -> None:
     base = OPENB
     assert len(load_nodes(base / "openb_node_list_gpu_node.csv")) == 1213

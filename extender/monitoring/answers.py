@@ -1,46 +1,21 @@
-"""Monitoring API v1: read-only JSON of what the extender knows and why it decided.
+"""What the Monitoring API answers, computed from the extender's state without HTTP.
 
-    GET /api/v1/nodes              every node's snapshot, data ages, and the reference pod's score
-    GET /api/v1/nodes/<name>       one node, with its pending (recent) placements
-    GET /api/v1/decisions          recent decisions with explanations (?pod=ns/name|uid, ?limit=)
-    GET /api/v1/selfcheck          catalog entries without series, identities matching no node
-    GET /api/v1/config             the effective configuration, secrets redacted
-
-These read the current snapshot; nothing calls Prometheus. The named metrics, service discovery
-and the OpenAPI document (`extender.monitoring.http`) are nested into the same blueprint:
-
-    GET /api/v1/metrics, /api/v1/metrics/<name>, /api/v1/sd/targets, /api/v1/openapi.json
-
-The answers' types live in `extender.monitoring.model`, shared with `extender.client`.
+The routes (`routes.py`), the telemetry refresh hook and `extender nodes` all call these, so a
+node's view, the reference pod's score and the self-check are computed one way everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import msgspec
-from flask import Blueprint, Response, request
-
 from extender.metrics.cache import Snapshot
-from extender.monitoring.catalog import load_for
-from extender.monitoring.http import metrics_blueprint
 from extender.monitoring.model import (
     CacheView,
-    Decisions,
-    NodeDetail,
-    NodesView,
     NodeView,
-    PlacementView,
     Reading,
     SelfCheck,
 )
 from extender.policies.engine import Outcome
 from extender.policies.model import PodDemand
 from extender.service import Extender
-from extender.settings import redacted
-
-MAX_DECISIONS = 1000
 
 
 def reference_pod(extender: Extender) -> PodDemand:
@@ -117,62 +92,3 @@ def selfcheck(extender: Extender, snapshot: Snapshot) -> SelfCheck:
                      failed_entries=failed,
                      unmatched_identities={k: list(v) for k, v in status.unmatched.items()},
                      nodes_without_data=without)
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(payload), status=status, mimetype="application/json")
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
-
-
-def monitoring_api(extender: Extender, clock: Callable[[], float]) -> Blueprint:
-    """The /api/v1 blueprint over `extender`'s cache, engine and decision log."""
-    api = Blueprint("monitoring_v1", __name__, url_prefix="/api/v1")
-
-    @api.get("/nodes")
-    def nodes() -> Response:
-        now, snapshot = clock(), extender.cache.current()
-        ref = extender.settings.monitoring.reference_pod
-        return _json(NodesView(
-            time=now, cache=cache_view(snapshot, now),
-            reference_pod={"cpu_cores": ref.cpu_cores, "memory_bytes": ref.memory_bytes,
-                           "gpus": float(ref.gpus)},
-            profile=extender.settings.policy.default,
-            nodes=node_views(extender, snapshot, now)))
-
-    @api.get("/nodes/<name>")
-    def node(name: str) -> Response:
-        now, snapshot = clock(), extender.cache.current()
-        views = node_views(extender, snapshot, now, only=name)
-        if not views:
-            return _error(404, f"node {name!r} is not in the metrics cache")
-        placements = extender.engine.ledger.snapshot(now).get(name, [])
-        return _json(NodeDetail(node=views[0], cache=cache_view(snapshot, now), placements=[
-            PlacementView(pod=p.pod, at=p.at, cpu_cores=p.cpu_cores, memory_bytes=p.memory_bytes)
-            for p in placements]))
-
-    @api.get("/decisions")
-    def decisions() -> Response:
-        raw_limit = request.args.get("limit", "50")
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            return _error(400, f"limit: expected an integer, got {raw_limit!r}")
-        if not 1 <= limit <= MAX_DECISIONS:
-            return _error(400, f"limit: expected 1..{MAX_DECISIONS}, got {limit}")
-        pod = request.args.get("pod") or None
-        return _json(Decisions(decisions=extender.decisions.recent(pod=pod, limit=limit)))
-
-    @api.get("/selfcheck")
-    def check() -> Response:
-        return _json(selfcheck(extender, extender.cache.current()))
-
-    @api.get("/config")
-    def config() -> Response:
-        return _json(redacted(extender.settings))
-
-    api.register_blueprint(metrics_blueprint(
-        extender.settings, load_for(extender.settings), extender.cache.current, clock))
-    return api

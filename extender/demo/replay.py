@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from extender.policies.allocation import MILLI, Task, feasible, pick_gpus
+from extender.openb import Nodes
+from extender.policies.baselines import MILLI, Task, feasible, pick_gpus
 from extender.sim.cluster import Cluster
-from extender.sim.trace import Nodes
 
 if TYPE_CHECKING:
     import requests
     from rich.console import Console
 
-    from extender.emulator import EmulatedNode, Emulator
+    from extender.demo.emulator import EmulatedNode, Emulator
     from extender.sidecar.service import Sidecar
 
 MIN_TASK_S = 6.0
@@ -63,7 +63,7 @@ class TraceTask:
 def trace_slice(pods_csv: Path, count: int, span_s: float, *, seed: int) -> list[TraceTask]:
     """`count` consecutive pods (by creation time, from a seeded start) with known lifetimes,
     arrivals mapped onto 0..span_s and lifetimes scaled alike (clamped)."""
-    from extender.sim.trace import load_pods
+    from extender.openb import load_pods
 
     pods = load_pods(pods_csv)
     lifetime = pods.deletion - pods.creation
@@ -98,7 +98,7 @@ def cluster_of(nodes: Sequence[EmulatedNode]) -> Cluster:
 
 
 @dataclass
-class Outcome:
+class ReplaySummary:
     """What happened to the slice, for the summary."""
 
     slow: str = ""
@@ -160,13 +160,13 @@ class Replay:
         reading = ((detail.get("node") or {}).get("metrics") or {}).get("deadline_miss_ratio") or {}
         return reading.get("value") if reading.get("fresh") else None
 
-    def run(self, tasks: list[TraceTask]) -> Outcome:
+    def run(self, tasks: list[TraceTask]) -> ReplaySummary:
         """Replay `tasks` in real (compressed) time; returns when the last task has ended. The
         node that takes the first task, the extender's favourite, is the throttled one."""
-        from extender.emulator import Pod
+        from extender.demo.emulator import EmulatedPod
         from extender.sidecar.events import TaskEnd, TaskStart
 
-        out = Outcome()
+        out = ReplaySummary()
         ends: list[tuple[float, str, int, tuple[int, ...], Task]] = []
         start = time.monotonic()
         pending = list(tasks)
@@ -186,7 +186,7 @@ class Replay:
                 row = self.names.index(node)
                 slots = pick_gpus(task.task, self.cluster.gpu_free[row])
                 self.cluster.place(row, task.task, slots)
-                self.emulator.place(Pod.single(NAMESPACE, task.name,
+                self.emulator.place(EmulatedPod.single(NAMESPACE, task.name,
                                                cpu_cores=task.task.cpu_milli / MILLI,
                                                memory_bytes=task.task.memory_mib * 2**20,
                                                gpus=task.task.total_gpu_milli / MILLI), node)
@@ -202,7 +202,7 @@ class Replay:
             time.sleep(TICK_S)
         return out
 
-    def _schedule(self, task: TraceTask, out: Outcome) -> str | None:
+    def _schedule(self, task: TraceTask, out: ReplaySummary) -> str | None:
         fits = feasible(task.task, self.cluster.view())
         names = sorted(self.names[i] for i in np.flatnonzero(fits).tolist())
         if not names:
@@ -227,7 +227,7 @@ class Replay:
         for sidecar in self.sidecars.values():
             sidecar.stop()
 
-    def summary(self, tasks: list[TraceTask], out: Outcome, plot_dir: Path) -> None:
+    def summary(self, tasks: list[TraceTask], out: ReplaySummary, plot_dir: Path) -> None:
         """Print the per-node table and write the timeline plot."""
         from rich.table import Table
 
@@ -257,7 +257,7 @@ class Replay:
         path = self._plot(slow, out, plot_dir)
         self.console.print(f"timeline plot: {path}")
 
-    def _plot(self, slow: str, out: Outcome, plot_dir: Path) -> Path:
+    def _plot(self, slow: str, out: ReplaySummary, plot_dir: Path) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")

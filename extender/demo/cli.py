@@ -28,20 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from extender.demo import DATA
+from extender.demo.recordings import Recording, load_recordings, node_mapping, rewrite, without_nodes
+
 if TYPE_CHECKING:  # heavy imports stay inside run(), so that `extender --help` is instant
     import requests
     from rich.console import Console
 
-    from extender.emulator import EmulatedNode, Emulator
+    from extender.demo.emulator import EmulatedNode, Emulator
     from extender.policies.explain import Decision, NodeExplanation
     from extender.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-DEFAULT_NODE_LIST = SHARED / "traces" / "openb" / "openb_node_list_all_node.csv"
-DEFAULT_POD_LIST = SHARED / "traces" / "openb" / "openb_pod_list_default.csv"
-DEFAULT_RECORDINGS = SHARED / "fixtures" / "kube-scheduler"
-DEFAULT_CONFIG = REPO / "config" / "extender.yaml"
+DEFAULT_NODE_LIST = DATA / "openb" / "openb_node_list_all_node.csv"
+DEFAULT_POD_LIST = DATA / "openb" / "openb_pod_list_default.csv"
+DEFAULT_RECORDINGS = DATA / "kube-scheduler"
+DEFAULT_CONFIG = DATA.parent / "config" / "extender.yaml"
 
 SCRAPE_INTERVAL_S = 1.0
 RATE_WINDOW = "10s"  # ten 1 s samples: rate() is steady, and shows a change within seconds
@@ -52,8 +53,6 @@ HOTSPOT_SETTLE_S = 14.0  # a placement is in the 10 s rate window after scrape +
 HTTP_TIMEOUT_S = 5.0
 WARM_METRICS = ("cpu_utilisation", "memory_available_ratio", "host_power_watts")
 WARM_TOLERANCE = 0.03  # CPU utilisation points between the cache and the emulated truth
-REPLAYED_MODES = ("names", "nodes")  # bind and preempt recordings need a cluster behind them
-REPLAYED_VERBS = ("filter", "prioritize")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,104 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds over which the replayed arrivals are spread (default 40)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where the replay's timeline plot goes (default out/demo)")
-
-
-# --- pure helpers -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One recorded kube-scheduler request."""
-
-    file: str
-    mode: str
-    verb: str
-    pod: str
-    body: dict[str, Any]
-
-    @property
-    def node_names(self) -> list[str]:
-        """The candidate names, from NodeNames or from the full Node objects."""
-        if self.body.get("NodeNames") is not None:
-            return list(self.body["NodeNames"])
-        items = (self.body.get("Nodes") or {}).get("items") or []
-        return [item["metadata"]["name"] for item in items]
-
-    @property
-    def gpu_nodes(self) -> set[str]:
-        """Candidates whose recorded Node object advertises nvidia.com/gpu."""
-        items = (self.body.get("Nodes") or {}).get("items") or []
-        return {item["metadata"]["name"] for item in items
-                if "nvidia.com/gpu" in (item.get("status") or {}).get("capacity", {})}
-
-
-def load_recordings(directory: Path) -> list[Recording]:
-    """The filter and prioritize recordings of `directory`, in file order.
-
-    Raises ConfigError when the directory has none or a file is not a recording.
-    """
-    from extender.errors import ConfigError
-
-    recordings = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-            recording = Recording(path.name, data["mode"], data["verb"], data["pod"],
-                                  data["request"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a kube-scheduler recording: {exc}") from exc
-        if recording.mode in REPLAYED_MODES and recording.verb in REPLAYED_VERBS:
-            recordings.append(recording)
-    if not recordings:
-        raise ConfigError(f"{directory}: no filter/prioritize recordings found")
-    return recordings
-
-
-def node_mapping(recordings: list[Recording], nodes: list[EmulatedNode]) -> dict[str, str]:
-    """Recorded node name -> emulated node name.
-
-    Recorded GPU nodes go to emulated GPU nodes, the others to CPU-only nodes first; names are
-    taken in order of first appearance, so the small recordings map before the large ones. Names
-    beyond the emulated nodes stay unmapped (recordings using them are skipped).
-    """
-    recorded_gpu = set().union(*(r.gpu_nodes for r in recordings))
-    order: dict[str, None] = {}
-    for recording in recordings:
-        order.update(dict.fromkeys(recording.node_names))
-    gpu_pool = [n.name for n in nodes if n.gpus]
-    cpu_pool = [n.name for n in nodes if not n.gpus]
-    mapping: dict[str, str] = {}
-    for name in order:
-        preferred, other = (gpu_pool, cpu_pool) if name in recorded_gpu else (cpu_pool, gpu_pool)
-        pool = preferred or other
-        if pool:
-            mapping[name] = pool.pop(0)
-    return mapping
-
-
-def rewrite(value: Any, mapping: dict[str, str]) -> Any:
-    """`value` with every string (and mapping key) equal to a recorded node name renamed."""
-    if isinstance(value, str):
-        return mapping.get(value, value)
-    if isinstance(value, list):
-        return [rewrite(item, mapping) for item in value]
-    if isinstance(value, dict):
-        return {mapping.get(k, k): rewrite(v, mapping) for k, v in value.items()}
-    return value
-
-
-def without_nodes(body: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """A filter/prioritize body without the candidates in `names` (either wire mode)."""
-    if not names:
-        return body
-    out = dict(body)
-    if body.get("NodeNames") is not None:
-        out["NodeNames"] = [n for n in body["NodeNames"] if n not in names]
-    if body.get("Nodes") is not None:
-        items = body["Nodes"].get("items") or []
-        out["Nodes"] = {**body["Nodes"], "items": [item for item in items
-                                                   if item["metadata"]["name"] not in names]}
-    return out
 
 
 def demo_settings(base: Path, workdir: Path, prometheus_url: str) -> Path:
@@ -228,7 +129,7 @@ def stage_incidents(emulator: Emulator, mapping: dict[str, str]) -> list[Inciden
     extender rejected, node-6, -9 and -10 are CPU nodes offered to every 12-candidate pod (and
     not to the 20-core `big` pod, which keeps its candidates), node-4 is a GPU pod's candidate.
     """
-    from extender.emulator import Pod
+    from extender.demo.emulator import EmulatedPod
 
     incidents = []
 
@@ -244,7 +145,7 @@ def stage_incidents(emulator: Emulator, mapping: dict[str, str]) -> list[Inciden
     if (name := node("node-6")) is not None:
         cores = emulator.reading(name).cores
         emulator.set_background(name, cpu=0.0)
-        emulator.place(Pod.single("batch", "cpu-hog", cpu_cores=0.96 * cores,
+        emulator.place(EmulatedPod.single("batch", "cpu-hog", cpu_cores=0.96 * cores,
                                   memory_bytes=2 * 1024**3, usage_factor=1.0), name)
         incidents.append(Incident(name, f"a pod keeps {0.96 * cores:.0f} of {cores} cores busy"))
     if (name := node("node-9")) is not None:
@@ -266,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
     import requests
     from rich.console import Console
 
-    from extender import localstack
-    from extender.emulator import Emulator, EmulatorServer, load_nodes
+    from extender import localserver
+    from extender.demo import launcher
+    from extender.demo.emulator import Emulator, EmulatorServer, load_fleet
     from extender.errors import ConfigError, ExtenderError
     from extender.settings import load_settings
 
@@ -281,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="extender-demo-"))
     try:
         with ExitStack() as stack:
-            nodes = load_nodes(args.node_list, limit=args.nodes, seed=args.seed)
+            nodes = load_fleet(args.node_list, limit=args.nodes, seed=args.seed)
             recordings = load_recordings(args.recordings)
             mapping = node_mapping(recordings, nodes)
             emulator = Emulator(nodes, seed=args.seed)
@@ -289,21 +191,21 @@ def run(args: argparse.Namespace) -> int:
             server = stack.enter_context(EmulatorServer(emulator))
             (workdir / "prometheus").mkdir()
             (workdir / "pushgateway").mkdir()
-            gateway = localstack.pushgateway(workdir=workdir / "pushgateway")
+            gateway = launcher.pushgateway(workdir=workdir / "pushgateway")
             with console.status("starting the Pushgateway"):
                 stack.enter_context(gateway.start())
             # honor_labels: the sidecars' node and worker labels must win over the scrape's.
-            gateway_target = localstack.ScrapeTarget("pushgateway", (f"127.0.0.1:{gateway.port}",),
+            gateway_target = launcher.ScrapeTarget("pushgateway", (f"127.0.0.1:{gateway.port}",),
                                                      honor_labels=True)
-            prometheus = localstack.prometheus([*server.scrape_targets(), gateway_target],
+            prometheus = launcher.prometheus([*server.scrape_targets(), gateway_target],
                                                scrape_interval_s=SCRAPE_INTERVAL_S,
                                                workdir=workdir / "prometheus")
             with console.status("starting Prometheus"):
                 stack.enter_context(prometheus.start())
             settings_path = demo_settings(args.config, workdir, prometheus.url)
             settings = load_settings(settings_path, environ={})
-            port = localstack.free_port()
-            extender = localstack.LocalServer(
+            port = localserver.free_port()
+            extender = localserver.LocalServer(
                 "extender", port,
                 [sys.executable, "-m", "extender.cli", "--log-level", "WARNING", "serve",
                  "--config", str(settings_path), "--bind", f"127.0.0.1:{port}",
@@ -327,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"\n[bold green]demo finished[/bold green] in "
                           f"{time.monotonic() - started:.0f} s; stopping the extender, "
                           f"Prometheus and the emulator")
-    except (localstack.ServerError, TimeoutError, requests.RequestException) as exc:
+    except (localserver.ServerError, TimeoutError, requests.RequestException) as exc:
         # Everything is stopped by now; the logs are still there for the message.
         raise ExtenderError(f"{exc}\n{_log_tails(workdir)}") from exc
     finally:
@@ -339,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
 def _replay(console: Console, session: requests.Session, url: str, emulator: Emulator,
             pushgateway: str, args: argparse.Namespace) -> None:
     """The compressed trace replay with deadline sidecars (see demo_replay)."""
-    from extender.commands.demo_replay import SLOWDOWN, Replay, trace_slice
+    from extender.demo.replay import SLOWDOWN, Replay, trace_slice
 
     tasks = trace_slice(args.pod_list, args.replay_tasks, args.replay_span, seed=args.seed)
     replay = Replay(console, session, url, emulator, pushgateway)
@@ -401,7 +303,7 @@ def _wait_warm(session: requests.Session, url: str, emulator: Emulator,
     """
     import time
 
-    from extender import localstack
+    from extender import localserver
 
     started = time.monotonic()
     truth = {r.node: r.cpu_utilisation for r in emulator.readings()}
@@ -418,7 +320,7 @@ def _wait_warm(session: requests.Session, url: str, emulator: Emulator,
                 settled.add(node["name"])
         return settled >= truth.keys()
 
-    localstack.wait_until(warm, timeout_s=timeout_s, interval_s=0.5,
+    localserver.wait_until(warm, timeout_s=timeout_s, interval_s=0.5,
                           what="settled metrics for every emulated node in the extender's cache")
     return time.monotonic() - started
 
@@ -564,13 +466,15 @@ class _Demo:
         return "; ".join(parts) or "[dim]no fresh terms[/dim]"
 
     def _value(self, metric: str, value: float | None) -> str:
+        from extender.policies.scoring import format_value
+
         return format_value(value, self.units.get(metric, ""))
 
     def burst(self, recordings: list[Recording], count: int, cpu_cores: float) -> None:
         """Place `count` pods one after another, each on its best-scored node."""
         from rich.table import Table
 
-        from extender.emulator import Pod
+        from extender.demo.emulator import EmulatedPod
 
         if count == 0:
             return
@@ -599,7 +503,7 @@ class _Demo:
                              failed.get(first, "not offered"))
             table.add_row(_pod_key(body), str(len(failed)), node, str(score), runner_up,
                           self._cpu_seen(_pod_key(body), node), first_now)
-            self.emulator.place(Pod.single("default", body["Pod"]["metadata"]["name"],
+            self.emulator.place(EmulatedPod.single("default", body["Pod"]["metadata"]["name"],
                                            cpu_cores=cpu_cores, memory_bytes=2 * 1024**3,
                                            usage_factor=1.0), node)
             placed.append(node)
@@ -627,19 +531,6 @@ class _Demo:
             f"{check.get('kubernetes_nodes')} nodes from kube_node_info, catalog entries without "
             f"series: {empty}, exporter identities "
             f"matching no node: {sum(len(v) for v in unmatched.values())}")
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """A catalog value for people: ratios as %, bytes/s as MB/s, bytes as GiB."""
-    if value is None:
-        return "n/a"
-    if unit == "ratio":
-        return f"{value:.0%}"
-    if unit == "bytes/s":
-        return f"{value / 1e6:.1f} MB/s"
-    if unit == "bytes":
-        return f"{value / 2**30:.1f} GiB"
-    return f"{value:.3g} {unit}".rstrip()
 
 
 def _plural(count: int, noun: str) -> str:

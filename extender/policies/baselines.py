@@ -1,6 +1,6 @@
 """Request-based placement policies: kube-scheduler's default and the GPU-cluster baselines.
 
-Design decision: every policy is a pure function `(task, view, feasible, rng) -> Decision` over
+Design decision: every policy is a pure function `(task, view, feasible, rng) -> Choice` over
 numpy arrays with one row per node, vectorised across nodes; the simulator (and anything else) owns
 the state and applies the chosen placement. Scores follow kube-scheduler's framework: integers
 0..100 where the original plugin produces integers, the highest wins and ties are broken uniformly
@@ -24,7 +24,7 @@ hkust-adsl/kubernetes-scheduler-simulator (the FGD paper's artifact) unless said
 - `fgd`: Fragmentation Gradient Descent, in `extender.policies.fragmentation`.
 
 GPU selection inside a node is the GPU-share device plugin's best fit (the fitting GPU with the
-least free share) unless a policy chooses (`Decision.gpu`).
+least free share) unless a policy chooses (`Choice.gpu`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ClusterView:
         return len(self.cpu_capacity)
 
 
-class Decision(NamedTuple):
+class Choice(NamedTuple):
     """Scores per node (higher is better; only feasible nodes count, -inf rejects a node as an
     extender's filter would) and, for GPU-sharing tasks, the GPU slot the policy wants on each
     node (-1: device plugin's best fit)."""
@@ -110,7 +110,7 @@ class Decision(NamedTuple):
     gpu: I64 | None = None
 
 
-Policy = Callable[[Task, ClusterView, Bools, np.random.Generator], Decision]
+Policy = Callable[[Task, ClusterView, Bools, np.random.Generator], Choice]
 
 
 # --- feasibility --------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def _gpu_left_total(view: ClusterView) -> I64:
     return left
 
 
-def kube_default(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def kube_default(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """LeastAllocated + BalancedAllocation on CPU and memory requests (kube-scheduler defaults)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         cpu_frac = (view.cpu_capacity - view.cpu_free + task.cpu_milli) / view.cpu_capacity
@@ -190,24 +190,24 @@ def kube_default(task: Task, view: ClusterView, ok: Bools, rng: np.random.Genera
     # BalancedAllocation (k8s >= 1.24): 1 - standard deviation of the requested fractions.
     balanced = np.floor((1 - np.abs(np.minimum(cpu_frac, 1) - np.minimum(mem_frac, 1)) / 2)
                         * MAX_NODE_SCORE)
-    return Decision(least + balanced)
+    return Choice(least + balanced)
 
 
 def most_allocated(task: Task, view: ClusterView, ok: Bools,
-                   rng: np.random.Generator) -> Decision:
+                   rng: np.random.Generator) -> Choice:
     """NodeResourcesFit MostAllocated + BalancedAllocation on CPU and memory requests: the
     in-tree scoring a bin-packing scheduler profile configures."""
     least = kube_default(task, view, ok, rng).scores
     balanced = least - np.floor(_free_fraction(task, view) * MAX_NODE_SCORE)
     used = np.floor((1.0 - _free_fraction(task, view)) * MAX_NODE_SCORE)
-    return Decision(used + balanced)
+    return Choice(used + balanced)
 
 
 def no_resource_scoring(task: Task, view: ClusterView, ok: Bools,
-                        rng: np.random.Generator) -> Decision:
+                        rng: np.random.Generator) -> Choice:
     """No in-tree resource scoring: a scheduler profile that disables NodeResourcesFit and
     NodeResourcesBalancedAllocation scoring, leaving placement to the extender (ties at random)."""
-    return Decision(np.zeros(len(view)))
+    return Choice(np.zeros(len(view)))
 
 
 def _free_fraction(task: Task, view: ClusterView) -> F64:
@@ -218,35 +218,35 @@ def _free_fraction(task: Task, view: ClusterView) -> F64:
     return np.nan_to_num((cpu + mem) / 2, nan=0.0)
 
 
-def random_policy(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def random_policy(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """Any feasible node, any fitting GPU."""
     gpu = None
     if task.shares_gpu:
         fits = view.gpu_free >= task.gpu_milli
         noise = rng.random(fits.shape)
         gpu = np.argmax(np.where(fits, noise, -1.0), axis=1).astype(np.int64)
-    return Decision(np.zeros(len(view)), gpu)
+    return Choice(np.zeros(len(view)), gpu)
 
 
-def best_fit(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def best_fit(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """The node with the least CPU and GPU left after placement (equal weights)."""
     left = (0.5 * (view.cpu_free - task.cpu_milli) / MAX_SPEC_CPU
             + 0.5 * (_gpu_left_total(view) - task.total_gpu_milli) / MAX_SPEC_GPU)
-    return Decision(np.floor((1.0 - left) * MAX_NODE_SCORE))
+    return Choice(np.floor((1.0 - left) * MAX_NODE_SCORE))
 
 
-def dot_product(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def dot_product(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """Tetris alignment of the request with the free (CPU, total GPU) vector; smallest wins."""
     dot = (view.cpu_free / MAX_SPEC_CPU * (task.cpu_milli / MAX_SPEC_CPU)
            + _gpu_left_total(view) / MAX_SPEC_GPU * (task.total_gpu_milli / MAX_SPEC_GPU))
-    return Decision(np.floor((1.0 - dot / 2) * MAX_NODE_SCORE))
+    return Choice(np.floor((1.0 - dot / 2) * MAX_NODE_SCORE))
 
 
-def gpu_packing(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def gpu_packing(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """Shared GPUs first (fullest first), then idle GPUs of used nodes, then idle nodes."""
     n = len(view)
     if task.num_gpu == 0:
-        return Decision(np.zeros(n))
+        return Choice(np.zeros(n))
     free = view.gpu_free
     slots = (free >= 0).sum(axis=1)
     idle = (free == MILLI).sum(axis=1)
@@ -262,16 +262,16 @@ def gpu_packing(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generat
         score = np.where(shared, case1, case2)
     else:
         score = np.full(n, max(MAX_NODE_SCORE // 2 - task.num_gpu, MAX_NODE_SCORE // 3))
-    return Decision(np.where(idle_node, case3, score).astype(np.float64))
+    return Choice(np.where(idle_node, case3, score).astype(np.float64))
 
 
-def gpu_clustering(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def gpu_clustering(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """Nodes running only this GPU class, then with it among others, then idle, then others;
     within each band, fuller nodes first."""
     n = len(view)
     cls = task.gpu_class
     if cls < 0:
-        return Decision(np.zeros(n))
+        return Choice(np.zeros(n))
     counts = view.gpu_class_count
     present = counts > 0
     kinds = present.sum(axis=1)
@@ -280,10 +280,10 @@ def gpu_clustering(task: Task, view: ClusterView, ok: Bools, rng: np.random.Gene
     quarter = MAX_NODE_SCORE // 4
     band = np.where(mine, np.where(kinds == 1, 3 * quarter, 2 * quarter),
                     np.where(kinds == 0, quarter, 0))
-    return Decision((band + fill).astype(np.float64))
+    return Choice((band + fill).astype(np.float64))
 
 
-def trimaran_tlp(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Decision:
+def trimaran_tlp(task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator) -> Choice:
     """TargetLoadPacking on measured CPU utilisation plus the pod's request: climbs to 100 at the
     target, then falls to 0 at full load; unknown utilisation scores 0 (never preferred)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -292,4 +292,4 @@ def trimaran_tlp(task: Task, view: ClusterView, ok: Bools, rng: np.random.Genera
     below = (MAX_NODE_SCORE - t * MAX_NODE_SCORE) * predicted / t + t * MAX_NODE_SCORE
     above = t * MAX_NODE_SCORE * (1 - predicted) / (1 - t)
     score = np.where(predicted <= t, below, np.where(predicted <= 1, above, 0.0))
-    return Decision(np.floor(np.nan_to_num(score, nan=0.0)))
+    return Choice(np.floor(np.nan_to_num(score, nan=0.0)))

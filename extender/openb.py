@@ -1,4 +1,4 @@
-"""Loading OpenB-style node and pod lists into columnar arrays.
+"""The OpenB trace reader: node and pod lists into columnar arrays (the simulator's and the demo's).
 
 Design decision: a trace is a handful of numpy columns, not a list of objects: every experiment
 then resamples, sorts and sums with array operations. Files with fewer columns are accepted (the
@@ -140,7 +140,8 @@ def _time(path: Path, line: int, column: str, text: str | None) -> float:
 
 
 def load_nodes(path: Path | str) -> Nodes:
-    """Read a node list (`sn, cpu_milli, memory_mib, gpu[, model]`)."""
+    """Read a node list (`sn, cpu_milli, memory_mib, gpu[, model]`); a GPU node without a model
+    has the model `unknown`. Names must be unique and non-empty."""
     path = Path(path)
     rows = _rows(path, NODE_REQUIRED)
     if not rows:
@@ -156,7 +157,15 @@ def load_nodes(path: Path | str) -> Nodes:
         if count and not name:
             name = "unknown"
         model.append(models.setdefault(name, len(models)) if count else -1)
-    return Nodes(tuple(r["sn"] for r in rows), np.array(cpu, np.int64), np.array(mem, np.int64),
+    names = tuple((r.get("sn") or "").strip() for r in rows)
+    for line, name in enumerate(names, start=2):
+        if not name:
+            raise TraceError(f"{path}:{line}: sn: empty node name")
+    if len(set(names)) != len(names):
+        seen: collections.Counter[str] = collections.Counter(names)
+        dupes = sorted(name for name, count in seen.items() if count > 1)
+        raise TraceError(f"{path}: duplicate node names {', '.join(dupes[:5])}")
+    return Nodes(names, np.array(cpu, np.int64), np.array(mem, np.int64),
                  np.array(gpus, np.int64), np.array(model, np.int64), tuple(models))
 
 
