@@ -227,6 +227,35 @@ class MonitoringSettings(Struct, frozen=True):
     result_cache_size: int = 256
 
 
+class InformerSettings(Struct, frozen=True):
+    """The pod informer: every pod bound to a node, from the API server (list + watch)."""
+
+    enabled: bool = False
+    """Off by default so that local runs need no cluster; the manifests turn it on."""
+    kubeconfig: str | None = None
+    """None: the in-cluster service account, else $KUBECONFIG or ~/.kube/config. A path: that file."""
+    namespace: str = ""
+    """Watch one namespace only ("" = all namespaces, which needs a ClusterRole)."""
+    label_selector: str = ""
+    """Only pods matching this label selector (e.g. `team=ml,tier!=batch`); "" = all."""
+    field_selector: str = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+    """Server-side filter. The default sends only bound, unfinished pods: pods that finish or
+    are deleted arrive as DELETED events, and pending pods cost nothing."""
+    page_size: int = 500
+    """Pods per list page: a relist of 50 000 pods is 100 requests of bounded size."""
+    watch_timeout_s: float = 300.0
+    """The API server ends each watch after this long; the informer resumes from the last
+    resourceVersion (no relist)."""
+    resync_interval_s: float = 0.0
+    """Relist everything this often to repair any drift (0 = only after 410 Gone)."""
+    request_timeout_s: float = 10.0
+    """Connect timeout, and read timeout of one list page."""
+    backoff_min_s: float = 0.5
+    """First wait after a failed list or watch; doubled per consecutive failure (with jitter)."""
+    backoff_max_s: float = 30.0
+    """Longest wait between attempts while the API server is unreachable."""
+
+
 class Settings(Struct, frozen=True):
     """The extender's whole configuration."""
 
@@ -240,6 +269,7 @@ class Settings(Struct, frozen=True):
     """Filled from `catalog_file` by load_settings()."""
     policy: PolicySettings = PolicySettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    informer: InformerSettings = InformerSettings()
     source: str = "<defaults>"
     """The file these settings came from (for messages)."""
 
@@ -496,6 +526,59 @@ def validate(settings: Settings) -> None:
     prefix = settings.server.url_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")
+    validate_informer(src, settings.informer)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_FIELD_TERM = re.compile(r"^[A-Za-z0-9.]+(=|==|!=)[^,=!]*$")
+_LABEL_KEY = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_LABEL_TERM = re.compile(
+    rf"^\s*(!?{_LABEL_KEY}|{_LABEL_KEY}\s*(=|==|!=)\s*{_LABEL_VALUE}"
+    rf"|{_LABEL_KEY}\s+(in|notin)\s+\(\s*{_LABEL_VALUE}(\s*,\s*{_LABEL_VALUE})*\s*\))\s*$")
+
+
+def _selector_terms(selector: str) -> list[str]:
+    """Split a selector at the commas outside `in (...)` sets."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(selector):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    return terms
+
+
+def validate_informer(src: str, informer: InformerSettings) -> None:
+    """The informer's keys: positive durations, ordered backoff, selectors the API server accepts.
+
+    Selectors are checked here so that a typo fails at startup, not as a 400 on every relist."""
+    where = f"{src}: informer"
+    require_positive(src, {
+        "informer.watch_timeout_s": informer.watch_timeout_s,
+        "informer.request_timeout_s": informer.request_timeout_s,
+        "informer.backoff_min_s": informer.backoff_min_s,
+        "informer.page_size": informer.page_size,
+    })
+    if informer.backoff_max_s < informer.backoff_min_s:
+        raise ConfigError(f"{where}.backoff_max_s: expected >= backoff_min_s ({informer.backoff_min_s}), "
+                          f"got {informer.backoff_max_s}")
+    if informer.resync_interval_s < 0:
+        raise ConfigError(f"{where}.resync_interval_s: expected >= 0 (0 = never), got "
+                          f"{informer.resync_interval_s}")
+    if informer.namespace and not _DNS_LABEL.match(informer.namespace):
+        raise ConfigError(f"{where}.namespace: {informer.namespace!r} is not a namespace name")
+    if informer.field_selector:
+        for term in _selector_terms(informer.field_selector):
+            if not _FIELD_TERM.match(term.strip()):
+                raise ConfigError(f"{where}.field_selector: {term!r} is not `field=value`, "
+                                  f"`field==value` or `field!=value`")
+    if informer.label_selector:
+        for term in _selector_terms(informer.label_selector):
+            if not _LABEL_TERM.match(term):
+                raise ConfigError(f"{where}.label_selector: {term!r} is not a label selector term "
+                                  f"(key, !key, key=value, key!=value, key in (a,b), key notin (a,b))")
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -33,10 +33,10 @@ import msgspec
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
-from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from urllib3.exceptions import HTTPError
 
+from extender.informer import watch_events
 from extender.partition.plan import (
     GPU_RESOURCE,
     HASH_ANNOTATION,
@@ -129,17 +129,6 @@ class _NodeList(msgspec.Struct):
 class _PodList(msgspec.Struct):
     metadata: _ListMeta
     items: list[_Pod] | None = None
-
-
-class _WatchEvent(msgspec.Struct):
-    type: str
-    object: msgspec.Raw
-
-
-class _Status(msgspec.Struct):
-    code: int = 0
-    reason: str = ""
-    message: str = ""
 
 
 def _timestamp(value: str | None) -> float | None:
@@ -356,15 +345,7 @@ class Reconciler:
         with self._responses_lock:
             self._responses.add(resp)
         try:
-            for line in iter_resp_lines(resp):
-                if stop.is_set():
-                    return
-                if not line:
-                    continue
-                event = msgspec.json.decode(line, type=_WatchEvent)
-                if event.type == "ERROR":
-                    status = msgspec.json.decode(event.object, type=_Status)
-                    raise ApiException(status=status.code, reason=f"{status.reason}: {status.message}")
+            for event in watch_events(resp, stop):
                 yield event.type, msgspec.json.decode(event.object, type=kind.item_type)
         finally:
             with self._responses_lock:

@@ -99,18 +99,26 @@ def _requests(container: Container) -> dict[str, float]:
     return out
 
 
+def pod_requests(spec: PodSpec) -> dict[str, float]:
+    """A pod's effective requests by resource, in base units, as kube-scheduler counts them: the
+    sum over app containers, at least the largest init container's, plus the pod overhead.
+    Raises ValueError on unparsable quantities."""
+    total: dict[str, float] = {}
+    for container in spec.containers:
+        for key, val in _requests(container).items():
+            total[key] = total.get(key, 0.0) + val
+    for container in spec.initContainers or []:
+        for key, val in _requests(container).items():
+            total[key] = max(total.get(key, 0.0), val)
+    for key, raw in (spec.overhead or {}).items():
+        total[key] = total.get(key, 0.0) + parse_quantity(raw)
+    return total
+
+
 def pod_demand(pod: Pod, *, policy_annotation: str = "extract.io/policy",
                weights_annotation: str = "extract.io/weights") -> PodDemand:
     """The PodDemand of a wire Pod. Raises ValueError on unparsable quantities or annotations."""
-    total: dict[str, float] = {}
-    for container in pod.spec.containers:
-        for key, val in _requests(container).items():
-            total[key] = total.get(key, 0.0) + val
-    for container in pod.spec.initContainers or []:
-        for key, val in _requests(container).items():
-            total[key] = max(total.get(key, 0.0), val)
-    for key, raw in (pod.spec.overhead or {}).items():
-        total[key] = total.get(key, 0.0) + parse_quantity(raw)
+    total = pod_requests(pod.spec)
     annotations = pod.metadata.annotations or {}
     gpus = int(total.get(GPU_RESOURCE, 0.0))
     gpu_milli = 1000 * gpus

@@ -56,14 +56,20 @@ def test_partition_controller_gets_exactly_what_it_needs(
                                         "namespace": "extract"}]
 
 
-def test_extender_has_no_api_access_with_the_default_config(
-        overlay: tuple[dict[str, Any], ...]) -> None:
+def test_extender_may_only_list_and_watch_pods_for_its_informer(
+        overlay: tuple[dict[str, Any], ...], tmp_path: Path) -> None:
     account = find(overlay, "ServiceAccount", "extender")
-    assert account["automountServiceAccountToken"] is False
-    bound = [o["metadata"]["name"] for o in overlay
-             if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+    assert account["automountServiceAccountToken"] is False  # only the Deployment's pods get a token
+    spec = find(overlay, "Deployment", "extender")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    bound = [o for o in overlay if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
              and any(s.get("name") == "extender" for s in o["subjects"])]
-    assert bound == []
+    assert [(b["kind"], b["roleRef"]["name"]) for b in bound] == [("ClusterRoleBinding", "extract:extender")]
+    assert grants(find(overlay, "ClusterRole", "extract:extender")) == {
+        ("", "pods", v, ()) for v in ("list", "watch")}
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    settings = load_settings(write_config(overlay, tmp_path) / "extender.yaml", environ=env)
+    assert settings.informer.enabled and not settings.informer.namespace  # every namespace: a ClusterRole
 
 
 def ingress_sources(policy: dict[str, Any]) -> list[tuple[dict[str, Any], set[int]]]:
