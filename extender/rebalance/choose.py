@@ -60,7 +60,7 @@ class PodView:
 
 
 @dataclass(frozen=True)
-class NodeView:
+class NodeRoom:
     """What the rebalancer needs of a node: may it receive pods, and how much is free."""
 
     name: str
@@ -100,7 +100,7 @@ class Skip:
 
 
 @dataclass(frozen=True)
-class Plan:
+class EvictionPlan:
     evictions: tuple[Eviction, ...]
     skips: tuple[Skip, ...]
 
@@ -171,16 +171,16 @@ def _contribution(pod: PodView, breach: Breach, rule: Threshold, row: int, movab
     return loads.share(pod.demand, row, rule.load)
 
 
-def _fits(pod: PodView, node: NodeView) -> bool:
+def _fits(pod: PodView, node: NodeRoom) -> bool:
     d = pod.demand
     return (node.schedulable and d.cpu_cores <= node.cpu_free_cores
             and d.memory_bytes <= node.memory_free_bytes and d.gpus <= node.gpus_free
             and all(node.labels.get(k) == v for k, v in pod.node_selector.items()))
 
 
-def choose(detection: Detection, pods: Sequence[PodView], nodes: Mapping[str, NodeView],
+def choose(detection: Detection, pods: Sequence[PodView], nodes: Mapping[str, NodeRoom],
            table: NodeTable, engine: Engine, settings: RebalanceSettings, *, now: float,
-           budget: int, cooldown: Mapping[str, float] | None = None) -> Plan:
+           budget: int, cooldown: Mapping[str, float] | None = None) -> EvictionPlan:
     """The evictions of one cycle (at most `budget`, and the per-node and per-namespace limits),
     and why every other pod on a hot node stays. `cooldown` maps nodes to the time until which
     they are neither source nor destination."""
@@ -213,12 +213,11 @@ def choose(detection: Detection, pods: Sequence[PodView], nodes: Mapping[str, No
             else:
                 candidates.append(pod)
         taken = 0
-        for pod in _ordered(candidates, detection.hot[node], settings, table, row,
-                                    engine, values):
+        for pod in _ordered(candidates, detection.hot[node], settings, table, row, engine):
             if len(evictions) >= budget:
                 skips.append(Skip(pod.key, node, "limit:cycle",
                                   f"{budget} evictions this cycle (limits.per_cycle, rate)"))
-                return Plan(tuple(evictions), tuple(skips))
+                return EvictionPlan(tuple(evictions), tuple(skips))
             if taken >= limits.per_node:
                 skips.append(Skip(pod.key, node, "limit:node",
                                   f"{limits.per_node} per node per cycle (limits.per_node)"))
@@ -241,7 +240,7 @@ def choose(detection: Detection, pods: Sequence[PodView], nodes: Mapping[str, No
             received.add(found.destination)
             _move(pod, row, table.index[found.destination], len(candidates), values, table,
                   settings, engine, free, found.destination)
-    return Plan(tuple(evictions), tuple(skips))
+    return EvictionPlan(tuple(evictions), tuple(skips))
 
 
 def _profile(pod: PodDemand, settings: RebalanceSettings, engine: Engine) -> str:
@@ -249,8 +248,8 @@ def _profile(pod: PodDemand, settings: RebalanceSettings, engine: Engine) -> str
 
 
 def _ordered(candidates: Sequence[PodView], breaches: Sequence[Breach],
-             settings: RebalanceSettings, table: NodeTable, row: int, engine: Engine,
-             values: FloatArray) -> list[PodView]:
+             settings: RebalanceSettings, table: NodeTable, row: int,
+             engine: Engine) -> list[PodView]:
     """Candidates lowest priority first, then largest contribution to the worst breach."""
     if not candidates:
         return []
@@ -274,7 +273,7 @@ def _still_over(breaches: Sequence[Breach], values: FloatArray, table: NodeTable
 
 
 def _destination(pod: PodView, breach: Breach, values: FloatArray, table: NodeTable, row: int,
-                 movable: int, nodes: Mapping[str, NodeView], free: Mapping[str, list[float]],
+                 movable: int, nodes: Mapping[str, NodeRoom], free: Mapping[str, list[float]],
                  detection: Detection, engine: Engine, settings: RebalanceSettings, now: float,
                  cooldown: Mapping[str, float], received: set[str]) -> Eviction | Skip:
     rule = settings.thresholds[breach.metric]

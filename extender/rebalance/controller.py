@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine
-from extender.rebalance.choose import Plan, Skip, choose
+from extender.rebalance.choose import EvictionPlan, Skip, choose
 from extender.rebalance.detect import Breach, Debounce, Detection, detect
 from extender.rebalance.kube import ClusterApi
 from extender.rebalance.settings import RebalanceSettings
@@ -181,7 +181,7 @@ class Rebalancer:
         self.metrics.warming_nodes.set(len(found.warming))
         self.metrics.stale_nodes.set(len(found.stale))
 
-    def _act(self, plan: Plan, node_uids: Mapping[str, str], now: float,
+    def _act(self, plan: EvictionPlan, node_uids: Mapping[str, str], now: float,
              ) -> tuple[list[EvictionRecord], list[Skip]]:
         """Evict (or, in dry run, log) the plan's pods; returns what happened to each."""
         records: list[EvictionRecord] = []

@@ -26,7 +26,7 @@ from urllib3.exceptions import HTTPError
 
 from extender.policies.model import GPU_RESOURCE, parse_quantity, pod_demand
 from extender.protocol import Pod
-from extender.rebalance.choose import NodeView, PodView
+from extender.rebalance.choose import NodeRoom, PodView
 from extender.settings import PolicySettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class _Owner(msgspec.Struct):
     controller: bool | None = None
 
 
-class _Meta(msgspec.Struct):
+class _ObjectMeta(msgspec.Struct):
     name: str = ""
     namespace: str = ""
     uid: str = ""
@@ -66,34 +66,34 @@ class _PodSpec(msgspec.Struct):
     nodeSelector: dict[str, str] | None = None  # noqa: N815
 
 
-class _PodStatus(msgspec.Struct):
+class _PodStatusWire(msgspec.Struct):
     phase: str | None = None
 
 
-class _Pod(msgspec.Struct):
-    metadata: _Meta = msgspec.field(default_factory=_Meta)
+class _PodObject(msgspec.Struct):
+    metadata: _ObjectMeta = msgspec.field(default_factory=_ObjectMeta)
     spec: _PodSpec = msgspec.field(default_factory=_PodSpec)
-    status: _PodStatus = msgspec.field(default_factory=_PodStatus)
+    status: _PodStatusWire = msgspec.field(default_factory=_PodStatusWire)
 
 
-class _Taint(msgspec.Struct):
+class _TaintWire(msgspec.Struct):
     key: str = ""
     effect: str = ""
 
 
-class _NodeSpec(msgspec.Struct):
+class _NodeSpecWire(msgspec.Struct):
     unschedulable: bool | None = None
-    taints: list[_Taint] | None = None
+    taints: list[_TaintWire] | None = None
 
 
-class _NodeStatus(msgspec.Struct):
+class _NodeStatusWire(msgspec.Struct):
     allocatable: dict[str, str] | None = None
 
 
-class _Node(msgspec.Struct):
-    metadata: _Meta = msgspec.field(default_factory=_Meta)
-    spec: _NodeSpec = msgspec.field(default_factory=_NodeSpec)
-    status: _NodeStatus = msgspec.field(default_factory=_NodeStatus)
+class _NodeObject(msgspec.Struct):
+    metadata: _ObjectMeta = msgspec.field(default_factory=_ObjectMeta)
+    spec: _NodeSpecWire = msgspec.field(default_factory=_NodeSpecWire)
+    status: _NodeStatusWire = msgspec.field(default_factory=_NodeStatusWire)
 
 
 class _List(msgspec.Struct):
@@ -107,24 +107,24 @@ def _time(stamp: str | None) -> float:
 
 
 @dataclass(frozen=True)
-class ClusterView:
+class ClusterSnapshot:
     """One cycle's view of the cluster: bound, non-terminal pods and every node."""
 
     pods: tuple[PodView, ...]
-    nodes: Mapping[str, NodeView]
+    nodes: Mapping[str, NodeRoom]
     uids: Mapping[str, str]
     """Node name -> uid (for Events on nodes)."""
     undecodable: tuple[str, ...] = ()
     """Pods whose requests or annotations could not be parsed (left alone, reported)."""
 
 
-def decode_cluster(pods_json: bytes, nodes_json: bytes, policy: PolicySettings) -> ClusterView:
+def decode_cluster(pods_json: bytes, nodes_json: bytes, policy: PolicySettings) -> ClusterSnapshot:
     """Decode raw pod and node lists (pure, for tests too): demands, owners, free resources."""
     views: list[PodView] = []
     bad: list[str] = []
     used: dict[str, list[float]] = {}
     for raw in msgspec.json.decode(pods_json, type=_List).items:
-        extra = msgspec.json.decode(raw, type=_Pod)
+        extra = msgspec.json.decode(raw, type=_PodObject)
         meta, spec = extra.metadata, extra.spec
         if not spec.nodeName or (extra.status.phase or "") in TERMINAL_PHASES:
             continue
@@ -151,22 +151,22 @@ def decode_cluster(pods_json: bytes, nodes_json: bytes, policy: PolicySettings) 
             local_storage=any(v.emptyDir is not None or v.hostPath is not None
                               for v in spec.volumes or []),
             annotations=annotations, node_selector=spec.nodeSelector or {}))
-    nodes: dict[str, NodeView] = {}
+    nodes: dict[str, NodeRoom] = {}
     uids: dict[str, str] = {}
     for raw in msgspec.json.decode(nodes_json, type=_List).items:
-        node = msgspec.json.decode(raw, type=_Node)
+        node = msgspec.json.decode(raw, type=_NodeObject)
         name = node.metadata.name
         alloc = node.status.allocatable or {}
         cpu, mem, gpus = used.get(name, [0.0, 0.0, 0.0])
         tainted = any(t.effect in ("NoSchedule", "NoExecute") for t in node.spec.taints or [])
-        nodes[name] = NodeView(
+        nodes[name] = NodeRoom(
             name=name, schedulable=not node.spec.unschedulable and not tainted,
             labels=node.metadata.labels or {},
             cpu_free_cores=_quantity(alloc.get("cpu")) - cpu,
             memory_free_bytes=_quantity(alloc.get("memory")) - mem,
             gpus_free=int(_quantity(alloc.get(GPU_RESOURCE)) - gpus))
         uids[name] = node.metadata.uid
-    return ClusterView(tuple(views), nodes, uids, tuple(bad))
+    return ClusterSnapshot(tuple(views), nodes, uids, tuple(bad))
 
 
 def _quantity(raw: str | None) -> float:
@@ -186,7 +186,7 @@ class ClusterApi:
         self.timeout_s = timeout_s
         self.events = events
 
-    def observe(self) -> ClusterView:
+    def observe(self) -> ClusterSnapshot:
         """List every pod and node once; ApiException / HTTPError propagate (the cycle fails)."""
         # Raw responses (`_preload_content=False`): urllib3 responses, not the typed models.
         pods: Any = self.core.list_pod_for_all_namespaces(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from extender.openb import Nodes, Pods
 from extender.policies.baselines import MILLI
 from extender.policies.fragmentation import TargetWorkload
-from extender.rebalance.choose import NodeView, PodView, choose
+from extender.rebalance.choose import NodeRoom, PodView, choose
 from extender.rebalance.controller import TokenBucket
 from extender.rebalance.detect import Debounce, detect
 from extender.rebalance.settings import RebalanceSettings
@@ -72,7 +72,7 @@ class SimRebalancer:
                                 demand=self.ours.demand(task, str(i)), owner_kind="ReplicaSet",
                                 created_at=self.started.get(i, began)))
         idle_gpus = (cluster.gpu_free == MILLI).sum(axis=1)
-        views = {name: NodeView(name, cpu_free_cores=float(cluster.cpu_free[r]) / 1000.0,
+        views = {name: NodeRoom(name, cpu_free_cores=float(cluster.cpu_free[r]) / 1000.0,
                                 memory_free_bytes=float(cluster.memory_free[r]) * 2.0**20,
                                 gpus_free=int(idle_gpus[r]))
                  for r, name in enumerate(names)}

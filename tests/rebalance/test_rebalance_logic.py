@@ -11,7 +11,7 @@ import pytest
 from extender.metrics.cache import Fetcher
 from extender.policies.engine import Engine
 from extender.policies.model import NodeTable, PodDemand
-from extender.rebalance.choose import NodeView, Plan, PodView, choose, exclusion
+from extender.rebalance.choose import EvictionPlan, NodeRoom, PodView, choose, exclusion
 from extender.rebalance.controller import TokenBucket
 from extender.rebalance.detect import Debounce, Detection, detect
 from extender.rebalance.settings import RebalanceSettings
@@ -52,15 +52,15 @@ def pod(name: str, node: str = "a", *, cpu: float = 1.0, memory: float = GIB, ag
                    created_at=NOW - age, **base)
 
 
-def nodes(*names: str, **views: NodeView) -> dict[str, NodeView]:
-    out = {n: NodeView(n, cpu_free_cores=CORES, memory_free_bytes=32 * GIB) for n in names}
+def nodes(*names: str, **views: NodeRoom) -> dict[str, NodeRoom]:
+    out = {n: NodeRoom(n, cpu_free_cores=CORES, memory_free_bytes=32 * GIB) for n in names}
     out.update(views)
     return out
 
 
-def plan(tbl: NodeTable, pods: list[PodView], node_views: Mapping[str, NodeView], *,
+def plan(tbl: NodeTable, pods: list[PodView], node_views: Mapping[str, NodeRoom], *,
          rules: RebalanceSettings = RULES, ext: Settings = EXT, budget: int = 10,
-         found: Detection | None = None, cooldown: Mapping[str, float] | None = None) -> Plan:
+         found: Detection | None = None, cooldown: Mapping[str, float] | None = None) -> EvictionPlan:
     return choose(found or run(tbl), pods, node_views, tbl, Engine(ext), rules, now=NOW,
                   budget=budget, cooldown=cooldown)
 
@@ -196,8 +196,8 @@ def test_no_destination_that_the_pod_would_make_hot() -> None:
 
 def test_destinations_must_fit_the_requests_and_be_schedulable() -> None:
     tbl = table(["a", "b", "c"], cpu_utilisation={"a": 0.95, "b": 0.1, "c": 0.1})
-    views = nodes("a", b=NodeView("b", cpu_free_cores=0.5, memory_free_bytes=32 * GIB),
-                  c=NodeView("c", schedulable=False, cpu_free_cores=8, memory_free_bytes=GIB))
+    views = nodes("a", b=NodeRoom("b", cpu_free_cores=0.5, memory_free_bytes=32 * GIB),
+                  c=NodeRoom("c", schedulable=False, cpu_free_cores=8, memory_free_bytes=GIB))
     result = plan(tbl, [pod("p", cpu=1.0)], views)
     assert not result.evictions and result.skips[0].reason == "no_destination"
 
