@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine
-from extender.rebalance.choose import EvictionPlan, Skip, choose
+from extender.rebalance.choose import Eviction, EvictionPlan, Skip, choose
 from extender.rebalance.detect import Breach, Debounce, Detection, detect
 from extender.rebalance.kube import ClusterApi
 from extender.rebalance.settings import RebalanceSettings
@@ -89,18 +89,11 @@ class RebalanceMetrics:
 
 @dataclass(frozen=True)
 class EvictionRecord:
-    pod: str
-    node: str
-    metric: str
-    value: float
-    projected: float
-    limit: float
-    destination: str
-    source_score: int
-    destination_score: int
+    """A chosen eviction and what became of it."""
+
     outcome: str
     """evicted, dry-run, pdb, gone, rate_limited or error."""
-    explanation: str
+    eviction: Eviction
 
 
 @dataclass(frozen=True)
@@ -202,9 +195,7 @@ class Rebalancer:
                     outcome = "error"
                 if outcome != "evicted":
                     self.bucket.give_back()
-            records.append(EvictionRecord(pod.key, pod.node, ev.metric, ev.value, ev.projected,
-                                          ev.limit, ev.destination, ev.source_score,
-                                          ev.destination_score, outcome, ev.explanation))
+            records.append(EvictionRecord(outcome, ev))
             if outcome in ("evicted", "dry-run"):
                 self.metrics.evictions.labels(ev.metric, str(dry).lower()).inc()
             else:

@@ -121,9 +121,10 @@ def test_a_node_hot_for_the_debounce_period_loses_exactly_the_allowed_pods(
     (second,) = s.cycles(1)
     evicted = [r for r in second.evictions if r.outcome == "evicted"]
     assert len(evicted) == PER_NODE, second
-    assert all(r.node == s.hot and r.destination in s.cool for r in evicted)
-    assert "expected to go to" in evicted[0].explanation
-    gone = {r.pod.split("/", 1)[1] for r in evicted}
+    assert all(r.eviction.pod.node == s.hot and r.eviction.destination in s.cool
+               for r in evicted)
+    assert "expected to go to" in evicted[0].eviction.explanation
+    gone = {r.eviction.pod.name for r in evicted}
     assert gone <= before and "bare" not in gone
     # Evicted through the API: deleted (Terminating, no kubelet to confirm) or already gone.
     wait_for(lambda: not (gone & s.live()) or None, timeout_s=30, what="evicted pods deleted")
