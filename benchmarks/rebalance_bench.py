@@ -76,8 +76,8 @@ def main() -> int:
     if args.no_write:
         return 0
     body = (
-        f"{args.seeds} seed(s), pod list `{args.pods}` ({'CPU-heavy' if 'cpu' in args.pods else ''}"
-        f") on all 1523 nodes of the OpenB node list, arrivals compressed by the load factor. "
+        f"{args.seeds} seed(s), pod list `{args.pods}` on all 1523 nodes of the OpenB node list, "
+        "arrivals compressed by the load factor. "
         f"Rebalancer settings: `config/rebalance.yaml` (CPU hot above "
         f"{rules.thresholds['cpu_utilisation'].hot:g}, cool below "
         f"{rules.thresholds['cpu_utilisation'].cool:g}; debounce {rules.debounce_cycles} cycles of "
@@ -91,7 +91,9 @@ def main() -> int:
         "in its deadline; hot-spot time is CPU or memory use above 90% of capacity (the replay's "
         "definition, `extender/sim/models.py`), while the rebalancer sees the lagged, requests-"
         "based view the extender has. Placement policies that pack (best-fit, FGD) leave hot "
-        "nodes for the rebalancer to fix; the metrics-aware profile leaves few.\n")
+        "nodes for the rebalancer to fix; the metrics-aware profile leaves few. Node-minutes are "
+        "totals over the replayed span (twice as long at 20x as at 40x). \"s per run\" is the "
+        "mean over the policies of one configuration, on a shared machine: indicative only.\n")
     command = "python -m benchmarks.rebalance_bench " + " ".join(
         f"--speedups {' '.join(f'{s:g}' for s in args.speedups)} --policies {args.policies} "
         f"--pods {args.pods} --seeds {args.seeds}".split())
