@@ -10,6 +10,7 @@ BENCHMARKS = (
     ("benchmarks.http_bench", "HTTP: extender under gunicorn vs a parse-only floor"),
     ("benchmarks.sim_bench", "Simulation: OpenB saturation and replay, all policies"),
     ("benchmarks.partition_bench", "Partition controller: planning and API calls"),
+    ("benchmarks.informer_bench", "Pod informer: CPU and memory at 5000 nodes / 50 000 pods"),
 )
 
 

@@ -32,6 +32,7 @@ import bisect
 import datetime as dt
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -71,8 +72,13 @@ class BoundPod:
     """The controlling owner (ReplicaSet, Job, StatefulSet, ...), else the first owner, else None."""
     owner_name: str | None
     bound_at: float
-    """Epoch seconds: the PodScheduled=True condition's lastTransitionTime (whole seconds), else
-    when this informer first saw the pod bound."""
+    """Epoch seconds: the PodScheduled=True condition's lastTransitionTime (whole seconds); for a
+    pod created already bound (spec.nodeName set at creation: no condition) its creationTimestamp;
+    else when this informer first saw it bound."""
+
+
+PodListener = Callable[["BoundPod", bool], None]
+"""`(pod, bound)`: the pod is bound (True) or gone (False); see `PodInformer.subscribe`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,7 @@ class _Meta(msgspec.Struct):
     name: str = ""
     namespace: str = ""
     resourceVersion: str = ""  # noqa: N815 - Kubernetes field names
+    creationTimestamp: str | None = None  # noqa: N815
     deletionTimestamp: str | None = None  # noqa: N815
     ownerReferences: list[_OwnerReference] | None = None  # noqa: N815
 
@@ -185,7 +192,7 @@ def _is_bound(pod: _Pod) -> bool:
 
 
 def bound_pod(pod: _Pod, first_seen: float) -> BoundPod:
-    """The BoundPod of a bound pod; `first_seen` is its bound time when no condition says it."""
+    """The BoundPod of a bound pod; `first_seen` is its bound time when the pod says none."""
     try:
         requests = pod_requests(pod.spec)
     except ValueError as exc:  # the API server validates quantities: never seen in practice
@@ -195,12 +202,18 @@ def bound_pod(pod: _Pod, first_seen: float) -> BoundPod:
     scheduled = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"
                       and c.status == "True"), None)
     kind, name = _owner(pod.metadata)
-    bound_at = _timestamp(scheduled.lastTransitionTime if scheduled else None)
+    # spec.nodeName is set either at creation or by a Binding, and a Binding always sets the
+    # PodScheduled condition: without one the pod was bound when it was created. (Using "first
+    # seen" instead would make every such pod look just placed after each restart.)
+    bound_at = _timestamp(scheduled.lastTransitionTime if scheduled else pod.metadata.creationTimestamp)
+    # Namespaces, nodes and owners repeat across thousands of pods: one string object each.
     return BoundPod(
-        uid=pod.metadata.uid, namespace=pod.metadata.namespace, name=pod.metadata.name,
-        node=pod.spec.nodeName or "", cpu_cores=requests.get("cpu", 0.0),
+        uid=pod.metadata.uid, namespace=sys.intern(pod.metadata.namespace), name=pod.metadata.name,
+        node=sys.intern(pod.spec.nodeName or ""), cpu_cores=requests.get("cpu", 0.0),
         memory_bytes=requests.get("memory", 0.0), gpus=int(requests.get(GPU_RESOURCE, 0.0)),
-        owner_kind=kind, owner_name=name, bound_at=first_seen if bound_at is None else bound_at)
+        owner_kind=None if kind is None else sys.intern(kind),
+        owner_name=None if name is None else sys.intern(name),
+        bound_at=first_seen if bound_at is None else bound_at)
 
 
 def backoff(failures: int, settings: InformerSettings, rng: random.Random) -> float:
@@ -232,7 +245,10 @@ def api_client_factory(settings: InformerSettings) -> Callable[[], ApiClient]:
 
     def make() -> ApiClient:
         if settings.kubeconfig:
-            made: ApiClient = config.new_client_from_config(config_file=settings.kubeconfig)
+            try:
+                made: ApiClient = config.new_client_from_config(config_file=settings.kubeconfig)
+            except (ConfigException, OSError) as exc:  # the message does not name the file
+                raise ConfigException(f"informer.kubeconfig {settings.kubeconfig}: {exc}") from exc
             return made
         configuration = client.Configuration()
         try:
@@ -273,6 +289,7 @@ class PodInformer:
         self._events = 0
         self._last_event: float | None = None
         self._rng = random.Random()
+        self._listeners: list[PodListener] = []
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -305,6 +322,25 @@ class PodInformer:
         self._up = False
         return ended
 
+    def subscribe(self, listener: PodListener) -> None:
+        """Call `listener(pod, bound)` from the informer's thread for every change: `bound`
+        True when the pod is (newly, or again) bound, False when it is gone. The pods known
+        already are replayed to it first. Listeners must be quick and must not raise."""
+        with self._lock:
+            known = sorted(self._pods.values(), key=lambda p: p.bound_at)
+            self._listeners.append(listener)
+        for pod in known:
+            listener(pod, True)
+
+    def _notify(self, changes: list[tuple[BoundPod, bool]]) -> None:
+        for listener in self._listeners:
+            for pod, bound in changes:
+                try:
+                    listener(pod, bound)
+                except Exception:  # noqa: BLE001 - a listener's bug must not stop the watch
+                    log.exception("pod informer: listener failed on %s/%s", pod.namespace,
+                                  pod.name)
+
     def wait_synced(self, timeout_s: float) -> bool:
         """Wait until the first full list has been applied; False on timeout."""
         return self._synced.wait(timeout_s)
@@ -332,20 +368,19 @@ class PodInformer:
 
     # --- the map ---------------------------------------------------------------------------------
 
-    def _replace(self, pods: list[_Pod]) -> None:
-        now = self._clock()
+    def _replace(self, fresh: dict[str, BoundPod]) -> None:
         with self._lock:
             old = self._pods
-            fresh: dict[str, BoundPod] = {}
-            for pod in pods:
-                if _is_bound(pod):
-                    known = old.get(pod.metadata.uid)
-                    fresh[pod.metadata.uid] = bound_pod(pod, known.bound_at if known else now)
             self._pods = fresh
             self._by_time = sorted((p.bound_at, p.uid) for p in fresh.values())
             self._lists += 1
-            self._last_event = now
+            self._last_event = self._clock()
         self._synced.set()
+        if self._listeners:
+            changes = [(pod, False) for uid, pod in old.items() if uid not in fresh]
+            changes += sorted(((pod, True) for uid, pod in fresh.items() if old.get(uid) != pod),
+                              key=lambda change: change[0].bound_at)
+            self._notify(changes)
 
     def _apply(self, event_type: str, pod: _Pod) -> None:
         now = self._clock()
@@ -357,14 +392,21 @@ class PodInformer:
             if event_type == "DELETED" or not _is_bound(pod):
                 if known is not None:
                     self._forget(known)
-                return
-            record = bound_pod(pod, known.bound_at if known else now)
-            if known is not None and known.bound_at != record.bound_at:
-                self._forget(known)
-                known = None
-            self._pods[uid] = record
-            if known is None:
-                bisect.insort(self._by_time, (record.bound_at, uid))
+                    changes = [(known, False)]
+                else:
+                    changes = []
+            else:
+                record = bound_pod(pod, known.bound_at if known else now)
+                changed = known != record
+                if known is not None and known.bound_at != record.bound_at:
+                    self._forget(known)
+                    known = None
+                self._pods[uid] = record
+                if known is None:
+                    bisect.insort(self._by_time, (record.bound_at, uid))
+                changes = [(record, True)] if changed else []
+        if changes and self._listeners:
+            self._notify(changes)
 
     def _forget(self, pod: BoundPod) -> None:
         del self._pods[pod.uid]
@@ -388,7 +430,11 @@ class PodInformer:
     def _list(self, api: CoreV1Api) -> str:
         """List every pod in scope, page by page; replace the map; return the resourceVersion."""
         fn, kwargs = self._list_fn(api)
-        pods: list[_Pod] = []
+        with self._lock:
+            old = dict(self._pods)
+        now = self._clock()
+        # Each page becomes BoundPods at once: only one page of decoded pods is alive at a time.
+        fresh: dict[str, BoundPod] = {}
         token: str | None = None
         while True:
             page_kwargs = dict(kwargs, limit=self.settings.page_size)
@@ -396,10 +442,13 @@ class PodInformer:
                 page_kwargs["_continue"] = token
             resp = self._call(fn, page_kwargs, self.settings.request_timeout_s)
             page = msgspec.json.decode(resp.data, type=_PodList)
-            pods.extend(page.items or ())
+            for pod in page.items or ():
+                if _is_bound(pod):
+                    known = old.get(pod.metadata.uid)
+                    fresh[pod.metadata.uid] = bound_pod(pod, known.bound_at if known else now)
             token = page.metadata.continue_
             if not token:
-                self._replace(pods)
+                self._replace(fresh)
                 self._up = True
                 return page.metadata.resourceVersion
 

@@ -72,6 +72,31 @@ class CatalogEntry(Struct, frozen=True):
     description: str = ""
 
 
+class OwnerEntry(Struct, frozen=True):
+    """What a controller's running pods use: a PromQL vector with one series per
+    (namespace, owner_kind, owner_name), for the expected load of its new pods."""
+
+    name: str
+    query: str
+    resource: Literal["cpu", "memory"]
+    """`cpu` in cores, `memory` in bytes."""
+    description: str = ""
+
+
+class EstimateSettings(Struct, frozen=True):
+    """The expected load of a pod not yet measured (hot-spot compensation, `with_pod` rules):
+    per resource the larger of its requests and what its siblings (same controller) use, capped
+    by its limits; these defaults for a pod without requests (Koordinator uses the same)."""
+
+    enabled: bool = True
+    default_cpu_cores: float = 0.25
+    default_memory_bytes: float = 209715200.0
+    """200 MiB."""
+    window: str = "10m"
+    """Substituted for `$estimate_window` in the `owners` queries: how far back siblings' use is
+    looked at (their p90 over it)."""
+
+
 class NodeAliasSettings(Struct, frozen=True):
     """Maps exporter identities (IP addresses) to node names, from kube-state-metrics."""
 
@@ -267,6 +292,9 @@ class Settings(Struct, frozen=True):
     """Relative to the settings file."""
     catalog: tuple[CatalogEntry, ...] = ()
     """Filled from `catalog_file` by load_settings()."""
+    owner_catalog: tuple[OwnerEntry, ...] = ()
+    """The catalog file's `owners` entries, filled by load_settings()."""
+    estimate: EstimateSettings = EstimateSettings()
     policy: PolicySettings = PolicySettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     informer: InformerSettings = InformerSettings()
@@ -418,18 +446,26 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     data = merge(read_yaml(path), env_overrides(environ, ENV_PREFIX, Settings.__struct_fields__))
     if overrides:
         data = merge(data, overrides)
-    if "catalog" in data or "source" in data:
+    if "catalog" in data or "owner_catalog" in data or "source" in data:
         raise ConfigError(f"{path}: catalog: set `catalog_file` to a catalog YAML, not `catalog`")
     settings = convert(data, Settings, str(path))
     catalog_path = (path.parent / settings.catalog_file).resolve()
     if not _DURATION.match(settings.cache.rate_window):
         raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
                           f"30s, got {settings.cache.rate_window!r}")
+    if not _DURATION.match(settings.estimate.window):
+        raise ConfigError(f"{path}: estimate.window: expected a PromQL duration such as 10m, got "
+                          f"{settings.estimate.window!r}")
     params = {"$rate_window": settings.cache.rate_window,
-              "$push_max_age": f"{settings.cache.push_max_age_s:g}"}
+              "$push_max_age": f"{settings.cache.push_max_age_s:g}",
+              "$estimate_window": settings.estimate.window}
+    metrics, owners = _load_catalog(catalog_path)
     catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
-                    for e in _load_catalog(catalog_path))
-    settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
+                    for e in metrics)
+    owner_catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
+                          for e in owners)
+    settings = msgspec.structs.replace(settings, catalog=catalog, owner_catalog=owner_catalog,
+                                       source=str(path))
     validate(settings)
     return settings
 
@@ -442,14 +478,16 @@ def _substitute(query: str, params: Mapping[str, str]) -> str:
 
 class _CatalogFile(Struct, frozen=True):
     metrics: tuple[CatalogEntry, ...]
+    owners: tuple[OwnerEntry, ...] = ()
 
 
-def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
+def _load_catalog(path: Path) -> tuple[tuple[CatalogEntry, ...], tuple[OwnerEntry, ...]]:
     data = read_yaml(path)
     # The monitoring API reads its own sections of the same file.
-    data = {"metrics": data.get("metrics", [])}
-    catalog = convert(data, _CatalogFile, str(path)).metrics
-    names = [entry.name for entry in catalog]
+    data = {"metrics": data.get("metrics", []), "owners": data.get("owners", [])}
+    parsed = convert(data, _CatalogFile, str(path))
+    catalog, owners = parsed.metrics, parsed.owners
+    names = [entry.name for entry in catalog] + [entry.name for entry in owners]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{path}: metrics: duplicate names {', '.join(duplicates)}")
@@ -459,7 +497,7 @@ def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
             raise ConfigError(f"{path}: metrics.{i}.range: expected min < max, got {entry.range}")
         if not entry.node_labels:
             raise ConfigError(f"{path}: metrics.{i}.node_labels: must name at least one label")
-    return catalog
+    return catalog, owners
 
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
@@ -479,6 +517,9 @@ def validate(settings: Settings) -> None:
     """Cross-field checks that types alone cannot express; ConfigError on the first problem."""
     src = settings.source
     known = {entry.name for entry in settings.catalog}
+    require_positive(src, {"estimate.default_cpu_cores": settings.estimate.default_cpu_cores,
+                           "estimate.default_memory_bytes": settings.estimate.default_memory_bytes,
+                           "cache.push_max_age_s": settings.cache.push_max_age_s})
     profiles = settings.policy.profiles
     if settings.policy.default not in profiles:
         raise ConfigError(

@@ -70,6 +70,8 @@ class Decision(msgspec.Struct, frozen=True):
     rejected: dict[str, str]
     nodes: list[NodeExplanation]
     duration_ms: float
+    estimate: str = ""
+    """How the pod's expected load differs from its requests (empty: it does not)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -98,6 +98,9 @@ class CompiledProfile:
     """The filter rules on derived terms, checked after `checks` (see `FilterRule`)."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
+    hotspot_window_s: float
+    """How long this profile counts a placement, and after how long a sample shows it."""
+    hotspot_settle_s: float
     neutral: BoolArray
     """(m,) columns whose missing values take the table's median (else the worst value)."""
     reject_missing: BoolArray
@@ -144,7 +147,8 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
     return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
                            lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
-                           derived_rules, hot_cols, neutral, reject & (w > 0))
+                           derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
+                           reject & (w > 0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,8 +173,8 @@ class Evaluation:
     scores: npt.NDArray[np.int64]
     pending: Pending | None
     own: FloatArray | None = None
-    """(k, m) change the pod's own requests would make to the values (hot-spot CPU and memory
-    columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
+    """(k, m) change the pod's own expected load would make to the values (hot-spot CPU and
+    memory columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
 
     def take(self, indices: Sequence[int]) -> Evaluation:
         """The evaluation of the candidates at `indices` only, in that order."""
@@ -268,7 +272,7 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
         cpu, mem, _, _ = compiled.hotspot_cols
         own = np.zeros_like(values)
-        own[:, cpu], own[:, mem] = _shares(pod.cpu_cores, pod.memory_bytes, values,
+        own[:, cpu], own[:, mem] = _shares(pod.load_cpu_cores, pod.load_memory_bytes, values,
                                            compiled.hotspot_cols)
         own[:, mem] *= -1.0
     return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,

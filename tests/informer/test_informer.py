@@ -13,7 +13,7 @@ from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api, V1Bi
 from kubernetes.client import V1ObjectReference as Ref
 
 from extender.errors import ConfigError
-from extender.informer import BoundPod, PodInformer
+from extender.informer import BoundPod, PodInformer, api_client_factory
 from extender.settings import InformerSettings, load_settings
 from tests.controlplane import ControlPlane, ExtraApiServer, free_port, wait_for
 from tests.support import CONFIG, REPO
@@ -82,7 +82,6 @@ def test_initial_list_sees_bound_pods_with_demand_and_owner(
         initContainers=[{"name": "init", "image": "x", "resources": {"requests": {"cpu": "4"}}}]))
     plain = core.create_namespaced_pod(k8s_namespace, pod("plain", node="node-b"))
     pending = core.create_namespaced_pod(k8s_namespace, pod("pending"))
-    before = time.time()
 
     informer = synced(start_informer(informer_settings(namespace=k8s_namespace)))
 
@@ -92,7 +91,8 @@ def test_initial_list_sees_bound_pods_with_demand_and_owner(
         cpu_cores=4.0,  # the init container's 4 cores exceed the app containers' 1.75
         memory_bytes=1.25 * 2**30, gpus=2, owner_kind="Job", owner_name="train",
         bound_at=worker.bound_at if worker else 0.0)
-    assert worker is not None and before - 1 <= worker.bound_at <= time.time()  # no condition: first seen
+    # Created with spec.nodeName: no PodScheduled condition, bound when created.
+    assert worker is not None and worker.bound_at == made.metadata.creation_timestamp.timestamp()
     other = informer.get(plain.metadata.uid)
     assert other is not None and (other.cpu_cores, other.memory_bytes, other.gpus) == (0.0, 0.0, 0)
     assert (other.owner_kind, other.owner_name) == (None, None)
@@ -220,6 +220,22 @@ def test_an_unreachable_api_server_is_reported_and_recovered_from(
     up = informer.status()
     assert up.up and informer.get(uid) is not None
     assert up.last_error == down.last_error  # kept for diagnosis
+
+
+def test_the_kubeconfig_setting_is_used_and_a_missing_file_is_reported(
+        control_plane: ControlPlane, k8s_namespace: str, start_informer: Callable[..., PodInformer],
+        tmp_path: Path) -> None:
+    core = CoreV1Api(control_plane.api_client())
+    uid = core.create_namespaced_pod(k8s_namespace, pod("kubeconfig", node="node-j")).metadata.uid
+    good = informer_settings(namespace=k8s_namespace, kubeconfig=str(control_plane.kubeconfig))
+    assert synced(start_informer(good, api_client_factory(good))).get(uid) is not None
+
+    missing = informer_settings(namespace=k8s_namespace, kubeconfig=str(tmp_path / "absent.kubeconfig"))
+    informer = start_informer(missing, api_client_factory(missing))
+    status = wait_for(lambda: informer.status() if informer.status().errors else None, timeout_s=10,
+                      what="the missing kubeconfig")
+    assert not status.up and status.last_error is not None
+    assert "absent.kubeconfig" in status.last_error
 
 
 def test_a_selector_the_api_server_rejects_is_reported(
