@@ -13,6 +13,7 @@ import queue
 import threading
 from typing import Any
 
+from extender import protocol as wire
 from extender.policies.explain import DecisionRecord
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,24 @@ class ApiBinder:
         # skip deserialisation; errors still raise ApiException.
         api.create_namespaced_binding(namespace, body, _preload_content=False,
                                       _request_timeout=API_TIMEOUT_S)
+
+    def read(self, namespace: str, name: str) -> wire.Pod | None:
+        """The pod as the API server has it (None when it is gone); raises on other errors.
+
+        bind carries no resources and may reach a replica that never saw the pod's filter or
+        prioritize call: its requests and owner come from here, never from a per-process cache.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._api = self._api or core_api()
+        try:
+            response = api.read_namespaced_pod(name, namespace, _preload_content=False,
+                                               _request_timeout=API_TIMEOUT_S)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return wire.decode(response.data, wire.Pod)
 
 
 class ApiEventSink:

@@ -25,12 +25,19 @@ class Wire(msgspec.Struct, frozen=True):
 # --- Pod (partial) ------------------------------------------------------------------------------
 
 
+class OwnerReference(Wire, frozen=True):
+    kind: str = ""
+    name: str = ""
+    controller: bool | None = None
+
+
 class ObjectMeta(Wire, frozen=True):
     name: str = ""
     namespace: str = ""
     uid: str = ""
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    ownerReferences: list[OwnerReference] | None = None  # noqa: N815 - Kubernetes field name
 
 
 class ResourceRequirements(Wire, frozen=True):

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from cachetools import TTLCache
-
 from extender import protocol as wire
 from extender.errors import ProtocolError
+from extender.informer import BoundPod, InformerStatus
 from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine, Outcome
 from extender.policies.explain import (
@@ -34,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class Binder(Protocol):
-    """Creates the Binding of a pod to a node (the Kubernetes API edge)."""
+    """Creates the Binding of a pod to a node, and reads pods (the Kubernetes API edge)."""
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+
+    def read(self, namespace: str, name: str) -> wire.Pod | None: ...
 
 
 class EventSink(Protocol):
@@ -53,12 +53,20 @@ class Observer(Protocol):
     def placement(self, source: str) -> None: ...
 
 
+class BoundPods(Protocol):
+    """Pods bound to nodes, from the API server (`extender.informer.PodInformer`)."""
+
+    def subscribe(self, listener: Callable[[BoundPod, bool], None]) -> None: ...
+
+    def status(self) -> InformerStatus: ...
+
+
 class Extender:
     """filter / prioritize / bind / preempt over the current snapshot."""
 
     def __init__(self, settings: Settings, cache: MetricsCache, engine: Engine, *,
                  binder: Binder | None = None, events: EventSink | None = None,
-                 observer: Observer | None = None,
+                 observer: Observer | None = None, bound_pods: BoundPods | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.cache = cache
@@ -68,10 +76,25 @@ class Extender:
         self.observer = observer
         self.clock = clock
         self.decisions = DecisionLog(settings.server.decision_log_size)
-        # Pods seen by filter/prioritize, for bind (which carries no resources). Bounded; filled
-        # only when bind is served.
-        self._demands: TTLCache[str, PodDemand] = TTLCache(maxsize=10_000, ttl=600)
-        self._demands_lock = threading.Lock()
+        self.bound_pods = bound_pods
+        if bound_pods is not None:
+            bound_pods.subscribe(self._on_bound_pod)
+
+    def _on_bound_pod(self, pod: BoundPod, bound: bool) -> None:
+        """The API server's view of a pod, merged into the placement ledger by UID: every
+        replica and worker then counts the same pods, whoever bound them (informer thread)."""
+        if not bound:
+            self.engine.ledger.forget(pod.uid)
+            return
+        if pod.bound_at < self.clock() - self.engine.ledger.window_s:
+            return  # bound long ago: the metrics show it
+        demand = PodDemand(namespace=pod.namespace, name=pod.name, uid=pod.uid,
+                           cpu_cores=pod.cpu_cores, memory_bytes=pod.memory_bytes, gpus=pod.gpus,
+                           owner_kind=pod.owner_kind or "", owner_name=pod.owner_name or "")
+        demand = self.engine.estimate(demand, self.cache.current().table)
+        if self.engine.record_placement(pod.node, demand, pod.bound_at, confirmed=True) \
+                and self.observer is not None:
+            self.observer.placement("informer")
 
     def _pod(self, pod: wire.Pod | None) -> PodDemand:
         if pod is None:
@@ -84,13 +107,11 @@ class Extender:
             raise ProtocolError(f"pod {pod.metadata.namespace}/{pod.metadata.name}: {exc}") from exc
 
     def _evaluate(self, args: wire.ExtenderArgs) -> tuple[PodDemand, list[str], Outcome, float]:
-        pod = self._pod(args.Pod)
+        table = self.cache.current().table
+        pod = self.engine.estimate(self._pod(args.Pod), table)
         names = wire.node_names(args)
         now = self.clock()
-        outcome = self.engine.decide(pod, self.cache.current().table, names, now)
-        if pod.uid and self.binder is not None:
-            with self._demands_lock:
-                self._demands[pod.uid] = pod
+        outcome = self.engine.decide(pod, table, names, now)
         return pod, names, outcome, now
 
     def _record(self, verb: str, pod: PodDemand, outcome: Outcome, chosen: str | None,
@@ -100,7 +121,8 @@ class Extender:
             id=self.decisions.next_id(), time=now, verb=verb, pod=pod.key, uid=pod.uid,
             profile=outcome.profile, note=outcome.note, shadow=self.settings.server.shadow,
             candidates=len(outcome.names), chosen=chosen, rejected=rejected_summary(outcome),
-            nodes=[], duration_ms=round((time.perf_counter() - started) * 1e3, 3))
+            nodes=[], duration_ms=round((time.perf_counter() - started) * 1e3, 3),
+            estimate=pod.estimate)
         decision = DecisionRecord(head, Breakdown.of(outcome, explained))
         self.decisions.add(decision)
         if self.events is not None:
@@ -165,11 +187,18 @@ class Extender:
             log.warning("bind %s/%s -> %s failed: %s", args.PodNamespace, args.PodName,
                         args.Node, exc)
             return wire.ExtenderBindingResult(Error=f"binding failed: {exc}")
-        # The bind call carries no resources: take them from this pod's filter/prioritize call.
-        with self._demands_lock:
-            known = self._demands.get(args.PodUID)
-        pod = known or PodDemand(namespace=args.PodNamespace, name=args.PodName, uid=args.PodUID)
-        self._placed(args.Node, pod, self.clock(), "bind")
+        # The bind call carries no resources, and this replica may never have seen the pod: its
+        # requests and owner come from the API server. Without them nothing is recorded (the
+        # pod informer, where it runs, still counts the pod) rather than a placement of nothing.
+        try:
+            found = self.binder.read(args.PodNamespace, args.PodName)
+        except Exception as exc:  # noqa: BLE001 - the pod is bound; only its accounting is lost
+            log.warning("bound %s/%s but could not read it back: %s", args.PodNamespace,
+                        args.PodName, exc)
+            found = None
+        if found is not None:
+            pod = self.engine.estimate(self._pod(found), self.cache.current().table)
+            self._placed(args.Node, pod, self.clock(), "bind")
         return wire.ExtenderBindingResult()
 
     def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
@@ -187,6 +216,6 @@ class Extender:
         return wire.ExtenderPreemptionResult(NodeNameToMetaVictims=kept)
 
     def _placed(self, node: str, pod: PodDemand, now: float, source: str) -> None:
-        self.engine.record_placement(node, pod, now)
-        if self.observer is not None:
+        recorded = self.engine.record_placement(node, pod, now, confirmed=source == "bind")
+        if recorded and self.observer is not None:
             self.observer.placement(source)

@@ -32,6 +32,9 @@ DEFAULT_CONFIG = Path("config/extender.yaml")
 
 Direction = Literal["lower_is_better", "higher_is_better", "info"]
 MissingData = Literal["neutral", "reject"]
+"""What a filter rule does with a node lacking a fresh value: pass it, or fail it."""
+TermMissing = Literal["neutral", "worst", "reject"]
+"""What a score term does with a node lacking a fresh value (see `CacheSettings.missing_data`)."""
 UnknownNodes = Literal["neutral", "reject"]
 
 
@@ -61,7 +64,37 @@ class CatalogEntry(Struct, frozen=True):
     """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
     gpu_only: bool = False
     """Scored only for pods that request `nvidia.com/gpu`."""
+    on_missing: TermMissing | None = None
+    """A node lacking a fresh value of this term (absent, stale, exporter down): `neutral` takes
+    the median of the nodes that have it, `worst` the least favourable value, `reject` also fails
+    the filter. Default: `cache.missing_data`. `neutral` suits signals only some nodes publish
+    (deadline sidecars)."""
     description: str = ""
+
+
+class OwnerEntry(Struct, frozen=True):
+    """What a controller's running pods use: a PromQL vector with one series per
+    (namespace, owner_kind, owner_name), for the expected load of its new pods."""
+
+    name: str
+    query: str
+    resource: Literal["cpu", "memory"]
+    """`cpu` in cores, `memory` in bytes."""
+    description: str = ""
+
+
+class EstimateSettings(Struct, frozen=True):
+    """The expected load of a pod not yet measured (hot-spot compensation, `with_pod` rules):
+    per resource the larger of its requests and what its siblings (same controller) use, capped
+    by its limits; these defaults for a pod without requests (Koordinator uses the same)."""
+
+    enabled: bool = True
+    default_cpu_cores: float = 0.25
+    default_memory_bytes: float = 209715200.0
+    """200 MiB."""
+    window: str = "10m"
+    """Substituted for `$estimate_window` in the `owners` queries: how far back siblings' use is
+    looked at (their p90 over it)."""
 
 
 class NodeAliasSettings(Struct, frozen=True):
@@ -114,14 +147,21 @@ class CacheSettings(Struct, frozen=True):
     """One query per catalog entry per interval, for all nodes at once."""
     max_staleness_s: float = 90.0
     """Older values count as missing: scrape (30 s for dcgm) + refresh + two misses of margin."""
-    missing_data: MissingData = "neutral"
-    """`neutral`: a missing or stale term is dropped and the remaining weights renormalised; a node
-    with no fresh term gets `missing_score`. `reject`: filter fails a node missing a filtered or
-    weighted metric."""
+    missing_data: TermMissing = "worst"
+    """Default for a weighted term a node lacks (absent, stale, its exporter down), per catalog
+    entry `on_missing`: `worst` counts the least favourable value, `neutral` the median of the
+    nodes that have a fresh value (all nodes of the table, so a node's score does not depend on
+    which other candidates kube-scheduler sampled), `reject` also fails the filter. The weights
+    are never renormalised over the terms a node happens to have: missing data never wins. Filter
+    rules on a missing value pass unless their `on_missing` (or this) is `reject`."""
     missing_score: int = 0
-    """Score of a node with no fresh data under `neutral`: never preferred over a known node."""
+    """Score of a node with no fresh weighted term at all: never preferred over a known node."""
     rate_window: str = "1m"
     """Substituted for `$rate_window` in catalog queries; at least 4 scrape intervals."""
+    push_max_age_s: float = 120.0
+    """Substituted for `$push_max_age` in catalog queries: Pushgateway groups whose last push
+    (`push_time_seconds`) is older count as absent, so the value of a sidecar killed without
+    deleting its group ages out. Several push intervals (sidecar default 10 s) plus a scrape."""
     refresh_in_child: bool = True
     """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
@@ -145,8 +185,9 @@ class FilterRule(Struct, frozen=True):
     reason: str | None = None
     """Fixed sentence instead of `<label> <value> > <limit>` (e.g. for yes/no conditions)."""
     on_missing: MissingData | None = None
-    """Missing or stale value: `neutral` passes, `reject` fails (default: cache.missing_data).
-    Set `neutral` for signals that only some nodes publish (e.g. deadline sidecars)."""
+    """Missing or stale value: `neutral` passes, `reject` fails (default: `reject` when
+    cache.missing_data is `reject`, else `neutral`). Set `neutral` for signals that only some
+    nodes publish (e.g. deadline sidecars)."""
     with_pod: bool = False
     """Check the value the node would show with this pod's requests added (its CPU cores over the
     node's cores, its memory over the node's total): "would this pod make the node hot", not
@@ -251,6 +292,9 @@ class Settings(Struct, frozen=True):
     """Relative to the settings file."""
     catalog: tuple[CatalogEntry, ...] = ()
     """Filled from `catalog_file` by load_settings()."""
+    owner_catalog: tuple[OwnerEntry, ...] = ()
+    """The catalog file's `owners` entries, filled by load_settings()."""
+    estimate: EstimateSettings = EstimateSettings()
     policy: PolicySettings = PolicySettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     informer: InformerSettings = InformerSettings()
@@ -372,31 +416,48 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
     data = merge(read_yaml(path), env_overrides(environ, ENV_PREFIX, Settings.__struct_fields__))
     if overrides:
         data = merge(data, overrides)
-    if "catalog" in data or "source" in data:
+    if "catalog" in data or "owner_catalog" in data or "source" in data:
         raise ConfigError(f"{path}: catalog: set `catalog_file` to a catalog YAML, not `catalog`")
     settings = convert(data, Settings, str(path))
     catalog_path = (path.parent / settings.catalog_file).resolve()
     if not _DURATION.match(settings.cache.rate_window):
         raise ConfigError(f"{path}: cache.rate_window: expected a PromQL duration such as 1m or "
                           f"30s, got {settings.cache.rate_window!r}")
-    catalog = tuple(msgspec.structs.replace(e, query=e.query.replace("$rate_window",
-                                                                     settings.cache.rate_window))
-                    for e in _load_catalog(catalog_path))
-    settings = msgspec.structs.replace(settings, catalog=catalog, source=str(path))
+    if not _DURATION.match(settings.estimate.window):
+        raise ConfigError(f"{path}: estimate.window: expected a PromQL duration such as 10m, got "
+                          f"{settings.estimate.window!r}")
+    params = {"$rate_window": settings.cache.rate_window,
+              "$push_max_age": f"{settings.cache.push_max_age_s:g}",
+              "$estimate_window": settings.estimate.window}
+    metrics, owners = _load_catalog(catalog_path)
+    catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
+                    for e in metrics)
+    owner_catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
+                          for e in owners)
+    settings = msgspec.structs.replace(settings, catalog=catalog, owner_catalog=owner_catalog,
+                                       source=str(path))
     validate(settings)
     return settings
 
 
+def _substitute(query: str, params: Mapping[str, str]) -> str:
+    for name, value in params.items():
+        query = query.replace(name, value)
+    return query
+
+
 class _CatalogFile(Struct, frozen=True):
     metrics: tuple[CatalogEntry, ...]
+    owners: tuple[OwnerEntry, ...] = ()
 
 
-def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
+def _load_catalog(path: Path) -> tuple[tuple[CatalogEntry, ...], tuple[OwnerEntry, ...]]:
     data = read_yaml(path)
     # The monitoring API reads its own sections of the same file.
-    data = {"metrics": data.get("metrics", [])}
-    catalog = convert(data, _CatalogFile, str(path)).metrics
-    names = [entry.name for entry in catalog]
+    data = {"metrics": data.get("metrics", []), "owners": data.get("owners", [])}
+    parsed = convert(data, _CatalogFile, str(path))
+    catalog, owners = parsed.metrics, parsed.owners
+    names = [entry.name for entry in catalog] + [entry.name for entry in owners]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{path}: metrics: duplicate names {', '.join(duplicates)}")
@@ -406,7 +467,7 @@ def _load_catalog(path: Path) -> tuple[CatalogEntry, ...]:
             raise ConfigError(f"{path}: metrics.{i}.range: expected min < max, got {entry.range}")
         if not entry.node_labels:
             raise ConfigError(f"{path}: metrics.{i}.node_labels: must name at least one label")
-    return catalog
+    return catalog, owners
 
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
@@ -426,6 +487,9 @@ def validate(settings: Settings) -> None:
     """Cross-field checks that types alone cannot express; ConfigError on the first problem."""
     src = settings.source
     known = {entry.name for entry in settings.catalog}
+    require_positive(src, {"estimate.default_cpu_cores": settings.estimate.default_cpu_cores,
+                           "estimate.default_memory_bytes": settings.estimate.default_memory_bytes,
+                           "cache.push_max_age_s": settings.cache.push_max_age_s})
     profiles = settings.policy.profiles
     if settings.policy.default not in profiles:
         raise ConfigError(

@@ -63,7 +63,7 @@ class StaticSource:
 
     def __init__(self, s: Settings, values: Mapping[str, Mapping[str, float]],
                  nodes: list[str] | None = None) -> None:
-        self.by_query = {entry.query: entry.name for entry in s.catalog}
+        self.by_query = {entry.query: entry.name for entry in (*s.catalog, *s.owner_catalog)}
         self.alias_query = s.node_aliases.query
         self.values = {k: dict(v) for k, v in values.items()}
         self.nodes = nodes if nodes is not None else sorted({n for v in values.values() for n in v})
@@ -82,6 +82,28 @@ class StaticSource:
                     for i, n in enumerate(self.nodes)]
         metric = self.by_query[promql]
         return [Sample({"node": n}, v, t) for n, v in self.values.get(metric, {}).items()]
+
+
+class RecordingBinder:
+    """The webhook's Binder for tests without a cluster: records binds, and reads back the pods
+    a test put in `pods` (as the API server would hold them)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str]] = []
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def bound(self) -> list[str]:
+        return [node for *_, node in self.calls]
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        self.calls.append((namespace, name, uid, node))
+
+    def read(self, namespace: str, name: str) -> Any:
+        from extender import protocol as wire
+
+        pod = self.pods.get((namespace, name))
+        return None if pod is None else wire.decode(json.dumps(pod).encode(), wire.Pod)
 
 
 def fixture(name: str) -> dict[str, Any]:

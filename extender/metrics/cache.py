@@ -31,7 +31,7 @@ import numpy as np
 from extender.errors import MetricsError, PrometheusUnreachable
 from extender.metrics.identity import NodeResolver
 from extender.metrics.prometheus import MetricsSource, PrometheusSource, Sample
-from extender.policies.model import Allocation, FloatArray, NodeTable
+from extender.policies.model import Allocation, FloatArray, NodeTable, OwnerKey, OwnerUsage
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,9 @@ class Fetcher:
                 errors[entry.name] = f"Prometheus unreachable: {exc}"
             except MetricsError as exc:
                 errors[entry.name] = str(exc)
-        self.table, unmatched = build_table(self.settings, results, self.resolver, at, self.table)
+        table, unmatched = build_table(self.settings, results, self.resolver, at, self.table)
+        owners = self._owners(at, reachable, errors, results)
+        self.table = dataclasses.replace(table, owners=owners) if owners is not None else table
         self.kubernetes_nodes = len(known)
         status = RefreshStatus(
             started_at=at, prometheus_up=reachable, errors=errors,
@@ -230,6 +232,37 @@ class Fetcher:
             unmatched=unmatched, kubernetes_nodes=len(known))
         return self.table, status
 
+
+    def _owners(self, at: float, reachable: bool, errors: dict[str, str],
+                results: dict[str, list[Sample]]) -> OwnerUsage | None:
+        """What each controller's pods use, from the catalog's `owners` entries; a failed query
+        keeps the previous values of its resource (None: no such entries)."""
+        entries = self.settings.owner_catalog
+        if not entries:
+            return None
+        previous = self.table.owners or OwnerUsage()
+        found = {"cpu": dict(previous.cpu_cores), "memory": dict(previous.memory_bytes)}
+        for entry in entries:
+            if not reachable:
+                errors[entry.name] = "skipped: Prometheus unreachable"
+                continue
+            try:
+                samples = self.source.query(entry.query, at)
+            except MetricsError as exc:
+                errors[entry.name] = str(exc)
+                continue
+            results[entry.name] = samples
+            usage: dict[OwnerKey, float] = {}
+            for sample in samples:
+                key = tuple(sample.labels.get(label, "") for label in OWNER_LABELS)
+                if all(key) and sample.value == sample.value:
+                    usage[(key[0], key[1], key[2])] = sample.value
+            found[entry.resource] = usage
+        return OwnerUsage(cpu_cores=found["cpu"], memory_bytes=found["memory"])
+
+
+OWNER_LABELS = ("namespace", "owner_kind", "owner_name")
+"""The labels an `owners` catalog query must keep: they name the controller."""
 
 _child: Fetcher | None = None  # the collector of a ChildFetcher's process
 

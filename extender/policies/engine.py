@@ -27,7 +27,14 @@ import numpy.typing as npt
 
 from extender.policies import fragmentation
 from extender.policies.hotspot import Ledger, Pending
-from extender.policies.model import IntArray, NodeTable, PodDemand, name_ranks
+from extender.policies.model import (
+    EstimateDefaults,
+    IntArray,
+    NodeTable,
+    PodDemand,
+    estimate_load,
+    name_ranks,
+)
 from extender.policies.scoring import (
     CompiledProfile,
     DerivedTerm,
@@ -199,7 +206,10 @@ class Engine:
                  ledger: Ledger | None = None) -> None:
         self.settings = settings
         hot = settings.profile().hotspot
-        self.ledger = ledger or Ledger(hot.window_s, hot.settle_s)
+        # One ledger for every profile: it keeps placements for the longest window, and each
+        # profile reads it with its own window and settle time.
+        longest = max(p.hotspot.window_s for p in settings.policy.profiles.values())
+        self.ledger = ledger or Ledger(max(longest, hot.window_s), hot.settle_s)
         # The one place the default is decided: the webhook and `extender nodes` take it, the
         # simulator passes the terms of its own trace's workload.
         self.derived_terms = dict(fragmentation.DERIVED_TERMS if derived_terms is None
@@ -259,7 +269,9 @@ class Engine:
             row = index.get(node)
             return None if row is None else int(position[row])
 
-        return self.ledger.pending_rows(position_of, len(rows), sampled, now)
+        return self.ledger.pending_rows(position_of, len(rows), sampled, now,
+                                        window_s=compiled.hotspot_window_s,
+                                        settle_s=compiled.hotspot_settle_s)
 
     def _context(self, pod: PodDemand, table: NodeTable, rows: IntArray,
                  compiled: CompiledProfile, now: float, load: Pending | None) -> Context:
@@ -303,7 +315,9 @@ class Engine:
         found: dict[int, Rejection] = {}  # verdicts of loaded rows, by row
         load = None
         if compiled.hotspot_cols is not None:
-            load = self.ledger.pending_for(table, compiled.hotspot_cols[0], rows, now)
+            load = self.ledger.pending_for(table, compiled.hotspot_cols[0], rows, now,
+                                           window_s=compiled.hotspot_window_s,
+                                           settle_s=compiled.hotspot_settle_s)
         if load is not None:
             loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0))
             if loaded.size:
@@ -343,6 +357,16 @@ class Engine:
         self._baselines[key] = base
         return base
 
-    def record_placement(self, node: str, pod: PodDemand, now: float) -> None:
-        """Count `pod` as load on `node` until the metrics show it."""
-        self.ledger.record(node, pod, now)
+    def record_placement(self, node: str, pod: PodDemand, now: float, *,
+                         confirmed: bool = False) -> bool:
+        """Count `pod` (its expected load) on `node` until the metrics show it; `confirmed` when
+        the pod is known to be bound there. False when the ledger already knew better."""
+        return self.ledger.record(node, pod, now, confirmed=confirmed)
+
+    def estimate(self, pod: PodDemand, table: NodeTable) -> PodDemand:
+        """`pod` with its expected load (requests, its siblings' measured use, the defaults)."""
+        est = self.settings.estimate
+        if not est.enabled:
+            return pod
+        return estimate_load(pod, table.owners, EstimateDefaults(est.default_cpu_cores,
+                                                                 est.default_memory_bytes))

@@ -38,6 +38,8 @@ class TermExplanation(msgspec.Struct, frozen=True):
     """Points of the 0..10 score this term gave."""
     age_s: float | None
     fresh: bool
+    imputed: bool = False
+    """The node lacked this term; `goodness` is what its `on_missing` policy counted."""
 
 
 class NodeExplanation(msgspec.Struct, frozen=True):
@@ -50,6 +52,8 @@ class NodeExplanation(msgspec.Struct, frozen=True):
     pending_cpu_cores: float
     pending_memory_bytes: float
     terms: list[TermExplanation]
+    imputed: list[str] = []
+    """Weighted terms the node lacked (absent or stale), counted by their `on_missing` policy."""
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -66,6 +70,8 @@ class Decision(msgspec.Struct, frozen=True):
     rejected: dict[str, str]
     nodes: list[NodeExplanation]
     duration_ms: float
+    estimate: str = ""
+    """How the pod's expected load differs from its requests (empty: it does not)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +93,8 @@ class Breakdown:
     now: float
     max_staleness_s: float
     missing_score: int
+    medians: FloatArray
+    """The decision table's fresh medians (what `neutral` terms imputed)."""
 
     @classmethod
     def of(cls, outcome: Outcome, indices: Sequence[int]) -> Breakdown:
@@ -115,7 +123,8 @@ class Breakdown:
             reasons=tuple(r.message if (r := outcome.rejected.get(n)) else None for n in names),
             metrics=table.metrics, values=values, sampled_at=sampled, pending=pending,
             derived=derived, pod=ctx.pod, compiled=ctx.compiled, now=ctx.now,
-            max_staleness_s=ctx.max_staleness_s, missing_score=ctx.missing_score)
+            max_staleness_s=ctx.max_staleness_s, missing_score=ctx.missing_score,
+            medians=table.fresh_medians(ctx.now, ctx.max_staleness_s))
 
     def evaluation(self) -> Evaluation:
         """The full evaluation of the explained nodes, recomputed from the copied inputs."""
@@ -125,7 +134,7 @@ class Breakdown:
         return evaluate(self.pod, table, np.arange(len(self.nodes), dtype=np.intp), self.compiled,
                         now=self.now, max_staleness_s=self.max_staleness_s,
                         missing_score=self.missing_score, pending=self.pending,
-                        derived_terms=derived_terms)
+                        derived_terms=derived_terms, medians=self.medians)
 
     def explain(self) -> list[NodeExplanation]:
         """Per-metric explanation of each node (value, weight, contribution, age)."""
@@ -134,21 +143,24 @@ class Breakdown:
         weights = ev.weights.tolist()
         for i, name in enumerate(self.nodes):
             values, fresh_row = ev.values[i].tolist(), ev.fresh[i].tolist()
+            imputed_row = ev.imputed[i].tolist()
             goodness, ages = ev.goodness[i].tolist(), ev.age_s[i].tolist()
             derived = [(term, w, float(ev.derived[term][i]))
                        for term, w in ev.derived_weights.items()]
-            total = sum(w for w, f in zip(weights, fresh_row, strict=True) if f) + sum(
-                w for _, w, g in derived if g == g)
+            total = sum(w for w, f, m in zip(weights, fresh_row, imputed_row, strict=True)
+                        if f or m) + sum(w for _, w, g in derived if g == g)
             terms = []
             for j, metric in enumerate(self.metrics):
                 value, fresh, weight = values[j], fresh_row[j], weights[j]
+                counted = fresh or imputed_row[j]
                 if weight == 0 and value != value:
                     continue
-                contribution = 10 * weight * goodness[j] / total if total and fresh else 0.0
+                contribution = 10 * weight * goodness[j] / total if total and counted else 0.0
                 terms.append(TermExplanation(
                     metric=metric, value=None if value != value else value, weight=weight,
-                    goodness=goodness[j] if fresh else None, contribution=round(contribution, 3),
-                    age_s=None if ages[j] != ages[j] else round(ages[j], 1), fresh=fresh))
+                    goodness=goodness[j] if counted else None, contribution=round(contribution, 3),
+                    age_s=None if ages[j] != ages[j] else round(ages[j], 1), fresh=fresh,
+                    imputed=imputed_row[j]))
             for term, weight, g in derived:
                 ok = g == g
                 terms.append(TermExplanation(
@@ -162,7 +174,8 @@ class Breakdown:
                 node=name, score=self.scores[i], passed=self.reasons[i] is None,
                 reason=self.reasons[i],
                 data_age_s=round(max(fresh_ages), 1) if fresh_ages else None,
-                pending_cpu_cores=pending_cpu, pending_memory_bytes=pending_mem, terms=terms))
+                pending_cpu_cores=pending_cpu, pending_memory_bytes=pending_mem, terms=terms,
+                imputed=list(itertools.compress(self.metrics, imputed_row))))
         return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ class Placement:
     cpu_cores: float
     memory_bytes: float
     pod: str
+    """namespace/name, for people."""
+    identity: str = ""
+    """The pod's UID (else namespace/name): one placement per pod across every source."""
+    confirmed: bool = False
+    """Seen bound (bind, or the API server's watch) rather than guessed (prioritize's favourite)."""
 
 
 @dataclass(frozen=True)
@@ -65,14 +71,13 @@ class _NodeLog:
     """One node's placements in time order, with prefix sums so that the load placed after any
     instant is a difference of two sums found by bisection (O(log n) per candidate)."""
 
-    __slots__ = ("times", "cum_mcpu", "cum_mem", "placements", "keys")
+    __slots__ = ("times", "cum_mcpu", "cum_mem", "placements")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.cum_mcpu: list[int] = [0]
         self.cum_mem: list[int] = [0]
         self.placements: list[Placement] = []
-        self.keys: set[str] = set()
 
     def append(self, placement: Placement) -> None:
         # Threads may record a few microseconds out of order: keep the list sorted by clamping.
@@ -81,16 +86,28 @@ class _NodeLog:
         self.cum_mcpu.append(self.cum_mcpu[-1] + _millicores(placement.cpu_cores))
         self.cum_mem.append(self.cum_mem[-1] + round(placement.memory_bytes))
         self.placements.append(placement)
-        self.keys.add(placement.pod)
 
-    def forget_before(self, horizon: float, keep_at_most: int) -> None:
+    def remove(self, identity: str) -> Placement | None:
+        """Take the pod's placement out (the prefix sums are rebuilt: at most MAX_PER_NODE)."""
+        k = next((i for i, p in enumerate(self.placements) if p.identity == identity), None)
+        if k is None:
+            return None
+        removed = self.placements[k]
+        del self.times[k], self.placements[k]
+        self.cum_mcpu = list(itertools.accumulate(
+            (_millicores(p.cpu_cores) for p in self.placements), initial=0))
+        self.cum_mem = list(itertools.accumulate(
+            (round(p.memory_bytes) for p in self.placements), initial=0))
+        return removed
+
+    def forget_before(self, horizon: float, keep_at_most: int) -> list[Placement]:
         """Drop placements older than `horizon`, and the oldest beyond `keep_at_most`."""
         k = max(bisect.bisect_left(self.times, horizon), len(self.times) - keep_at_most)
         if k <= 0:
-            return
-        for placement in self.placements[:k]:
-            self.keys.discard(placement.pod)
+            return []
+        dropped = self.placements[:k]
         del self.times[:k], self.cum_mcpu[:k], self.cum_mem[:k], self.placements[:k]
+        return dropped
 
     def first_counted(self, horizon: float, sample: float, settle_s: float) -> int:
         """Index of the first placement at or after `horizon` that the sample taken at `sample`
@@ -149,38 +166,77 @@ class _Totals:
 
 
 class Ledger:
-    """Thread-safe record of recent placements per node."""
+    """Thread-safe record of recent placements per node, one per pod whoever reports it.
+
+    Sources: prioritize's favourite and filter's only node (guesses), bind and the API server's
+    watch of bound pods (confirmed). A confirmed placement moves a guessed one of the same pod;
+    a guess never moves a confirmed one. `window_s` is the longest window any profile uses;
+    each profile reads the ledger with its own window and settle time.
+    """
 
     def __init__(self, window_s: float, settle_s: float) -> None:
         self.window_s = window_s
         self.settle_s = settle_s
         self._by_node: dict[str, _NodeLog] = {}
-        self._totals: _Totals | None = None
+        self._where: dict[str, str] = {}
+        """Pod identity -> node of its placement."""
+        self._totals: dict[tuple[int, float, float], _Totals] = {}
+        self._table: NodeTable | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._by_node)
 
-    def record(self, node: str, pod: PodDemand, at: float) -> None:
-        """Remember that `pod` was placed on `node` at time `at` (Unix seconds)."""
+    def record(self, node: str, pod: PodDemand, at: float, *, confirmed: bool = False) -> bool:
+        """Remember that `pod` was placed on `node` at time `at` (Unix seconds), with its
+        expected load; False when the ledger already knew better."""
+        identity = pod.identity
         with self._lock:
+            where = self._where.get(identity)
+            if where is not None:
+                old = self._by_node[where]
+                known = next(p for p in old.placements if p.identity == identity)
+                if where == node and (known.confirmed or not confirmed):
+                    return False  # prioritize's winner and bind may both report the same pod
+                if known.confirmed and not confirmed:
+                    return False  # the API server said where it went
+                old.remove(identity)
+                self._update(where, old)
+                if where == node:
+                    at = known.at  # confirmation of a guess: the load started with the guess
             log = self._by_node.get(node)
             if log is None:
                 log = self._by_node[node] = _NodeLog()
-            if pod.key in log.keys:
-                return  # prioritize winner and bind may both report the same pod
-            log.append(Placement(at, pod.cpu_cores, pod.memory_bytes, pod.key))
-            log.forget_before(at - self.window_s, MAX_PER_NODE)
-            if self._totals is not None:
-                self._totals.update(node, log)
+            log.append(Placement(at, pod.load_cpu_cores, pod.load_memory_bytes, pod.key,
+                                 identity, confirmed))
+            self._where[identity] = node
+            for dropped in log.forget_before(at - self.window_s, MAX_PER_NODE):
+                self._where.pop(dropped.identity, None)
+            self._update(node, log)
             if len(self._by_node) > 4 * MAX_PER_NODE:
                 self._forget_idle(at - self.window_s)
+            return True
+
+    def forget(self, identity: str) -> None:
+        """The pod is gone (deleted, finished): its load leaves the node."""
+        with self._lock:
+            node = self._where.pop(identity, None)
+            if node is not None:
+                log = self._by_node[node]
+                log.remove(identity)
+                self._update(node, log)
+
+    def _update(self, node: str, log: _NodeLog) -> None:
+        for totals in self._totals.values():
+            totals.update(node, log)
 
     def _forget_idle(self, horizon: float) -> None:
         # Every placement of these nodes is older than the window: their heap entries in the
         # totals expire on their own, and find no log then (a zero load).
-        for node in [n for n, log in self._by_node.items() if log.times[-1] < horizon]:
-            del self._by_node[node]
+        for node in [n for n, log in self._by_node.items()
+                     if not log.times or log.times[-1] < horizon]:
+            for placement in self._by_node.pop(node).placements:
+                self._where.pop(placement.identity, None)
 
     def pending(self, names: Sequence[str], sampled_at: FloatArray, now: float) -> Pending:
         """Load to add per name: placements inside the window and newer than the node's sample.
@@ -191,37 +247,45 @@ class Ledger:
                                  sampled_at, now)
 
     def pending_rows(self, position: Callable[[str], int | None], count: int,
-                     sampled_at: FloatArray, now: float) -> Pending:
+                     sampled_at: FloatArray, now: float, *, window_s: float | None = None,
+                     settle_s: float | None = None) -> Pending:
         """`pending` for `count` candidates; `position(node)` is the node's candidate index
-        (None or -1 when it is no candidate).
+        (None or -1 when it is no candidate). `window_s`/`settle_s` default to the ledger's.
 
         Walks the ledger's nodes, not the candidates.
         """
         cpu = np.zeros(count)
         mem = np.zeros(count)
-        horizon = now - self.window_s
+        horizon = now - (self.window_s if window_s is None else window_s)
+        settle = self.settle_s if settle_s is None else settle_s
         with self._lock:
             for node, log in self._by_node.items():
                 i = position(node)
                 if i is not None and i >= 0:
-                    k = log.first_counted(horizon, float(sampled_at[i]), self.settle_s)
+                    k = log.first_counted(horizon, float(sampled_at[i]), settle)
                     cpu[i], mem[i] = log.load_from(k)
         return Pending(cpu, mem)
 
-    def pending_for(self, table: NodeTable, column: int, rows: IntArray,
-                    now: float) -> Pending | None:
+    def pending_for(self, table: NodeTable, column: int, rows: IntArray, now: float, *,
+                    window_s: float | None = None,
+                    settle_s: float | None = None) -> Pending | None:
         """`pending` for the candidates at table `rows` (-1: not in the table), whose usage
         samples are `table.sampled_at[:, column]`; None when nothing is pending anywhere.
 
-        Reads running totals kept for the latest table (built on the first call for a table).
+        Reads running totals kept for the latest table, one set per (column, window, settle)
+        (built on the first call for a table).
         """
-        horizon = now - self.window_s
+        window = self.window_s if window_s is None else window_s
+        settle = self.settle_s if settle_s is None else settle_s
+        horizon = now - window
+        key = (column, window, settle)
         with self._lock:
-            totals = self._totals
-            if (totals is None or totals.table is not table or totals.column != column
-                    or horizon < totals.horizon - CLOCK_SKEW_S):
-                totals = self._totals = _Totals(table, column, self.settle_s, horizon,
-                                                self._by_node)
+            if self._table is not table:
+                self._table, self._totals = table, {}
+            totals = self._totals.get(key)
+            if totals is None or horizon < totals.horizon - CLOCK_SKEW_S:
+                totals = self._totals[key] = _Totals(table, column, settle, horizon,
+                                                     self._by_node)
             else:
                 totals.expire(horizon, self._by_node)
             if not totals.heap:

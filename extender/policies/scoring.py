@@ -4,20 +4,24 @@ Formula (per candidate node i, per catalog metric j of the profile):
 
     v_ij  = value, plus the pending load of recent placements (see hotspot.py) for CPU and memory
     g_ij  = clip((v_ij - min_j) / (max_j - min_j), 0, 1), flipped (1 - g) when lower is better
-    f_ij  = 1 if v_ij exists and is at most `max_staleness_s` old, else 0
     w_j   = the profile's weight (0 for GPU-only metrics when the pod asks for no GPU)
-    score = round(10 * sum_j w_j f_ij g_ij / sum_j w_j f_ij)
+    score = round(10 * sum_j w_j g_ij / sum_j w_j)
 
 Scores are proportional to the normalised values, never ranks (with 500 candidates a rank scale
-collapses). A missing or stale term is dropped and the remaining weights renormalised, so missing
-data is never rewarded nor silently counted as zero; a node with no fresh term at all gets
-`cache.missing_score`. Under `cache.missing_data: reject` such nodes fail the filter instead.
+collapses). A term whose value is missing or older than `max_staleness_s` is imputed by its
+policy (`on_missing` of the catalog entry, default `cache.missing_data`): `worst` (g = 0),
+`neutral` (the median of the table's fresh values), `reject` (g = 0 and the filter fails the
+node). Weights are never renormalised over the terms a node happens to have, so a node whose
+exporter is down never outranks an otherwise equal node that reports. A term that no node of the
+table reports is dropped for all alike; a node with no fresh weighted term at all gets
+`cache.missing_score`.
 
 Derived terms (`gpu_fragmentation`) are computed from the table's allocation state, when present.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +80,8 @@ class CompiledProfile:
     """A profile resolved against a table's metric columns, ready for vectorised evaluation."""
 
     name: str
+    metrics: tuple[str, ...]
+    """The table's metric columns this profile was compiled against."""
     weights: FloatArray
     weights_without_gpu: FloatArray
     """`weights` with GPU-only metrics at 0, for pods that request no GPU."""
@@ -92,6 +98,13 @@ class CompiledProfile:
     """The filter rules on derived terms, checked after `checks` (see `FilterRule`)."""
     hotspot_cols: tuple[int, int, int, int] | None
     """cpu, memory, cores, memory-total columns when hot-spot compensation is on."""
+    hotspot_window_s: float
+    """How long this profile counts a placement, and after how long a sample shows it."""
+    hotspot_settle_s: float
+    neutral: BoolArray
+    """(m,) columns whose missing values take the table's median (else the worst value)."""
+    reject_missing: BoolArray
+    """(m,) weighted columns whose missing values also fail the filter."""
 
     @property
     def per_pod(self) -> bool:
@@ -109,10 +122,13 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
     m = len(metrics)
     w, gpu_only, lower = np.zeros(m), np.zeros(m, bool), np.zeros(m, bool)
     low, span = np.zeros(m), np.ones(m)
+    neutral, reject = np.zeros(m, bool), np.zeros(m, bool)
     for entry in settings.catalog:
         j = column.get(entry.name)
         if j is None:
             continue
+        policy = entry.on_missing or settings.cache.missing_data
+        neutral[j], reject[j] = policy == "neutral", policy == "reject"
         low[j], span[j] = entry.range[0], entry.range[1] - entry.range[0]
         gpu_only[j] = entry.gpu_only
         lower[j] = entry.direction == "lower_is_better"
@@ -128,9 +144,11 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
                      (hot.cpu_metric, hot.memory_metric, hot.cores_metric, hot.memory_total_metric))
         if min(cols) >= 0:
             hot_cols = (cols[0], cols[1], cols[2], cols[3])
-    return CompiledProfile(name, w, np.where(gpu_only, 0.0, w), gpu_only, lower.astype(float),
+    return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
+                           lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
-                           derived_rules, hot_cols)
+                           derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
+                           reject & (w > 0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +162,8 @@ class Evaluation:
     age_s: FloatArray
     """(k, m) seconds since the sample (NaN when none)."""
     fresh: BoolArray
+    imputed: BoolArray
+    """(k, m) weighted terms a node lacked, counted by their `on_missing` policy."""
     goodness: FloatArray
     weights: FloatArray
     """(m,) effective weights for this pod."""
@@ -153,8 +173,8 @@ class Evaluation:
     scores: npt.NDArray[np.int64]
     pending: Pending | None
     own: FloatArray | None = None
-    """(k, m) change the pod's own requests would make to the values (hot-spot CPU and memory
-    columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
+    """(k, m) change the pod's own expected load would make to the values (hot-spot CPU and
+    memory columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
 
     def take(self, indices: Sequence[int]) -> Evaluation:
         """The evaluation of the candidates at `indices` only, in that order."""
@@ -162,7 +182,7 @@ class Evaluation:
         pending = None if self.pending is None else Pending(self.pending.cpu_cores[i],
                                                             self.pending.memory_bytes[i])
         return Evaluation(self.rows[i], self.values[i], self.age_s[i], self.fresh[i],
-                          self.goodness[i], self.weights,
+                          self.imputed[i], self.goodness[i], self.weights,
                           {term: g[i] for term, g in self.derived.items()}, self.derived_weights,
                           self.scores[i], pending, None if self.own is None else self.own[i])
 
@@ -181,8 +201,13 @@ def _shares(cpu_cores: float | FloatArray, memory_bytes: float | FloatArray, val
 def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile, *,
              now: float, max_staleness_s: float, missing_score: int,
              pending: Pending | None = None,
-             derived_terms: Mapping[str, DerivedTerm] | None = None) -> Evaluation:
-    """Compute values, freshness, goodness and the 0..10 score of each candidate row."""
+             derived_terms: Mapping[str, DerivedTerm] | None = None,
+             medians: FloatArray | None = None) -> Evaluation:
+    """Compute values, freshness, goodness and the 0..10 score of each candidate row.
+
+    `medians` (per metric) are what `neutral` imputes; default: the table's fresh medians. An
+    explanation passes the medians of the table the decision was made on.
+    """
     known = rows >= 0
     all_known = bool(known.all())
     if len(table.names):
@@ -207,9 +232,25 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     # with the ufuncs: np.clip's Python wrapper costs more than the arithmetic on a few rows.
     scaled = (values - compiled.low) / compiled.span
     goodness = np.abs(compiled.lower_is_better - np.minimum(np.maximum(scaled, 0.0), 1.0))
-    goodness = np.where(fresh, goodness, 0.0)  # NaN * 0 would still be NaN in the sums
     weights = compiled.weights if pod.wants_gpu else compiled.weights_without_gpu
-    counted = fresh * weights
+    # A node lacking a weighted term, but not every one of them, has it imputed: the least
+    # favourable goodness (0), or for `neutral` terms the goodness of the table's median.
+    weighted = weights > 0
+    has_any = np.asarray((fresh & weighted).any(axis=1), dtype=bool)
+    imputed = ~fresh & weighted & has_any[:, None]
+    if imputed.any():
+        if medians is None:
+            medians = table.fresh_medians(now, max_staleness_s)
+        typical = np.abs(compiled.lower_is_better - np.minimum(np.maximum(
+            (medians - compiled.low) / compiled.span, 0.0), 1.0))
+        fill = np.where(compiled.neutral & ~np.isnan(typical), typical, 0.0)
+        goodness = np.where(fresh, goodness, fill)
+        # A term no node of the table reports (an exporter the cluster does not run, a dead
+        # Prometheus) is dropped for every node alike: it cannot tell nodes apart.
+        imputed &= ~np.isnan(typical)
+    else:
+        goodness = np.where(fresh, goodness, 0.0)  # NaN * 0 would still be NaN in the sums
+    counted = (fresh | imputed) * weights
     numerator = (counted * goodness).sum(axis=1)
     denominator = counted.sum(axis=1)
     derived: dict[str, FloatArray] = {}
@@ -231,11 +272,11 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
         cpu, mem, _, _ = compiled.hotspot_cols
         own = np.zeros_like(values)
-        own[:, cpu], own[:, mem] = _shares(pod.cpu_cores, pod.memory_bytes, values,
+        own[:, cpu], own[:, mem] = _shares(pod.load_cpu_cores, pod.load_memory_bytes, values,
                                            compiled.hotspot_cols)
         own[:, mem] *= -1.0
-    return Evaluation(rows, values, age, fresh, goodness, weights, derived, derived_weights,
-                      scores.astype(np.int64), pending, own)
+    return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,
+                      derived_weights, scores.astype(np.int64), pending, own)
 
 
 @dataclass(frozen=True)
@@ -340,9 +381,11 @@ def rejections(ev: Evaluation, names: Sequence[str], compiled: CompiledProfile,
                 out[names[i]] = _reason(checks, r, i, values, bad, ev, cache.max_staleness_s)
     for rule in compiled.derived_rules:
         _reject_derived(rule, ev, names, out)
-    if cache.missing_data == "reject":
-        weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
-        if ev.weights.any():
-            for i in np.flatnonzero(~weighted & (ev.rows >= 0)).tolist():
-                out.setdefault(names[i], Rejection("missing", "no fresh metric data"))
+    lacking = ~ev.fresh & compiled.reject_missing & (ev.weights > 0)
+    if lacking.any():
+        for i in np.flatnonzero(lacking.any(axis=1) & (ev.rows >= 0)).tolist():
+            if names[i] not in out:
+                missing = list(itertools.compress(compiled.metrics, lacking[i].tolist()))
+                out[names[i]] = Rejection("missing", f"no fresh data for {', '.join(missing)} "
+                                                     f"(exporter down or series missing?)")
     return out

@@ -42,6 +42,7 @@ from extender.sim.policies import OursPolicy
 from extender.sim.replay import Observation
 
 STATE_PATH = "/sim/state"
+PODS_PATH = "/sim/pods"
 
 
 class Workload(msgspec.Struct, array_like=True):
@@ -123,11 +124,19 @@ class FeedFetcher:
                                                  for m in self.table.metrics})
 
 
-class NoBinding:
-    """Bind succeeds without an API server: the simulator places the pod itself."""
+class SimPods:
+    """The simulator's stand-in for the API server behind bind: binding succeeds (the
+    simulator places the pod itself) and reading a pod returns what the simulator put there
+    (`PUT /sim/pods`) before binding it, as the API server holds every pod kube-scheduler binds."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], wire.Pod] = {}
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
         del namespace, name, uid, node
+
+    def read(self, namespace: str, name: str) -> wire.Pod | None:
+        return self.pods.pop((namespace, name), None)  # read once, by bind: the store stays small
 
 
 def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
@@ -137,6 +146,7 @@ def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
     from extender.server import create_app
 
     clock = SimClock()
+    pods = SimPods()
     fetcher = FeedFetcher([entry.name for entry in settings.catalog])
     feed = Blueprint("sim", __name__)
 
@@ -148,9 +158,15 @@ def create_sim_app(settings: Settings, workload: TargetWorkload) -> Any:
         current_app.extensions["extender"].cache.refresh()
         return Response(status=204)
 
+    @feed.put(PODS_PATH)
+    def put_pod() -> Response:
+        pod = wire.decode(request.get_data(), wire.Pod)
+        pods.pods[(pod.metadata.namespace, pod.metadata.name)] = pod
+        return Response(status=204)
+
     server = msgspec.structs.replace(settings.server, bind_enabled=True)
     settings = msgspec.structs.replace(settings, server=server)
-    app = create_app(settings, load_for(settings), fetcher, binder=NoBinding(), clock=clock,
+    app = create_app(settings, load_for(settings), fetcher, binder=pods, clock=clock,
                      start_refresher=False, blueprints=[feed], derived_terms=derived_terms(workload))
     return app
 
@@ -262,6 +278,9 @@ class HttpPolicy:
         local = self.local
         local.placed(node, task, name)
         pod = f"pod-{self._count}"
+        # Bind reads the pod back from the API server: here, the simulator's stand-in.
+        self.session.put(f"{self.url}{PODS_PATH}", data=wire.encode(pod_of(local, task, pod)),
+                         timeout=30).raise_for_status()
         self._post("bind", wire.ExtenderBindingArgs(PodName=pod, PodNamespace="sim", PodUID=pod,
                                                     Node=local.names[node]))
 

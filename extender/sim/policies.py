@@ -105,11 +105,14 @@ class OursPolicy:
                          column=self.column)
 
     def demand(self, task: Task, name: str = "") -> PodDemand:
+        """The task as the webhook sees its pod, with the expected load it would estimate (the
+        trace has no controllers, so only the default for tasks without requests applies)."""
         share = task.gpu_milli if task.shares_gpu else baselines.MILLI * task.num_gpu
-        return PodDemand(namespace="sim", name=name, cpu_cores=task.cpu_milli / 1000.0,
-                         memory_bytes=float(task.memory_mib) * 2**20, gpus=task.num_gpu,
-                         gpu_milli=share, policy=self.profile,
-                         gpu_models=tuple(self.nodes.models[m] for m in task.models if m >= 0))
+        pod = PodDemand(namespace="sim", name=name, cpu_cores=task.cpu_milli / 1000.0,
+                        memory_bytes=float(task.memory_mib) * 2**20, gpus=task.num_gpu,
+                        gpu_milli=share, policy=self.profile,
+                        gpu_models=tuple(self.nodes.models[m] for m in task.models if m >= 0))
+        return self.engine.estimate(pod, NO_OWNERS)
 
     def __call__(self, task: Task, view: ClusterView, ok: Bools,
                  rng: np.random.Generator) -> Choice:
@@ -147,6 +150,10 @@ class OursPolicy:
     def placed(self, node: int, task: Task, name: str) -> None:
         """Tell the engine's hot-spot ledger, as the prioritize answer does in production."""
         self.engine.record_placement(self.names[node], self.demand(task, name), self.clock)
+
+
+NO_OWNERS = NodeTable.empty()
+"""The simulator's tables carry no controller usage (the trace has none)."""
 
 
 def build(name: str, *, nodes: Nodes, workload: TargetWorkload,

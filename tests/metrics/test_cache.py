@@ -75,7 +75,8 @@ def test_refresh_swaps_a_whole_snapshot_with_one_query_per_entry() -> None:
     before = cache.current()
     after = cache.refresh()
     assert before is not after and cache.current() is after
-    assert len(source.queries) == len(s.catalog) + 1  # the catalog plus the alias query
+    # the catalog, the owners entries and the alias query
+    assert len(source.queries) == len(s.catalog) + len(s.owner_catalog) + 1
     assert after.table.value("b", "cpu_utilisation") == 0.8
     assert after.status.prometheus_up and after.age_s(clock.now) == 0.0
 

@@ -18,6 +18,8 @@ from extender.demo import launcher
 from extender.demo.emulator import GIB, EmulatedPod, Emulator, EmulatorServer, load_fleet
 from extender.metrics.cache import Fetcher, MetricsCache, Snapshot
 from extender.metrics.prometheus import PrometheusSource
+from extender.policies.engine import Engine
+from extender.policies.model import PodDemand
 from extender.settings import Settings
 from tests.support import OPENB, app_for, fixture, sample, settings
 
@@ -186,3 +188,35 @@ def test_nodes_command_says_when_prometheus_is_unreachable(capsys: pytest.Captur
     url = f"http://127.0.0.1:{localserver.free_port()}"
     assert nodes.run(Namespace(config=None, prometheus_url=url, metrics=None)) == 1
     assert "Prometheus unreachable" in capsys.readouterr().out
+
+
+def test_what_a_controllers_pods_use_reaches_the_cache_and_the_estimate(stack: Stack) -> None:
+    """cAdvisor x kube_pod_owner through a real Prometheus: a Job whose pods request 10m and
+    use a core each makes its next pod's expected load a core, not 10m."""
+    nodes = [n.name for n in stack.emulator.nodes[:3]]
+    for i, node in enumerate(nodes):
+        stack.emulator.place(EmulatedPod.single("batch", f"sweep-{i}", cpu_cores=0.01,
+                                                memory_bytes=4 * 2**20, usage_factor=100.0,
+                                                ), node)
+    try:
+        s = stack.settings(estimate={"window": "30s"})
+        cache = MetricsCache(s, Fetcher(s, PrometheusSource(s.prometheus)))
+        job = ("batch", "Job", "sweep-0")  # EmulatedPod.single: a Job of its own per pod
+
+        def measured() -> float | None:
+            owners = cache.refresh().table.owners
+            value = owners.cpu_cores.get(job) if owners else None
+            return value if value is not None and abs(value - 1.0) < 0.05 else None
+
+        localserver.wait_until(measured, timeout_s=40, interval_s=0.5, what="the Job's use")
+        table = cache.current().table
+        assert table.owners is not None
+        assert table.owners.memory_bytes[job] == pytest.approx(400 * 2**20, rel=0.05)
+        pod = PodDemand(namespace="batch", name="sweep-next", cpu_cores=0.01,
+                        owner_kind="Job", owner_name="sweep-0")
+        expected = Engine(s).estimate(pod, table)
+        assert expected.load_cpu_cores == pytest.approx(1.0, abs=0.05)
+        assert "from its Job's pods" in expected.estimate
+    finally:
+        for i in range(len(nodes)):
+            stack.emulator.remove("batch", f"sweep-{i}")

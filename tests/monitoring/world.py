@@ -153,6 +153,11 @@ class Extras:
         for worker, node in self.world.workers():
             yield (f'deadline_window_tasks{{job="extract-deadline",node="{node}",worker="{worker}"}}'
                    ' 20\n')
+        # The Pushgateway's own per-group gauge: the time of the group's last push.
+        yield "# TYPE push_time_seconds gauge\n"
+        for worker, node in self.world.workers():
+            yield (f'push_time_seconds{{job="extract-deadline",node="{node}",worker="{worker}"}} '
+                   f'{time.time()}\n')
 
     def _histogram(self, app: App) -> Iterator[str]:
         elapsed = time.monotonic() - self.started + 100.0

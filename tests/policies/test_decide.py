@@ -153,11 +153,14 @@ def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
                 out[name] = (f"no {rule.metric} data" if math.isnan(value)
                              or math.isnan(ev.age_s[i, j]) else
                              f"{rule.metric} data older than {s.cache.max_staleness_s:.0f}s")
-    if s.cache.missing_data == "reject" and ev.weights.any():
-        weighted = (ev.fresh * ev.weights).sum(axis=1) > 0
-        for i, name in enumerate(names):
-            if not weighted[i] and ev.rows[i] >= 0:
-                out.setdefault(name, "no fresh metric data")
+    # A weighted term whose policy is `reject` fails a node lacking it, naming every such term.
+    policy = {e.name: e.on_missing or s.cache.missing_data for e in s.catalog}
+    for i, name in enumerate(names):
+        lacking = [m for j, m in enumerate(metrics) if policy.get(m) == "reject"
+                   and ev.weights[j] > 0 and not ev.fresh[i, j]]
+        if lacking and ev.rows[i] >= 0 and name not in out:
+            out[name] = (f"no fresh data for {', '.join(lacking)} (exporter down or series "
+                         f"missing?)")
     return out
 
 

@@ -108,3 +108,61 @@ def test_running_totals_equal_the_reference(steps: list[tuple]) -> None:
         else:
             assert fast.cpu_cores.tolist() == slow.cpu_cores.tolist()
             assert fast.memory_bytes.tolist() == slow.memory_bytes.tolist()
+
+
+def pod(name: str, cpu: float = 1.0, uid: str = "") -> PodDemand:
+    return PodDemand(namespace="ns", name=name, uid=uid or f"uid-{name}", cpu_cores=cpu)
+
+
+def cpu_on(ledger: Ledger, now: float = 10.0) -> dict[str, float]:
+    names = ["a", "b"]
+    load = ledger.pending(names, np.array([math.nan, math.nan]), now).cpu_cores
+    return dict(zip(names, load.tolist(), strict=True))
+
+
+def test_a_confirmed_placement_moves_the_guess_of_the_same_pod() -> None:
+    ledger = Ledger(WINDOW, SETTLE)
+    assert ledger.record("a", pod("x"), 1.0)                   # prioritize's favourite
+    assert ledger.record("b", pod("x"), 2.0, confirmed=True)   # the API server: bound on b
+    assert cpu_on(ledger) == {"a": 0.0, "b": 1.0}
+    assert not ledger.record("a", pod("x"), 3.0)               # a later guess changes nothing
+    assert cpu_on(ledger) == {"a": 0.0, "b": 1.0}
+
+
+def test_the_same_pod_from_two_sources_is_counted_once_by_uid() -> None:
+    ledger = Ledger(WINDOW, SETTLE)
+    ledger.record("a", pod("x", uid="u1"), 1.0)
+    ledger.record("a", pod("x", uid="u1"), 1.5, confirmed=True)  # bind, then the watch
+    ledger.record("a", pod("x", uid="u1"), 2.0, confirmed=True)
+    assert cpu_on(ledger) == {"a": 1.0, "b": 0.0}
+    # A pod re-created under the same name is another pod.
+    ledger.record("a", pod("x", uid="u2"), 3.0, confirmed=True)
+    assert cpu_on(ledger) == {"a": 2.0, "b": 0.0}
+
+
+def test_a_forgotten_pod_leaves_its_node_and_the_running_totals() -> None:
+    ledger = Ledger(WINDOW, SETTLE)
+    table = NodeTable(names=("a", "b"), metrics=("cpu",), values=np.zeros((2, 1)),
+                      sampled_at=np.full((2, 1), math.nan))
+    rows = np.array([0, 1])
+    ledger.record("a", pod("x", 2.0), 1.0, confirmed=True)
+    ledger.record("a", pod("y", 3.0), 2.0, confirmed=True)
+    assert ledger.pending_for(table, 0, rows, 10.0).cpu_cores.tolist() == [5.0, 0.0]
+    ledger.forget("uid-x")
+    assert ledger.pending_for(table, 0, rows, 10.0).cpu_cores.tolist() == [3.0, 0.0]
+    assert cpu_on(ledger) == {"a": 3.0, "b": 0.0}
+    ledger.forget("uid-unknown")  # nothing to forget: no error
+
+
+def test_each_profile_reads_the_ledger_with_its_own_window_and_settle_time() -> None:
+    ledger = Ledger(120.0, SETTLE)
+    table = NodeTable(names=("a",), metrics=("cpu",), values=np.zeros((1, 1)),
+                      sampled_at=np.array([[75.0]]))
+    rows = np.array([0])
+    ledger.record("a", pod("old", 1.0), 0.0)
+    ledger.record("a", pod("new", 2.0), 70.0)
+    # At 100: a 60 s window keeps only "new"; 120 s keeps both. The sample at 75 shows "new"
+    # only for a settle time under 5 s.
+    assert ledger.pending_for(table, 0, rows, 100.0, window_s=60, settle_s=30).cpu_cores[0] == 2.0
+    assert ledger.pending_for(table, 0, rows, 100.0, window_s=120, settle_s=80).cpu_cores[0] == 3.0
+    assert ledger.pending_for(table, 0, rows, 100.0, window_s=120, settle_s=1) is None  # none

@@ -42,10 +42,16 @@ def table(s: Settings, rows: dict[str, dict[str, float]], *, age: float = 0.0,
     return NodeTable(names=names, metrics=metrics, values=values, sampled_at=sampled, built_at=NOW)
 
 
+def only(weights: dict[str, float]) -> dict[str, float]:
+    """Profile weights with every shipped weight not named here at 0 (settings merge deeply)."""
+    shipped = settings().profile().weights
+    return {**dict.fromkeys(shipped, 0.0), **weights}
+
+
 def cpu_only(s: Settings) -> Settings:
     return settings(policy={"profiles": {"metrics-aware": {
         "filters": [{"metric": "cpu_utilisation", "above": 0.9, "label": "cpu"}],
-        "weights": {"cpu_utilisation": 1}}}})
+        "weights": only({"cpu_utilisation": 1})}}})
 
 
 def test_scores_are_proportional_to_the_metric_not_ranks() -> None:
@@ -75,16 +81,69 @@ def test_filter_reason_is_human_readable() -> None:
     assert out.rejected["busy"].code == "cpu"
 
 
-def test_stale_term_is_dropped_and_weights_renormalised() -> None:
-    s = settings(policy={"profiles": {"metrics-aware": {
-        "weights": {"cpu_utilisation": 1, "memory_available_ratio": 1}}}})
+def two_terms(**cache: str) -> Settings:
+    return settings(cache=cache, policy={"profiles": {"metrics-aware": {
+        "weights": only({"cpu_utilisation": 1, "memory_available_ratio": 1})}}})
+
+
+def test_a_stale_term_counts_as_the_worst_value_so_the_node_never_wins() -> None:
+    s = two_terms()
     rows = {"a": {"cpu_utilisation": 0.0, "memory_available_ratio": 0.0},
             "b": {"cpu_utilisation": 0.0, "memory_available_ratio": 0.0}}
     t = table(s, rows, ages={("b", "memory_available_ratio"): 1000})  # b's memory is stale
     out = Engine(s).evaluate(POD, t, ["a", "b"], NOW)
-    # a: (1*1 + 1*0)/2 -> 5; b: memory dropped, cpu alone -> 10. A stale value never counts as 0.
-    assert out.scores == [5, 10]
-    assert not out.evaluation.fresh[1, t.column["memory_available_ratio"]]
+    # Both: cpu idle (g = 1); memory a: 0% available (g = 0), b: missing -> worst (g = 0). The
+    # weights are not renormalised over b's remaining term (that gave b 10 against a's 5).
+    assert out.scores == [5, 5]
+    col = t.column["memory_available_ratio"]
+    assert not out.evaluation.fresh[1, col] and out.evaluation.imputed[1, col]
+    assert not out.evaluation.imputed[0].any()
+
+
+@pytest.mark.parametrize("policy", ["worst", "neutral"])
+def test_a_node_whose_exporter_is_gone_never_outscores_an_otherwise_identical_node(
+        policy: str) -> None:
+    s = two_terms(missing_data=policy)
+    healthy = {"cpu_utilisation": 0.3, "memory_available_ratio": 0.6}
+    rows = {"healthy": healthy, "twin": dict(healthy),
+            "dead": {"cpu_utilisation": None, "memory_available_ratio": None,
+                     "deadline_miss_ratio": 0.0},
+            "half": {"cpu_utilisation": None, "memory_available_ratio": 0.6}}
+    out = Engine(s).evaluate(POD, table(s, rows), list(rows), NOW)
+    scores = dict(zip(rows, out.scores, strict=True))
+    assert scores["dead"] <= scores["healthy"] and scores["half"] <= scores["healthy"]
+    assert scores["healthy"] == scores["twin"]
+
+
+def test_neutral_takes_the_median_of_the_fresh_nodes_of_the_whole_table() -> None:
+    s = two_terms(missing_data="neutral")
+    rows = {f"n{i}": {"cpu_utilisation": u, "memory_available_ratio": 1.0}
+            for i, u in enumerate((0.0, 0.2, 0.4, 0.6, 0.8))}
+    rows["lost"] = {"cpu_utilisation": None, "memory_available_ratio": 1.0}
+    t = table(s, rows)
+    engine = Engine(s)
+    # cpu median of the fresh nodes 0.4 -> g = 0.6; memory g = 1: (0.6 + 1) / 2 -> 8. Offered
+    # alone with the busiest node, it still gets the table's median, not the pair's.
+    assert engine.evaluate(POD, t, ["lost"], NOW).scores == [8]
+    assert engine.evaluate(POD, t, ["n4", "lost"], NOW).scores == [6, 8]
+
+
+def test_on_missing_reject_fails_the_node_and_names_the_terms() -> None:
+    s = settings(cache={"missing_data": "reject"}, policy={"profiles": {"metrics-aware": {
+        "filters": [], "weights": only({"cpu_utilisation": 1, "memory_available_ratio": 1})}}})
+    rows = {"ok": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5},
+            "gone": {"cpu_utilisation": None, "memory_available_ratio": None}}
+    out = Engine(s).evaluate(POD, table(s, rows), list(rows), NOW)
+    assert out.passed == ["ok"]
+    assert out.rejected["gone"].message == ("no fresh data for cpu_utilisation, "
+                                            "memory_available_ratio (exporter down or series "
+                                            "missing?)")
+
+
+def test_a_catalog_entry_can_override_the_missing_policy() -> None:
+    s = two_terms()  # default worst; deadline_miss_ratio ships with on_missing: neutral
+    assert s.metric("deadline_miss_ratio").on_missing == "neutral"
+    assert s.metric("cpu_utilisation").on_missing is None
 
 
 def test_node_without_fresh_data_gets_missing_score_and_never_beats_a_known_node() -> None:
@@ -97,7 +156,7 @@ def test_node_without_fresh_data_gets_missing_score_and_never_beats_a_known_node
 
 
 def test_missing_data_reject_fails_nodes_with_stale_filtered_metric() -> None:
-    s = settings(cache={"missing_data": "reject"})
+    s = two_terms(missing_data="reject")
     rows = {"fresh": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5},
             "stale": {"cpu_utilisation": 0.2, "memory_available_ratio": 0.5}}
     t = table(s, rows, ages={("stale", "cpu_utilisation"): 500})
@@ -108,7 +167,7 @@ def test_missing_data_reject_fails_nodes_with_stale_filtered_metric() -> None:
 
 def test_gpu_metrics_count_only_for_gpu_pods() -> None:
     s = settings(policy={"profiles": {"metrics-aware": {
-        "weights": {"cpu_utilisation": 1, "gpu_utilisation": 1}}}})
+        "weights": only({"cpu_utilisation": 1, "gpu_utilisation": 1})}}})
     rows = {"hot-gpu": {"cpu_utilisation": 0.0, "gpu_utilisation": 1.0},
             "cool-gpu": {"cpu_utilisation": 0.5, "gpu_utilisation": 0.0}}
     engine = Engine(s)
@@ -168,7 +227,7 @@ def test_burst_spreads_over_nodes_thanks_to_placement_compensation() -> None:
 
 def test_placement_counts_until_a_newer_sample_shows_it_or_the_window_ends() -> None:
     s = settings(cache={"max_staleness_s": 1000},
-                 policy={"profiles": {"metrics-aware": {"weights": {"cpu_utilisation": 1}}}})
+                 policy={"profiles": {"metrics-aware": {"weights": only({"cpu_utilisation": 1})}}})
     engine = Engine(s)
     pod = PodDemand(namespace="ns", name="p", cpu_cores=16)
     engine.record_placement("n0", pod, NOW - 40)

@@ -11,14 +11,6 @@ from tests.support import StaticSource, app_for, healthy, settings
 NODES = [f"node-{i}" for i in range(512)]
 
 
-class RecordingBinder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, str]] = []
-
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        self.calls.append((namespace, name, uid, node))
-
-
 @pytest.fixture
 def make_app() -> Callable[..., Flask]:
     """An app over 512 healthy nodes (node-5 busy), with a warm cache and no refresher thread."""

@@ -10,8 +10,7 @@ import msgspec
 import pytest
 from flask import Flask
 
-from tests.protocol.conftest import RecordingBinder
-from tests.support import all_fixtures
+from tests.support import RecordingBinder, all_fixtures
 
 FIXTURES = all_fixtures()
 
@@ -118,14 +117,29 @@ def test_bind_failure_is_reported_in_error(make_app: Callable[..., Flask]) -> No
 def test_bind_records_the_placement_for_hot_spot_compensation(make_app: Callable[..., Flask]) -> None:
     filter_rec, prefix, _ = _load(next(p for p in FIXTURES if "bind-0000-filter" in p.name))
     bind_rec, _, _ = _load(next(p for p in FIXTURES if "bind-0002" in p.name))
-    app = make_app(prefix, binder=RecordingBinder())
+    binder = RecordingBinder()
+    pod = filter_rec["request"]["Pod"]
+    binder.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
+    app = make_app(prefix, binder=binder)
     client = app.test_client()
-    client.post(filter_rec["path"], json=filter_rec["request"])
-    client.post(bind_rec["path"], json=bind_rec["request"])
+    client.post(bind_rec["path"], json=bind_rec["request"])  # this replica saw no filter call
     node = bind_rec["request"]["Node"]
     placements = client.get(f"/api/v1/nodes/{node}").get_json()["placements"]
     assert [p["pod"] for p in placements] == ["default/bind-plain"]
-    assert placements[0]["cpu_cores"] == pytest.approx(0.1)  # from the filter call's pod
+    # From the pod as the API server holds it (its requests are below the 0.25-core default for
+    # pods without requests only if it has none).
+    assert placements[0]["cpu_cores"] == pytest.approx(0.1)
+
+
+def test_bind_of_a_pod_the_api_cannot_return_records_no_empty_placement(
+        make_app: Callable[..., Flask]) -> None:
+    bind_rec, prefix, _ = _load(next(p for p in FIXTURES if "bind-0002" in p.name))
+    binder = RecordingBinder()  # holds no pod: it was deleted right after binding
+    client = make_app(prefix, binder=binder).test_client()
+    answer = client.post(bind_rec["path"], json=bind_rec["request"])
+    assert answer.status_code == 200 and answer.get_json()["Error"] == ""
+    assert binder.calls and client.get(
+        f"/api/v1/nodes/{bind_rec['request']['Node']}").get_json()["placements"] == []
 
 
 def test_answers_are_valid_wire_json(make_app: Callable[..., Flask]) -> None:

@@ -9,7 +9,7 @@ from flask import Flask
 
 from extender import localserver
 from extender.kube import ApiBinder, ApiEventSink
-from tests.support import StaticSource, app_for, fixture, healthy, sample, settings
+from tests.support import RecordingBinder, StaticSource, app_for, fixture, healthy, sample, settings
 
 NODES = ["node-0", "node-1", "node-2", "node-3"]
 NOW = 1_800_000_000.0  # a fixed clock: data ages are exact
@@ -188,14 +188,6 @@ def test_requests_before_the_first_refresh_are_answered_neutrally() -> None:
     assert {h["Score"] for h in scores} == {s.cache.missing_score}
 
 
-class RecordingBinder:
-    def __init__(self) -> None:
-        self.bound: list[str] = []
-
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        self.bound.append(node)
-
-
 def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
     s = settings(server={"bind_enabled": True})
     binder = RecordingBinder()
@@ -206,6 +198,7 @@ def test_one_feasible_node_with_bind_served_is_counted_once_by_bind() -> None:
     client = app.test_client()
     uid = REQUEST["Pod"]["metadata"].get("uid") or ""
     # node-0 fails the CPU filter: one node left, kube-scheduler skips prioritize and binds.
+    binder.pods[("default", "cache-plain")] = REQUEST["Pod"]
     filtered = client.post("/filter", json={**REQUEST, "NodeNames": ["node-0", "node-1"]})
     assert filtered.get_json()["NodeNames"] == ["node-1"]
     client.post("/bind", json={"PodName": "cache-plain", "PodNamespace": "default",

@@ -175,6 +175,7 @@ def kube_state_metrics(emulator: Emulator) -> list[_Family]:
     alloc: list[_Sample] = []
     cap: list[_Sample] = []
     pod_info: list[_Sample] = []
+    owners: list[_Sample] = []
     requests: list[_Sample] = []
     ready: list[_Sample] = []
     phase: list[_Sample] = []
@@ -203,9 +204,12 @@ def kube_state_metrics(emulator: Emulator) -> list[_Family]:
             cap.append((labels, value))
         for pod in state.pods.values():
             base = {"namespace": pod.namespace, "pod": pod.name, "uid": _pod_uid(pod)}
+            kind, owner = pod.owner
             pod_info.append(({**base, "host_ip": n.ip, "pod_ip": _pod_ip(pod), "node": n.name,
-                              "created_by_kind": "Job", "created_by_name": pod.name,
+                              "created_by_kind": kind, "created_by_name": owner,
                               "priority_class": "", "host_network": "false"}, 1))
+            owners.append(({**base, "owner_kind": kind, "owner_name": owner,
+                            "owner_is_controller": "true"}, 1))
             for container in pod.containers:
                 labels = {**base, "container": container.name, "node": n.name}
                 requests.append(({**labels, "resource": "cpu", "unit": "core"},
@@ -231,6 +235,7 @@ def kube_state_metrics(emulator: Emulator) -> list[_Family]:
         ("kube_node_status_capacity", "gauge",
          "The capacity for different resources of a node.", cap),
         ("kube_pod_info", "gauge", "Information about pod.", pod_info),
+        ("kube_pod_owner", "gauge", "Information about the Pod's owner.", owners),
         ("kube_pod_container_resource_requests", "gauge",
          "The number of requested request resource by a container.", requests),
         ("kube_pod_status_ready", "gauge", "Describes whether the pod is ready to serve "

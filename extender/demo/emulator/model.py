@@ -159,11 +159,13 @@ class Emulator:
     def place(self, pod: EmulatedPod, node: str) -> None:
         """Run `pod` on `node`: its usage (requests x usage factor) shows from now on.
 
-        ValueError if the pod already runs somewhere or a factor is out of range; KeyError for an
-        unknown node. Overcommitting is allowed: the node saturates and shows CPU pressure.
+        ValueError if the pod already runs somewhere or a factor is negative; KeyError for an
+        unknown node. Overcommitting is allowed: the node saturates and shows CPU pressure. A
+        factor above 1 is a pod using more than it requests (as burstable pods do: 10m
+        requested, a core used).
         """
-        if pod.usage_factor is not None and not 0 <= pod.usage_factor <= 1:
-            raise ValueError(f"{pod.namespace}/{pod.name}: usage_factor must be 0..1")
+        if pod.usage_factor is not None and not 0 <= pod.usage_factor:
+            raise ValueError(f"{pod.namespace}/{pod.name}: usage_factor must be >= 0")
         with self.lock:
             state = self._state(node)
             key = (pod.namespace, pod.name)

@@ -27,8 +27,18 @@ class EmulatedPod:
     name: str
     containers: tuple[EmulatedContainer, ...]
     usage_factor: float | None = None
-    """Share of the requests the pod actually uses; None takes the emulator's default."""
+    """Share of the requests the pod actually uses (above 1: more than it requests); None takes
+    the emulator's default."""
     ready: bool = True
+    owner_kind: str = "Job"
+    """The controller that made the pod (kube-state-metrics' `kube_pod_owner`)."""
+    owner_name: str = ""
+    """Empty: a controller of its own, named after the pod."""
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        """(kind, name) of the pod's controller."""
+        return self.owner_kind, self.owner_name or self.name
 
     @classmethod
     def single(cls, namespace: str, name: str, *, cpu_cores: float, memory_bytes: int,
