@@ -355,6 +355,36 @@ class Settings(Struct, frozen=True):
         return self.policy.profiles[name or self.policy.default]
 
 
+# --- shared by the controllers ------------------------------------------------------------------
+
+
+class LeaderSettings(Struct, frozen=True):
+    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace (the
+    partition controller and the rebalancer each name their own Lease)."""
+
+    enabled: bool = True
+    lease_name: str = ""
+    lease_duration_s: int = 15
+    """A follower takes over this long after the leader's last renewal."""
+    renew_deadline_s: int = 10
+    retry_period_s: int = 2
+    identity: str | None = None
+    """Default: $POD_NAME, then the host name."""
+
+
+def validate_leader(leader: LeaderSettings, src: str) -> None:
+    """ConfigError unless the Lease is named and the election timings are valid."""
+    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
+    if not leader.lease_name:
+        raise ConfigError(f"{src}: leader.lease_name: must name the Lease")
+    if leader.retry_period_s < 1:
+        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
+    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
+        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
+    if leader.lease_duration_s <= leader.renew_deadline_s:
+        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
+
+
 # --- loading ------------------------------------------------------------------------------------
 
 

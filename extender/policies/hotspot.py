@@ -2,8 +2,9 @@
 
 Metrics lag placements by a scrape interval plus a refresh interval plus the rate() window. In a
 burst, every pod of the burst would otherwise see the same "idlest" node and pile onto it. As in
-Koordinator's load-aware scheduling, each placement is remembered with the pod's requests and
-added to the node's estimated usage while
+Koordinator's load-aware scheduling, each placement is remembered with the pod's expected load
+(`model.estimate_load`: its requests, or what its siblings use) and added to the node's usage
+while
 - it is younger than `window_s`, and
 - the node's latest sample was taken less than `settle_s` after the placement (a later sample is
   assumed to include the pod).

@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ours: send every decision through the extender served by gunicorn "
                              "on a loopback port (filter, prioritize, bind), check each against "
                              "the in-process answer, and fail on any difference")
+    parser.add_argument("--rebalance", nargs="?", type=Path, default=None,
+                        const=Path("config/rebalance.yaml"), metavar="REBALANCE_YAML",
+                        help="replay: also run the rebalancer with these settings (default "
+                             "file: %(const)s); its runs are named POLICY+rebalance")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -97,12 +101,14 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
              extender_weight: float = 5.0, in_tree: str = "least-allocated",
              speedup: float = 1.0, loads: Sequence[float] | None = None,
              settings: Settings | None = None, http: bool = False,
+             rebalance: Path | None = None,
              progress: Callable[[str], None] | None = None) -> SimulationRuns:
     """Run every policy for `seeds` seeds (replay: at each of `loads`, default `speedup`);
     returns summary rows and the raw results. Profiles come from `settings`, else from the file
     `config` (read only when a profile is asked for). With `http`, ours' decisions go through
     the HTTP extender (a fresh server per run) and are compared with the in-process ones
-    (`SimulationRuns.http`)."""
+    (`SimulationRuns.http`). With `rebalance` (a rebalancer settings file), replays also run the
+    rebalancer (`extender.sim.rebalance`)."""
     from extender.openb import load_nodes, load_pods
     from extender.policies import baselines
     from extender.policies.fragmentation import TargetWorkload
@@ -126,8 +132,17 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
     pods = load_pods(pods_path)
     workload = TargetWorkload.from_tasks(pods.cpu_milli.tolist(), pods.num_gpu.tolist(),
                                          pods.gpu_milli.tolist(), pods.spec)
-    if settings is None and any(p not in registry.BASELINE_NAMES for p in policies):
+    if settings is None and (rebalance is not None
+                             or any(p not in registry.BASELINE_NAMES for p in policies)):
         settings = load_settings(config)
+    moves = None
+    if rebalance is not None:
+        from extender.rebalance.settings import load_rebalance_settings
+
+        if experiment != "replay":
+            raise ExtenderError("--rebalance: only with --experiment replay")
+        assert settings is not None
+        moves, _ = load_rebalance_settings(rebalance, extender=settings)
     out = SimulationRuns()
     if in_tree not in IN_TREE:
         raise ExtenderError(f"--in-tree: expected one of {', '.join(IN_TREE)}, got {in_tree!r}")
@@ -153,8 +168,15 @@ def simulate(nodes_path: Path, pods_path: Path, experiment: str, policies: Seque
                                         workload=workload, ratio=ratio)
                 out.saturation.append(result)
             else:
-                result = run_replay(nodes, pods, policy, name=name, seed=seed,
-                                    speedup=load)
+                mover = None
+                if moves is not None:
+                    from extender.sim.rebalance import SimRebalancer
+
+                    assert settings is not None
+                    mover = SimRebalancer(moves, settings, nodes, pods, workload)
+                label = f"{name}+rebalance" if mover is not None else name
+                result = run_replay(nodes, pods, policy, name=label, seed=seed,
+                                    speedup=load, mover=mover)
                 out.replay.append(result)
         finally:
             if isinstance(policy, HttpPolicy):
@@ -179,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
                        config=args.config, ratio=args.ratio,
                        extender_weight=args.extender_weight, in_tree=args.in_tree,
                        speedup=args.speedup, loads=args.load, http=args.http,
+                       rebalance=args.rebalance,
                        progress=log.info)
     summary = write_summary(outcome.rows, args.out / "summary.csv")
     print_table(outcome.rows, f"{args.experiment}: {args.pods.name} on {args.nodes.name}")
@@ -190,6 +213,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         for path in plot(outcome.rows, args.out, outcome.saturation):
             print(f"wrote {path}")
+    for result in outcome.replay:
+        if args.rebalance is not None:
+            print(f"{result.policy} seed {result.seed}: {result.evictions} evictions")
     failed = False
     for policy, seed, check in outcome.http:
         print(f"HTTP check {policy} seed {seed}: {check.decisions} decisions through gunicorn, "
