@@ -77,6 +77,10 @@ class BoundPod:
     else when this informer first saw it bound."""
 
 
+PodListener = Callable[["BoundPod", bool], None]
+"""`(pod, bound)`: the pod is bound (True) or gone (False); see `PodInformer.subscribe`."""
+
+
 @dataclass(frozen=True, slots=True)
 class InformerStatus:
     """How live the informer's view is."""
@@ -285,6 +289,7 @@ class PodInformer:
         self._events = 0
         self._last_event: float | None = None
         self._rng = random.Random()
+        self._listeners: list[PodListener] = []
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -317,6 +322,25 @@ class PodInformer:
         self._up = False
         return ended
 
+    def subscribe(self, listener: PodListener) -> None:
+        """Call `listener(pod, bound)` from the informer's thread for every change: `bound`
+        True when the pod is (newly, or again) bound, False when it is gone. The pods known
+        already are replayed to it first. Listeners must be quick and must not raise."""
+        with self._lock:
+            known = sorted(self._pods.values(), key=lambda p: p.bound_at)
+            self._listeners.append(listener)
+        for pod in known:
+            listener(pod, True)
+
+    def _notify(self, changes: list[tuple[BoundPod, bool]]) -> None:
+        for listener in self._listeners:
+            for pod, bound in changes:
+                try:
+                    listener(pod, bound)
+                except Exception:  # noqa: BLE001 - a listener's bug must not stop the watch
+                    log.exception("pod informer: listener failed on %s/%s", pod.namespace,
+                                  pod.name)
+
     def wait_synced(self, timeout_s: float) -> bool:
         """Wait until the first full list has been applied; False on timeout."""
         return self._synced.wait(timeout_s)
@@ -346,11 +370,17 @@ class PodInformer:
 
     def _replace(self, fresh: dict[str, BoundPod]) -> None:
         with self._lock:
+            old = self._pods
             self._pods = fresh
             self._by_time = sorted((p.bound_at, p.uid) for p in fresh.values())
             self._lists += 1
             self._last_event = self._clock()
         self._synced.set()
+        if self._listeners:
+            changes = [(pod, False) for uid, pod in old.items() if uid not in fresh]
+            changes += sorted(((pod, True) for uid, pod in fresh.items() if old.get(uid) != pod),
+                              key=lambda change: change[0].bound_at)
+            self._notify(changes)
 
     def _apply(self, event_type: str, pod: _Pod) -> None:
         now = self._clock()
@@ -362,14 +392,21 @@ class PodInformer:
             if event_type == "DELETED" or not _is_bound(pod):
                 if known is not None:
                     self._forget(known)
-                return
-            record = bound_pod(pod, known.bound_at if known else now)
-            if known is not None and known.bound_at != record.bound_at:
-                self._forget(known)
-                known = None
-            self._pods[uid] = record
-            if known is None:
-                bisect.insort(self._by_time, (record.bound_at, uid))
+                    changes = [(known, False)]
+                else:
+                    changes = []
+            else:
+                record = bound_pod(pod, known.bound_at if known else now)
+                changed = known != record
+                if known is not None and known.bound_at != record.bound_at:
+                    self._forget(known)
+                    known = None
+                self._pods[uid] = record
+                if known is None:
+                    bisect.insort(self._by_time, (record.bound_at, uid))
+                changes = [(record, True)] if changed else []
+        if changes and self._listeners:
+            self._notify(changes)
 
     def _forget(self, pod: BoundPod) -> None:
         del self._pods[pod.uid]

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.metrics.cache import MetricsCache, Snapshot
+from extender.service import BoundPods
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -45,6 +46,12 @@ class Telemetry:
               registry=r).set_function(lambda: float(cache.current().status.prometheus_up))
         Gauge("extender_cache_nodes", "Nodes in the metrics cache",
               registry=r).set_function(lambda: float(len(cache.current().table.names)))
+
+    def watch_informer(self, informer: BoundPods | None) -> None:
+        """Expose the pod informer's health (nothing without one)."""
+        if informer is None:
+            return
+        self.registry.register(_InformerMetrics(informer))
 
     def rejected(self, code: str, nodes: int) -> None:
         self.rejections.labels(code).inc(nodes)
@@ -84,3 +91,22 @@ class _NodeScores(Collector):
 
 def _or_inf(value: float | None) -> float:
     return float("inf") if value is None else value
+
+
+class _InformerMetrics(Collector):
+    """The pod informer's health, read from one status snapshot per scrape."""
+
+    def __init__(self, informer: BoundPods) -> None:
+        self.informer = informer
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.informer.status()
+        yield GaugeMetricFamily("extender_informer_up", "1 when the pod informer has listed "
+                                "once and its last list or watch succeeded",
+                                value=float(status.up and status.synced))
+        yield GaugeMetricFamily("extender_informer_pods", "Bound pods the informer knows",
+                                value=float(status.pods))
+        yield CounterMetricFamily("extender_informer_relists", "Full relists after the first "
+                                  "(410 Gone, resync)", value=float(status.relists))
+        yield CounterMetricFamily("extender_informer_errors", "Failed list or watch requests",
+                                  value=float(status.errors))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from extender.metrics.cache import Snapshot
 from extender.monitoring.model import (
     CacheView,
+    InformerView,
     NodeView,
     Reading,
     SelfCheck,
@@ -87,8 +88,15 @@ def selfcheck(extender: Extender, snapshot: Snapshot) -> SelfCheck:
                 without[metric] = missing[:50]
     failed = dict(status.errors)
     ok = status.prometheus_up and not empty and not failed and not status.unmatched
+    informer = None
+    if extender.bound_pods is not None:
+        seen = extender.bound_pods.status()
+        informer = InformerView(up=seen.up, synced=seen.synced, pods=seen.pods,
+                                relists=seen.relists, errors=seen.errors,
+                                last_error=seen.last_error)
+        ok = ok and seen.up and seen.synced
     return SelfCheck(ok=ok, prometheus_up=status.prometheus_up,
                      kubernetes_nodes=status.kubernetes_nodes, empty_entries=empty,
                      failed_entries=failed,
                      unmatched_identities={k: list(v) for k, v in status.unmatched.items()},
-                     nodes_without_data=without)
+                     nodes_without_data=without, informer=informer)
