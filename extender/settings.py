@@ -250,6 +250,12 @@ class MonitoringSettings(Struct, frozen=True):
     """Answers with more series get 422: narrow the selector."""
     result_cache_ttl_s: float = 10.0
     result_cache_size: int = 256
+    term_telemetry: bool = True
+    """Serve `extender_node_score_term{node,term}` on /metrics: the points each score term gave
+    the reference pod on each node, from the same evaluation as `extender_node_score`."""
+    term_telemetry_max_nodes: int = 200
+    """Above this many nodes the per-term series are not served (nodes x terms series: 200 nodes
+    of the default profile are ~1800); `extender_node_score` stays."""
 
 
 class InformerSettings(Struct, frozen=True):
@@ -525,6 +531,7 @@ def validate(settings: Settings) -> None:
         "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
+        "monitoring.term_telemetry_max_nodes": settings.monitoring.term_telemetry_max_nodes,
     }
     require_positive(src, positive)
     if not 0 <= settings.cache.missing_score <= 10:
