@@ -64,13 +64,17 @@ def candidates(fleet: Sequence[str], count: int, seed: int = 1) -> list[str]:
     return random.Random(seed * 1_000_003 + count).sample(list(fleet), count)
 
 
-def extender_args(recorded: Recorded, names: Sequence[str], mode: Mode) -> bytes:
-    """An ExtenderArgs body for `names` in `mode`, encoded as kube-scheduler would send it.
+def extender_args(recorded: Recorded, names: Sequence[str], mode: Mode,
+                  profile: str | None = None) -> bytes:
+    """An ExtenderArgs body for `names` in `mode`, encoded as kube-scheduler would send it;
+    with `profile`, the Pod asks for that profile (the `extract.io/policy` annotation).
 
     The Pod's name and uid hold `SEQ_MARKER`: `fill` the body before sending it.
     """
     pod = copy.deepcopy(recorded.pod)
     meta = pod.setdefault("metadata", {})
+    if profile is not None:
+        meta["annotations"] = {**(meta.get("annotations") or {}), "extract.io/policy": profile}
     meta["name"] = f"{meta.get('name', 'pod')}-{SEQ_MARKER}"
     meta["uid"] = f"00000000-0000-4000-8000-{SEQ_MARKER}"
     if mode == "names":

@@ -50,6 +50,8 @@ TARGET_NAMES = 500
 TARGET_P99_MS = 3.0
 TARGET_THROUGHPUT_RATIO = 0.60
 TARGET_RSS_MB = 150.0
+DEFAULT_PROFILE = "default"
+TARGET_LEARNED_ADDED_P99_MS = 0.2  # issue 17: the learned term's inference budget at 500 names
 MB = 1e6  # the targets are in MB (10^6 bytes), the stricter reading
 WARMUP_REQUESTS = 5  # first calls pay for lazy imports, caches and connection set-up
 SEQ_PER_RUN = 10**7  # pod numbers per load run: every run is about pods of its own
@@ -76,6 +78,8 @@ class Case:
     floor: Measure
     lean: Measure | None = None
     """The lean floor (names mode only)."""
+    profile: str = DEFAULT_PROFILE
+    """The extender profile the Pod asks for (`--profiles`); the floors are the default case's."""
 
     @property
     def serial_ratio(self) -> float:
@@ -110,11 +114,30 @@ class Report:
     """Background refreshes of the extender's cache during the run, and their mean seconds."""
     seconds: float = 0.0
 
-    def case(self, mode: str, candidates: int, verb: str) -> Case | None:
+    def case(self, mode: str, candidates: int, verb: str,
+             profile: str = DEFAULT_PROFILE) -> Case | None:
         for c in self.cases:
-            if (c.mode, c.candidates, c.verb) == (mode, candidates, verb):
+            if (c.mode, c.candidates, c.verb, c.profile) == (mode, candidates, verb, profile):
                 return c
         return None
+
+    def profile_targets(self) -> list[tuple[str, str, bool | None]]:
+        """Added p99 of each other profile over the default one, same verb, 500 names."""
+        out: list[tuple[str, str, bool | None]] = []
+        for profile in sorted({c.profile for c in self.cases} - {DEFAULT_PROFILE}):
+            for verb in VERBS:
+                base = self.case("names", TARGET_NAMES, verb)
+                other = self.case("names", TARGET_NAMES, verb, profile)
+                if base is None or other is None:
+                    continue
+                added = other.extender.serial.p99_ms - base.extender.serial.p99_ms
+                out.append((f"{verb} profile {profile}: added p99 at {TARGET_NAMES} names <= "
+                            f"{TARGET_LEARNED_ADDED_P99_MS:g} ms vs the default profile",
+                            f"{added:+.2f} ms ({other.extender.serial.p99_ms:.2f} vs "
+                            f"{base.extender.serial.p99_ms:.2f}; p50 "
+                            f"{other.extender.serial.p50_ms - base.extender.serial.p50_ms:+.2f})",
+                            added <= TARGET_LEARNED_ADDED_P99_MS))
+        return out
 
     def rss_mb(self, phase: str) -> float | None:
         """Largest VmRSS of an extender worker at `phase` (MB); None when not measured."""
@@ -143,6 +166,7 @@ class Report:
                         f"{c.serial_ratio:.0%})"
                         + ("" if lean is None else f"; {lean:.0%} of the lean floor"),
                         c.throughput_ratio >= TARGET_THROUGHPUT_RATIO))
+        out += self.profile_targets()
         # The target is about the cache: the names-mode phase measures it. Full-Nodes bodies of
         # megabytes add their own memory (the floor's too), reported as a second row.
         phases = [p for p in self.extender_memory if p != "started"] or ["after names mode"]
@@ -244,6 +268,8 @@ def run(args: argparse.Namespace, log: Any) -> Report:
                 body = bodies.extender_args(recorded, bodies.candidates(names, size), mode)
                 body_file = Path(tmp) / f"{mode}-{size}.json"
                 body_file.write_bytes(body)
+                others = {p: bodies.extender_args(recorded, bodies.candidates(names, size), mode, p)
+                          for p in args.profiles if p != DEFAULT_PROFILE and mode == "names"}
                 for verb in args.verbs:
                     path = f"{prefix}/{verb}"
                     f = measure(floor, path, verb, mode, body, body_file, args)
@@ -253,6 +279,17 @@ def run(args: argparse.Namespace, log: Any) -> Report:
                     ready(extender)
                     case = Case(mode, size, verb, len(body), e, f, n)
                     report.cases.append(case)
+                    # Other profiles right after, on the same server: their added cost is
+                    # measured against the default's in the same minute.
+                    for profile, other in others.items():
+                        other_file = Path(tmp) / f"{mode}-{size}-{profile}.json"
+                        other_file.write_bytes(other)
+                        o = measure(extender, path, verb, mode, other, other_file, args)
+                        ready(extender)
+                        report.cases.append(Case(mode, size, verb, len(other), o, f, n, profile))
+                        log(f"{mode:5} {size:5} {verb:10} profile {profile}: p50 "
+                            f"{o.serial.p50_ms:7.2f} ms p99 {o.serial.p99_ms:7.2f} ms "
+                            f"{o.concurrent.rps:7.0f} req/s | {o.check}")
                     log(f"{mode:5} {size:5} {verb:10} extender p50 {e.serial.p50_ms:7.2f} ms "
                         f"p99 {e.serial.p99_ms:7.2f} ms {e.concurrent.rps:7.0f} req/s | floor "
                         f"{f.serial.p99_ms:7.2f} ms {f.concurrent.rps:7.0f} req/s | "
@@ -284,7 +321,8 @@ def rows(report: Report) -> list[list[str]]:
     out = []
     for c in report.cases:
         e, f = c.extender, c.floor
-        out.append([c.mode, str(c.candidates), c.verb, _size(c.body_bytes),
+        mode = c.mode if c.profile == DEFAULT_PROFILE else f"{c.mode} ({c.profile})"
+        out.append([mode, str(c.candidates), c.verb, _size(c.body_bytes),
                     f"{e.serial.p50_ms:.2f}", f"{e.serial.p99_ms:.2f}", f"{e.serial.rps:.0f}",
                     f"{e.concurrent.rps:.0f}", f"{f.serial.p50_ms:.2f}", f"{f.serial.p99_ms:.2f}",
                     f"{f.serial.rps:.0f}", f"{f.concurrent.rps:.0f}", f"{c.serial_ratio:.0%}",
@@ -407,6 +445,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=_csv(int), default=list(SIZES), help="candidate counts")
     p.add_argument("--modes", type=_csv(str, bodies.MODES), default=list(bodies.MODES))
     p.add_argument("--verbs", type=_csv(str, VERBS), default=list(VERBS))
+    p.add_argument("--profiles", type=_csv(str), default=[DEFAULT_PROFILE, "learned"],
+                   help="profiles the Pod asks for (annotation); `default`: none. Others are "
+                        "measured right after the default case, on the same server")
     p.add_argument("--duration", type=float, default=2.0,
                    help="seconds per run (wrk rounds up to whole seconds)")
     p.add_argument("--connections", type=int, default=4, help="connections of the throughput run")
@@ -418,6 +459,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the recorded kube-scheduler requests")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    p.add_argument("--section", default="http",
+                   help="RESULTS.md section to write (another name keeps the full matrix's "
+                        "section when only some cases run, e.g. http-learned)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return p
 
@@ -444,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from benchmarks.results import write_section
 
-        path = write_section("http", "HTTP: extender vs parse-only floor under gunicorn",
+        title = "HTTP: extender vs parse-only floor under gunicorn" + (
+            "" if args.section == "http" else f" ({args.section}: only the cases of the command)")
+        path = write_section(args.section, title,
                              " ".join(["python -m benchmarks.http_bench", *argv]), markdown(report))
         print(f"wrote {path}")
     missed = [t for t, _, met in report.targets() if met is False]

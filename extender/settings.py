@@ -45,12 +45,47 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 # --- metrics catalog --------------------------------------------------------------------------
 
 
+class RiskAggregate(Struct, frozen=True):
+    """A pessimistic aggregate of an expression over a trailing window, as Trimaran's
+    load-variation-risk balancing (mean + k * standard deviation) and Koordinator's p95/p99
+    aggregates do: one PromQL subquery `(EXPR)[window:resolution]`, evaluated per refresh."""
+
+    window: str = "10m"
+    """How far back (a PromQL duration)."""
+    resolution: str = "30s"
+    """Step of the subquery: the expression is evaluated every `resolution` within `window`."""
+    k: float | None = None
+    """mean + k * stddev (population, as PromQL's stddev_over_time). Set `k` or `quantile`."""
+    quantile: float | None = None
+    """The q-quantile (0..1) of the values in the window instead."""
+    of: str | None = None
+    """Another catalog entry whose query is the expression (then this entry's `query` stays
+    empty); it also tells the simulator which modelled signal the aggregate is over."""
+
+    def promql(self, expr: str) -> str:
+        """The one query computing this aggregate of `expr` (an instant vector)."""
+        sub = f"({expr})[{self.window}:{self.resolution}]"
+        if self.quantile is not None:
+            return f"quantile_over_time({self.quantile:g}, {sub})"
+        return f"avg_over_time({sub}) + {self.k:g} * stddev_over_time({sub})"
+
+    def describe(self) -> str:
+        """`mean + 1·sd over 10m at 30s` or `p95 over 10m at 30s` (explanations, messages)."""
+        what = (f"p{self.quantile * 100:g}" if self.quantile is not None
+                else f"mean + {self.k:g}·sd")
+        of = f" of {self.of}" if self.of else ""
+        return f"risk aggregate: {what}{of} over {self.window} at {self.resolution} resolution"
+
+
 class CatalogEntry(Struct, frozen=True):
     """One per-node signal: a PromQL instant vector with one series per node."""
 
     name: str
-    query: str
-    """PromQL returning one series per node (aggregate per node in the query itself)."""
+    query: str = ""
+    """PromQL returning one series per node (aggregate per node in the query itself). With
+    `risk`, the expression aggregated over time (load_settings replaces it by the aggregate)."""
+    risk: RiskAggregate | None = None
+    """Score and filter on a risk aggregate of the expression over a window (see RiskAggregate)."""
     node_labels: tuple[str, ...] = ("node", "instance")
     """Labels that may carry the node identity, first present wins. A `host:port` value loses its
     port; a value that is no node name is looked up among the node aliases (kube_node_info IPs)."""
@@ -215,6 +250,10 @@ class HotspotSettings(Struct, frozen=True):
     memory_metric: str = "memory_available_ratio"
     cores_metric: str = "cpu_cores"
     memory_total_metric: str = "memory_total_bytes"
+    score_with_pod: bool = False
+    """Score the CPU and memory terms on the node's usage plus this pod's requests (what the
+    node will look like with it, as Trimaran's TargetLoadPacking predicts), not on its usage
+    alone. Filter rules keep their own `with_pod` choice."""
 
 
 class Profile(Struct, frozen=True):
@@ -229,6 +268,9 @@ class Profile(Struct, frozen=True):
 
 class PolicySettings(Struct, frozen=True):
     default: str = "metrics-aware"
+    learned_model: str | None = None
+    """Model file of the `learned` score term (written by `extender learn`), relative to the
+    settings file; loaded at start-up, required when a profile weights or filters on `learned`."""
     policy_annotation: str = "extract.io/policy"
     """Pod annotation naming a profile for that pod."""
     weights_annotation: str = "extract.io/weights"
@@ -326,6 +368,36 @@ class Settings(Struct, frozen=True):
     def profile(self, name: str | None = None) -> Profile:
         """The profile called `name`, or the default one."""
         return self.policy.profiles[name or self.policy.default]
+
+
+# --- shared by the controllers ------------------------------------------------------------------
+
+
+class LeaderSettings(Struct, frozen=True):
+    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace (the
+    partition controller and the rebalancer each name their own Lease)."""
+
+    enabled: bool = True
+    lease_name: str = ""
+    lease_duration_s: int = 15
+    """A follower takes over this long after the leader's last renewal."""
+    renew_deadline_s: int = 10
+    retry_period_s: int = 2
+    identity: str | None = None
+    """Default: $POD_NAME, then the host name."""
+
+
+def validate_leader(leader: LeaderSettings, src: str) -> None:
+    """ConfigError unless the Lease is named and the election timings are valid."""
+    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
+    if not leader.lease_name:
+        raise ConfigError(f"{src}: leader.lease_name: must name the Lease")
+    if leader.retry_period_s < 1:
+        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
+    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
+        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
+    if leader.lease_duration_s <= leader.renew_deadline_s:
+        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -449,8 +521,13 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
                     for e in metrics)
     owner_catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
                           for e in owners)
+    catalog = _with_risk_queries(catalog, catalog_path)
     settings = msgspec.structs.replace(settings, catalog=catalog, owner_catalog=owner_catalog,
                                        source=str(path))
+    if settings.policy.learned_model is not None:
+        model = (path.parent / settings.policy.learned_model).resolve()
+        settings = msgspec.structs.replace(settings, policy=msgspec.structs.replace(
+            settings.policy, learned_model=str(model)))
     validate(settings)
     return settings
 
@@ -486,9 +563,63 @@ def _load_catalog(path: Path) -> tuple[tuple[CatalogEntry, ...], tuple[OwnerEntr
 
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+_UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0,
+           "y": 31536000.0}
 
-DERIVED_TERMS = frozenset({"gpu_fragmentation", "gpu_packing"})
+
+def duration_s(text: str) -> float:
+    """Seconds of a PromQL duration (`1m30s` -> 90.0); ValueError when it is none."""
+    if not _DURATION.match(text):
+        raise ValueError(f"expected a PromQL duration such as 10m or 30s, got {text!r}")
+    return sum(float(n) * _UNIT_S[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text))
+
+
+def _with_risk_queries(catalog: tuple[CatalogEntry, ...], path: Path) -> tuple[CatalogEntry, ...]:
+    """Validate each entry's `risk` and replace its query by the aggregate's PromQL."""
+    by_name = {entry.name: entry for entry in catalog}
+    out = []
+    for i, entry in enumerate(catalog):
+        risk = entry.risk
+        where = f"{path}: metrics.{i}"
+        if risk is None:
+            if not entry.query:
+                raise ConfigError(f"{where}.query: required (or set risk.of)")
+            out.append(entry)
+            continue
+        if (risk.k is None) == (risk.quantile is None):
+            raise ConfigError(f"{where}.risk: set exactly one of `k` (mean + k·sd) or `quantile`")
+        if risk.k is not None and not (risk.k >= 0 and risk.k < float("inf")):
+            raise ConfigError(f"{where}.risk.k: expected a number >= 0, got {risk.k}")
+        if risk.quantile is not None and not 0 <= risk.quantile <= 1:
+            raise ConfigError(f"{where}.risk.quantile: expected 0..1, got {risk.quantile}")
+        try:
+            window, step = duration_s(risk.window), duration_s(risk.resolution)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.risk: {exc}") from exc
+        if not 0 < step < window:
+            raise ConfigError(f"{where}.risk: resolution ({risk.resolution}) must be shorter "
+                              f"than window ({risk.window})")
+        expr = entry.query
+        if risk.of is not None:
+            base = by_name.get(risk.of)
+            if base is None or base.risk is not None or base is entry:
+                raise ConfigError(f"{where}.risk.of: {risk.of!r} is not a catalog entry "
+                                  "without risk")
+            if expr:
+                raise ConfigError(f"{where}: set `query` or `risk.of`, not both")
+            expr = base.query
+        elif not expr:
+            raise ConfigError(f"{where}.query: required (or set risk.of)")
+        out.append(msgspec.structs.replace(entry, query=risk.promql(expr)))
+    return tuple(out)
+
+
+ALLOCATION_TERMS = frozenset({"gpu_fragmentation", "gpu_packing"})
 """Score terms computed from allocation state rather than read from the catalog."""
+LEARNED_TERM = "learned"
+"""The score term of a trained model (`policy.learned_model`)."""
+DERIVED_TERMS = ALLOCATION_TERMS | {LEARNED_TERM}
+"""Every score term that is computed rather than read from the catalog."""
 
 
 def require_positive(source: str, values: Mapping[str, float]) -> None:
@@ -534,6 +665,12 @@ def validate(settings: Settings) -> None:
                     raise ConfigError(
                         f"{where}.hotspot.{field}: {getattr(hot, field)!r} is not in the catalog"
                     )
+    uses_learned = [name for name, profile in profiles.items()
+                    if LEARNED_TERM in profile.weights
+                    or any(rule.metric == LEARNED_TERM for rule in profile.filters)]
+    if uses_learned and settings.policy.learned_model is None:
+        raise ConfigError(f"{src}: policy.learned_model: required by profile(s) "
+                          f"{', '.join(uses_learned)} (they use the `learned` term)")
     positive = {
         "cache.refresh_interval_s": settings.cache.refresh_interval_s,
         "cache.max_staleness_s": settings.cache.max_staleness_s,

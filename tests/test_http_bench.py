@@ -187,6 +187,10 @@ def test_tiny_benchmark_measures_every_case_against_the_floor(
     figures = json.loads(out.read_text())
     cases = {(c["mode"], c["candidates"], c["verb"]) for c in figures["cases"]}
     assert cases == {(m, NODES, v) for m in bodies.MODES for v in http_bench.VERBS}
+    # The learned profile is measured next to the default one, in names mode.
+    learned = {(c["mode"], c["verb"]) for c in figures["cases"] if c["profile"] == "learned"}
+    assert learned == {("names", v) for v in http_bench.VERBS}
+    assert f"| names (learned) | {NODES} | prioritize |" in section
     for case in figures["cases"]:
         for side in ("extender", "floor"):
             for run in ("serial", "concurrent"):

@@ -12,11 +12,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from extender.monitoring.catalog import load_for
+    from extender.policies.learned import learned_term_for, uses_learned
     from extender.settings import load_settings
 
     # ConfigError -> exit 2 with file, key and reason (cli.py)
     settings = load_settings(args.file)
     monitoring = load_for(settings)
+    if uses_learned(settings):
+        learned_term_for(settings)  # the model file: readable, a known version, features we have
     profiles = ", ".join(settings.policy.profiles)
     print(f"{args.file}: ok ({len(settings.catalog)} catalog metrics, "
           f"{len(monitoring.metrics)} monitoring metrics; profiles: {profiles}; "

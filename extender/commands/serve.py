@@ -32,11 +32,14 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from extender.metrics.cache import collector_for
     from extender.monitoring.catalog import load_for
+    from extender.policies.learned import learned_term_for, uses_learned
     from extender.server import create_app
     from extender.settings import load_settings
 
     settings = load_settings(args.config, overrides=overrides(args))
     catalog = load_for(settings)  # loaded here, once: a bad monitoring.yaml fails before serving
+    if uses_learned(settings):
+        learned_term_for(settings)  # a bad model file fails here too, not in every worker
     tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
     options = serving.gunicorn_options(args, tls)
     # The collector is built in each worker (after fork): its refresh process and threads must

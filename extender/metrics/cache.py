@@ -31,7 +31,14 @@ import numpy as np
 from extender.errors import MetricsError, PrometheusUnreachable
 from extender.metrics.identity import NodeResolver
 from extender.metrics.prometheus import MetricsSource, PrometheusSource, Sample
-from extender.policies.model import Allocation, FloatArray, NodeTable, OwnerKey, OwnerUsage
+from extender.policies.model import (
+    ALLOCATION_METRICS,
+    Allocation,
+    FloatArray,
+    NodeTable,
+    OwnerKey,
+    OwnerUsage,
+)
 from extender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,9 +141,6 @@ def build_table(settings: Settings, results: Mapping[str, list[Sample]], resolve
                      allocation=allocation_state(metrics, values)), unmatched
 
 
-ALLOCATION_METRICS = ("cpu_allocatable_cores", "cpu_requested_cores", "memory_allocatable_bytes",
-                      "memory_requested_bytes", "gpus_allocatable", "gpus_requested")
-"""Catalog entries (kube-state-metrics) the allocation state is built from."""
 
 
 def allocation_state(metrics: Sequence[str], values: FloatArray) -> Allocation | None:

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from extender.errors import ConfigError
-from extender.settings import Struct, load_section, require_positive
+from extender.settings import (
+    LeaderSettings,
+    Struct,
+    load_section,
+    require_positive,
+    validate_leader,
+)
 
 ENV_PREFIX = "PARTITION_"
 DEFAULT_CONFIG = Path("config/partition.yaml")
@@ -71,17 +77,10 @@ class RolloutSettings(Struct, frozen=True):
     """Grace period for deletions; None keeps the pod's own terminationGracePeriodSeconds."""
 
 
-class LeaderSettings(Struct, frozen=True):
-    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace."""
+class PartitionLeaderSettings(LeaderSettings, frozen=True):
+    """The partition controller's Lease (a partial `leader:` section keeps this name)."""
 
-    enabled: bool = True
     lease_name: str = "extender-partition"
-    lease_duration_s: int = 15
-    """A follower takes over this long after the leader's last renewal."""
-    renew_deadline_s: int = 10
-    retry_period_s: int = 2
-    identity: str | None = None
-    """Default: $POD_NAME, then the host name."""
 
 
 class PartitionSettings(Struct, frozen=True):
@@ -109,7 +108,7 @@ class PartitionSettings(Struct, frozen=True):
     eligibility: EligibilitySettings = EligibilitySettings()
     sizing: SizingSettings = SizingSettings()
     rollout: RolloutSettings = RolloutSettings()
-    leader: LeaderSettings = LeaderSettings()
+    leader: PartitionLeaderSettings = PartitionLeaderSettings()
     pod_template: dict[str, Any] = {}
     """A Pod manifest (metadata.labels/annotations and spec) without name, namespace or node
     affinity: the controller adds those per node."""
@@ -153,18 +152,8 @@ def validate(settings: PartitionSettings) -> None:
         raise ConfigError(f"{src}: metrics_port: expected 0..65535, got {settings.metrics_port}")
     if not settings.name_prefix or len(settings.name_prefix) > 40:
         raise ConfigError(f"{src}: name_prefix: expected 1..40 characters")
-    _validate_leader(settings.leader, src)
+    validate_leader(settings.leader, src)
     _validate_template(settings.pod_template, settings.sizing.container, src)
-
-
-def _validate_leader(leader: LeaderSettings, src: str) -> None:
-    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
-    if leader.retry_period_s < 1:
-        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
-    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
-        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
-    if leader.lease_duration_s <= leader.renew_deadline_s:
-        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 def _validate_template(template: Mapping[str, Any], container: str, src: str) -> None:

@@ -40,6 +40,9 @@ class TermExplanation(msgspec.Struct, frozen=True):
     fresh: bool
     imputed: bool = False
     """The node lacked this term; `goodness` is what its `on_missing` policy counted."""
+    note: str | None = None
+    """What the value is when it is no plain reading, e.g. `risk aggregate: mean + 1·sd of
+    cpu_utilisation over 10m at 30s resolution`, or the learned model that gave the goodness."""
 
 
 class NodeExplanation(msgspec.Struct, frozen=True):
@@ -139,6 +142,7 @@ class Breakdown:
     def explain(self) -> list[NodeExplanation]:
         """Per-metric explanation of each node (value, weight, contribution, age)."""
         ev = self.evaluation()
+        notes = self.compiled.notes
         out = []
         weights = ev.weights.tolist()
         for i, name in enumerate(self.nodes):
@@ -160,13 +164,13 @@ class Breakdown:
                     metric=metric, value=None if value != value else value, weight=weight,
                     goodness=goodness[j] if counted else None, contribution=round(contribution, 3),
                     age_s=None if ages[j] != ages[j] else round(ages[j], 1), fresh=fresh,
-                    imputed=imputed_row[j]))
+                    imputed=imputed_row[j], note=notes.get(metric)))
             for term, weight, g in derived:
                 ok = g == g
                 terms.append(TermExplanation(
                     metric=term, value=None, weight=weight, goodness=g if ok else None,
                     contribution=round(10 * weight * g / total, 3) if ok and total else 0.0,
-                    age_s=0.0, fresh=ok))
+                    age_s=0.0, fresh=ok, note=notes.get(term)))
             fresh_ages = [a for a, f in zip(ages, fresh_row, strict=True) if f]
             pending_cpu = 0.0 if self.pending is None else float(self.pending.cpu_cores[i])
             pending_mem = 0.0 if self.pending is None else float(self.pending.memory_bytes[i])

@@ -292,6 +292,11 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+ALLOCATION_METRICS = ("cpu_allocatable_cores", "cpu_requested_cores", "memory_allocatable_bytes",
+                      "memory_requested_bytes", "gpus_allocatable", "gpus_requested")
+"""Catalog entries (kube-state-metrics) the allocation state is built from."""
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Allocation:
     """Request-based allocation state per node (what kube-scheduler would count).

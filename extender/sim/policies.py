@@ -23,6 +23,7 @@ from extender.policies.engine import Engine
 from extender.policies.fragmentation import TargetWorkload, derived_terms, fgd_policy
 from extender.policies.model import Allocation, NodeTable, PodDemand
 from extender.settings import Settings
+from extender.sim.history import RiskSeries
 from extender.sim.replay import Observation
 
 BASELINES: dict[str, Policy] = {
@@ -55,7 +56,12 @@ class OursPolicy:
         self.nodes = nodes
         self.names = nodes.names
         self.index = {name: i for i, name in enumerate(nodes.names)}
-        self.column = {name: j for j, name in enumerate(METRICS)}
+        # Risk aggregates of modelled metrics are columns too, computed from the history.
+        self.risks = [(entry.name, entry.risk.of, RiskSeries(entry.risk))
+                      for entry in settings.catalog
+                      if entry.risk is not None and entry.risk.of in METRICS]
+        self.metrics = (*METRICS, *(name for name, _, _ in self.risks))
+        self.column = {name: j for j, name in enumerate(self.metrics)}
         self.engine = Engine(settings, derived_terms=derived_terms(workload))
         self.extender_weight = extender_weight
         self.in_tree = in_tree
@@ -71,7 +77,7 @@ class OursPolicy:
     def table(self, view: ClusterView) -> NodeTable:
         """The NodeTable the extender would hold: observed usage, current allocation."""
         n = len(view)
-        values = np.full((n, len(METRICS)), np.nan)
+        values = np.full((n, len(self.metrics)), np.nan)
         col = self.column
         mem_total = view.memory_capacity.astype(np.float64)
         obs = self.observation
@@ -97,12 +103,17 @@ class OursPolicy:
         values[:, col["node_ready"]] = 1.0
         values[:, col["node_pressure"]] = 0.0
         values[:, col["node_unschedulable"]] = 0.0
+        for name, of, series in self.risks:
+            series.record(seen, values[:, col[of]])
+            aggregate = series.aggregate(seen)
+            if aggregate is not None:
+                values[:, col[name]] = aggregate
         sampled = np.full(values.shape, seen)
         alloc = Allocation(cpu_free_milli=view.cpu_free.astype(np.float64),
                            memory_free_mib=view.memory_free.astype(np.float64),
                            gpu_free_milli=view.gpu_free.astype(np.float64),
                            gpu_model=self.model_names)
-        return NodeTable(names=self.names, metrics=METRICS, values=values, sampled_at=sampled,
+        return NodeTable(names=self.names, metrics=self.metrics, values=values, sampled_at=sampled,
                          built_at=self.clock, allocation=alloc, index=self.index,
                          column=self.column)
 

@@ -9,8 +9,8 @@ import pytest
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from prometheus_client import CollectorRegistry
 
+from extender.leader import run_elected
 from extender.localserver import wait_until
-from extender.partition.leader import run_elected
 from extender.partition.reconcile import PartitionMetrics, Reconciler
 from tests.partition.conftest import NS, make_settings
 from tests.partition.fakeapi import FakeKubernetes, node, now_iso

@@ -46,7 +46,10 @@ def test_decision_explains_each_term_and_sums_to_the_score() -> None:
     assert best["node"] == decision["chosen"] == "node-1"
     assert best["score"] == round(sum(t["contribution"] for t in best["terms"]))
     cpu = next(t for t in best["terms"] if t["metric"] == "cpu_utilisation")
-    assert cpu["value"] == pytest.approx(0.10) and cpu["weight"] == 3 and cpu["fresh"] is True
+    # The default profile scores usage with the pod's own requests added (score_with_pod),
+    # and says so: node-1 is at 10% of its cores before the pod.
+    assert cpu["value"] > 0.10 and cpu["weight"] == 3 and cpu["fresh"] is True
+    assert "with this pod" in cpu["note"]
     assert best["data_age_s"] == 0.0
 
 
@@ -59,7 +62,8 @@ def test_filter_decision_explains_the_rejected_nodes_and_the_only_one_left() -> 
     assert (rejected["node"], rejected["passed"], rejected["reason"]) == (
         "node-0", False, "cpu 95% > 90%")
     cpu = next(t for t in rejected["terms"] if t["metric"] == "cpu_utilisation")
-    assert cpu["value"] == pytest.approx(0.95)
+    # The rule judged the node as it is (95%); the scored term adds the pod (score_with_pod).
+    assert cpu["value"] == pytest.approx(0.95 + 0.1 / 32) and "with this pod" in cpu["note"]
 
     client.post("/filter", json={**REQUEST, "NodeNames": ["node-0", "node-2"]})
     decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]

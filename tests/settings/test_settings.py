@@ -77,7 +77,7 @@ def test_catalog_errors_name_the_catalog_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"catalog.yaml: metrics.0.range: expected min < max"):
         load_settings(path, environ={})
     path = write(tmp_path, {}, catalog="metrics:\n  - name: x\n")
-    with pytest.raises(ConfigError, match=r"catalog.yaml: metrics.0: Object missing required field `query`"):
+    with pytest.raises(ConfigError, match=r"catalog.yaml: metrics.0.query: required \(or set risk.of\)"):
         load_settings(path, environ={})
 
 

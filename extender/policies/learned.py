@@ -1,0 +1,360 @@
+"""The `learned` score term: a trained model's estimate that a pod placed on a node misses its
+deadline, for every candidate node in one vectorised call.
+
+The model file (written by `extender learn`, see `extender.learning`) is JSON: a format name and
+version, the feature list, a summary of the training data, the training and test metrics, and
+the model itself as LightGBM's own text format. Loading it never runs code from the file (no
+pickle): msgspec decodes the JSON and LightGBM parses its text model. LightGBM's parser is not
+hardened against hostile input, so load model files from a trusted source only (the same trust
+as the settings file that names it).
+
+Features are named by where they come from, so that the engine can tell whether it can provide
+them (`provided_features`) and refuse a model it cannot feed:
+- `node.<catalog metric>`: the table's value (NaN when missing or older than max_staleness_s);
+- `pod.cpu_cores`, `pod.memory_bytes`, `pod.gpus`, `pod.gpu_milli`: the pod's demand;
+- `alloc.*`: request-based allocation of the node (kube-state-metrics, or the simulator's);
+- `fit.*`: the node as it would be with this pod (utilisation and free requests after placing).
+Training (`extender.learning`) builds its feature rows with `FeatureSet.matrix` too, so training
+and serving cannot compute a feature differently.
+
+The goodness is 1 - P(miss) / goodness_scale, clipped to 0..1, with the scale from the model
+file (the 99th percentile of the training predictions): misses are rare, so 1 - P(miss) alone
+would give nearly every node the top score; scaled, a node with half the riskiest nodes' miss
+probability scores five points (of ten) less than a risk-free one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from extender.errors import ConfigError
+from extender.policies.model import ALLOCATION_METRICS, FloatArray, IntArray, NodeTable, PodDemand
+from extender.settings import LEARNED_TERM, Profile, Settings
+
+FORMAT = "extract-extender/learned-model"
+FORMAT_VERSION = 1
+LABEL = "deadline_miss"
+
+POD_FEATURES = ("pod.cpu_cores", "pod.memory_bytes", "pod.gpus", "pod.gpu_milli")
+ALLOCATION_FEATURES = ("alloc.cpu_free_cores", "alloc.memory_free_bytes", "alloc.gpus_free",
+                       "alloc.gpu_idle_share")
+FIT_NEEDS: dict[str, tuple[tuple[str, ...], bool]] = {
+    # feature: (catalog metrics it needs, whether it needs allocation state)
+    "fit.cpu_utilisation_after": (("cpu_utilisation", "cpu_cores"), False),
+    "fit.memory_available_after": (("memory_available_ratio", "memory_total_bytes"), False),
+    "fit.cpu_free_after_cores": ((), True),
+}
+"""The `fit.*` features: what the node would show with the pod's requests added."""
+FIT_FEATURES = tuple(FIT_NEEDS)
+
+
+class ModelError(ConfigError):
+    """A model file that cannot be used: unreadable, not a model file, unknown version, or
+    features the engine cannot provide."""
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+class TrainingData(msgspec.Struct, frozen=True, kw_only=True):
+    """What the model was trained on."""
+
+    source: str
+    """`replay` (the simulator) or `monitoring` (a live cluster's history)."""
+    description: str
+    samples: int
+    positives: int
+    """Samples labelled as a deadline miss."""
+    split: str
+    """How training and test samples were separated (by time)."""
+
+
+class SplitMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """The model's quality on one part of the data."""
+
+    name: str
+    samples: int
+    positives: int
+    auc: float | None
+    """Area under the ROC curve (None when the part has a single class)."""
+    logloss: float
+    base_rate_logloss: float
+    """Log loss of always predicting the part's own miss rate: the model should be below."""
+
+
+class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
+    """The versioned model file."""
+
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+    created: str
+    library: str
+    label: str = LABEL
+    features: tuple[str, ...]
+    training: TrainingData
+    evaluation: tuple[SplitMetrics, ...]
+    goodness_scale: float = 1.0
+    """P(miss) at which the goodness reaches 0 (the training predictions' 99th percentile):
+    misses are rare, so 1 - P(miss) alone would put nearly every node at the top score."""
+    model_sha256: str
+    """Checksum of `model`: LightGBM aborts the whole process on some damaged model texts, so
+    a damaged file must be caught before it gets there."""
+    model: str
+    """The LightGBM model in its own text format."""
+
+
+class _Header(msgspec.Struct):
+    format: str = ""
+    version: int = 0
+
+
+# --- features ---------------------------------------------------------------------------------
+
+
+def provided_features(metrics: Collection[str], allocation: bool) -> frozenset[str]:
+    """Every feature an engine over these catalog metrics (and allocation state) can provide."""
+    out = {f"node.{m}" for m in metrics} | set(POD_FEATURES)
+    if allocation:
+        out.update(ALLOCATION_FEATURES)
+    for name, (needs, needs_alloc) in FIT_NEEDS.items():
+        if all(m in metrics for m in needs) and (allocation or not needs_alloc):
+            out.add(name)
+    return frozenset(out)
+
+
+def check_features(features: Sequence[str], provided: Collection[str], source: str) -> None:
+    """ModelError naming the features of a model that the engine cannot provide."""
+    missing = [f for f in features if f not in provided]
+    if missing:
+        raise ModelError(f"{source}: the model needs features the engine cannot provide: "
+                         f"{', '.join(missing)} (known: the catalog's metrics as node.<name>, "
+                         f"{', '.join(POD_FEATURES + ALLOCATION_FEATURES + FIT_FEATURES)})")
+    if not features:
+        raise ModelError(f"{source}: the model has no features")
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSet:
+    """How to compute a model's feature columns from a table, the candidate rows and a pod."""
+
+    names: tuple[str, ...]
+    max_staleness_s: float
+
+    @functools.cached_property
+    def _metrics(self) -> tuple[str, ...]:
+        """The catalog metrics the features read (directly or for `fit.*`)."""
+        needed = [n[5:] for n in self.names if n.startswith("node.")]
+        needed += [m for n in self.names for m in FIT_NEEDS.get(n, ((), False))[0]]
+        return tuple(dict.fromkeys(needed))
+
+    def matrix(self, pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray:
+        """(len(rows), features) values; NaN where a value is unknown (rows -1 included)."""
+        k = len(rows)
+        known = rows >= 0
+        safe = np.where(known, rows, 0) if len(table.names) else np.zeros(k, np.intp)
+        alloc = table.allocation if len(table.names) else None
+        # Every metric column needed, in one gather and one staleness check (per-column work
+        # costs ~10 us a column at 500 rows, the budget of the whole term is 200 us).
+        wanted = [m for m in self._metrics if m in table.column and len(table.names)]
+        cols = np.array([table.column[m] for m in wanted], dtype=np.intp)
+        grid = np.ix_(safe, cols)
+        fresh = (table.built_at - table.sampled_at[grid] <= self.max_staleness_s) & known[:, None]
+        gathered = np.where(fresh, table.values[grid], np.nan)
+        cache = {m: gathered[:, c] for c, m in enumerate(wanted)}
+        absent = np.full(k, np.nan)
+
+        def metric(name: str) -> FloatArray:
+            return cache.get(name, absent)
+
+        def allocation(name: str) -> FloatArray:
+            if alloc is None:
+                return np.full(k, np.nan)
+            if name == "cpu":
+                return np.where(known, alloc.cpu_free_milli[safe] / 1000.0, np.nan)
+            if name == "memory":
+                return np.where(known, alloc.memory_free_mib[safe] * 2.0**20, np.nan)
+            gpu = alloc.gpu_free_milli[safe]
+            slots = gpu >= 0
+            if name == "gpus":
+                return np.where(known, (gpu >= 1000).sum(axis=1).astype(float), np.nan)
+            count = slots.sum(axis=1)
+            idle = np.where(slots, gpu, 0.0).sum(axis=1)
+            share = np.divide(idle, count * 1000.0, out=np.zeros(k), where=count > 0)
+            return np.where(known, share, np.nan)
+
+        pod_values = {"pod.cpu_cores": pod.cpu_cores, "pod.memory_bytes": pod.memory_bytes,
+                      "pod.gpus": float(pod.gpus), "pod.gpu_milli": float(pod.gpu_milli)}
+        out = np.empty((k, len(self.names)))
+        for c, name in enumerate(self.names):
+            if name.startswith("node."):
+                out[:, c] = metric(name[5:])
+            elif name in pod_values:
+                out[:, c] = pod_values[name]
+            elif name == "alloc.cpu_free_cores":
+                out[:, c] = allocation("cpu")
+            elif name == "alloc.memory_free_bytes":
+                out[:, c] = allocation("memory")
+            elif name == "alloc.gpus_free":
+                out[:, c] = allocation("gpus")
+            elif name == "alloc.gpu_idle_share":
+                out[:, c] = allocation("share")
+            elif name == "fit.cpu_utilisation_after":
+                cores = metric("cpu_cores")
+                out[:, c] = metric("cpu_utilisation") + np.divide(
+                    pod.cpu_cores, cores, out=np.full(k, np.nan), where=cores > 0)
+            elif name == "fit.memory_available_after":
+                total = metric("memory_total_bytes")
+                out[:, c] = metric("memory_available_ratio") - np.divide(
+                    pod.memory_bytes, total, out=np.full(k, np.nan), where=total > 0)
+            elif name == "fit.cpu_free_after_cores":
+                out[:, c] = allocation("cpu") - pod.cpu_cores
+            else:  # load_model refuses such models; a FeatureSet built by hand may not
+                raise KeyError(f"unknown feature {name!r}")
+        return out
+
+
+# --- loading and the term -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LearnedModel:
+    """A loaded model file: its header and the LightGBM booster."""
+
+    path: str
+    file: ModelFile
+    booster: Any
+    """lightgbm.Booster (untyped library)."""
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.file.features
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        """P(deadline miss) per row of `x`, in one call; one thread, so that a request never
+        waits for an OpenMP team on a busy machine."""
+        return np.asarray(self.booster.predict(x, num_threads=1), dtype=np.float64)
+
+    def describe(self) -> str:
+        """One line for explanations: which model, trained on what."""
+        t = self.file.training
+        return (f"learned model {Path(self.path).name} (format {self.file.version}, "
+                f"{self.file.created}): 1 - P(deadline miss) / {self.file.goodness_scale:.3g} from "
+                f"{len(self.features)} "
+                f"features, trained on {t.samples} {t.source} samples")
+
+
+def read_model(path: str | Path) -> LearnedModel:
+    """Load and check a model file; ModelError with the path and the reason."""
+    import lightgbm
+
+    where = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{where}: cannot read the model file: {exc.strerror or exc}") from exc
+    try:
+        header = msgspec.json.decode(raw, type=_Header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelError(f"{where}: not a model file (expected JSON from `extender learn`): "
+                         f"{exc}") from exc
+    if header.format != FORMAT:
+        raise ModelError(f"{where}: not a model file: format {header.format!r}, expected "
+                         f"{FORMAT!r}")
+    if header.version != FORMAT_VERSION:
+        raise ModelError(f"{where}: model format version {header.version} is not supported "
+                         f"(this extender reads version {FORMAT_VERSION}; retrain with "
+                         "`extender learn`)")
+    try:
+        file = msgspec.json.decode(raw, type=ModelFile)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelError(f"{where}: corrupt model file: {exc}") from exc
+    if file.label != LABEL:
+        raise ModelError(f"{where}: the model predicts {file.label!r}, expected {LABEL!r}")
+    unknown = [f for f in file.features if f not in POD_FEATURES + ALLOCATION_FEATURES
+               + FIT_FEATURES and not f.startswith("node.")]
+    if unknown:
+        raise ModelError(f"{where}: unknown features {', '.join(unknown)}")
+    if hashlib.sha256(file.model.encode()).hexdigest() != file.model_sha256:
+        raise ModelError(f"{where}: corrupt model file: the model text does not match its "
+                         "checksum (model_sha256)")
+    try:
+        booster = lightgbm.Booster(model_str=file.model)
+    except lightgbm.basic.LightGBMError as exc:
+        raise ModelError(f"{where}: corrupt model: LightGBM cannot parse it: {exc}") from exc
+    if not 0 < file.goodness_scale <= 1:
+        raise ModelError(f"{where}: corrupt model file: goodness_scale {file.goodness_scale} "
+                         "is not in (0, 1]")
+    if tuple(booster.feature_name()) != file.features:
+        raise ModelError(f"{where}: corrupt model file: the model's features "
+                         f"{booster.feature_name()} differ from the file's {list(file.features)}")
+    return LearnedModel(where, file, booster)
+
+
+_loaded: dict[tuple[str, int], LearnedModel] = {}
+_lock = threading.Lock()
+
+
+def load_model(path: str | Path, provided: Collection[str]) -> LearnedModel:
+    """`read_model`, then refuse a model needing features outside `provided`. Loads are cached
+    by path and modification time (every engine of a process shares one booster)."""
+    where = str(path)
+    try:
+        key = (os.path.abspath(where), os.stat(where).st_mtime_ns)
+    except OSError as exc:
+        raise ModelError(f"{where}: cannot read the model file: {exc.strerror or exc}") from exc
+    with _lock:
+        model = _loaded.get(key)
+        if model is None:
+            model = _loaded[key] = read_model(where)
+    check_features(model.features, provided, where)
+    return model
+
+
+def learned_term(model: LearnedModel, max_staleness_s: float) -> Callable[
+        [PodDemand, NodeTable, IntArray], FloatArray | None]:
+    """The `learned` derived term over `model`: 1 - P(miss) per candidate row, NaN for rows
+    the table does not know; one model call per evaluation, whatever the number of rows."""
+    features = FeatureSet(model.features, max_staleness_s)
+    scale = model.file.goodness_scale
+
+    def term(pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray | None:
+        if not len(rows):
+            return np.zeros(0)
+        p = model.predict(features.matrix(pod, table, rows))
+        goodness = np.maximum(1.0 - p / scale, 0.0)
+        return np.where(rows >= 0, goodness, np.nan)
+
+    return term
+
+
+def profile_uses_learned(profile: Profile) -> bool:
+    """Whether `profile` weights or filters on the `learned` term."""
+    return LEARNED_TERM in profile.weights or any(r.metric == LEARNED_TERM
+                                                  for r in profile.filters)
+
+
+def uses_learned(settings: Settings) -> bool:
+    """Whether a profile of `settings` uses the `learned` term."""
+    return any(map(profile_uses_learned, settings.policy.profiles.values()))
+
+
+def learned_term_for(settings: Settings) -> Callable[
+        [PodDemand, NodeTable, IntArray], FloatArray | None]:
+    """The `learned` term of `settings.policy.learned_model`, checked against what an engine
+    over the settings' catalog can provide; ModelError when the file cannot be used."""
+    path = settings.policy.learned_model
+    if path is None:
+        raise ModelError(f"{settings.source}: policy.learned_model: not set")
+    metrics = [entry.name for entry in settings.catalog]
+    provided = provided_features(metrics, all(m in metrics for m in ALLOCATION_METRICS))
+    return learned_term(load_model(path, provided), settings.cache.max_staleness_s)
