@@ -107,6 +107,9 @@ def demo_settings(base: Path, workdir: Path, prometheus_url: str) -> Path:
     relative = (data.get("monitoring") or {}).get("catalog_file",
                                                   Settings().monitoring.catalog_file)
     overrides["monitoring"] = {"catalog_file": str((base.parent / relative).resolve())}
+    model = (data.get("policy") or {}).get("learned_model")
+    if model:  # the `learned` term's model file, also relative to `base`
+        overrides["policy"]["learned_model"] = str((base.parent / model).resolve())
     path = workdir / "extender.yaml"
     path.write_text(yaml.safe_dump(merge(data, overrides), sort_keys=False))
     load_settings(path, environ={})

@@ -29,8 +29,6 @@ from tests.support import OPENB, settings
 
 pytestmark = pytest.mark.prometheus
 
-POWER = ("node_cpu_power_watts", "node_gpu_power_watts")
-
 
 @dataclass
 class Stacks:

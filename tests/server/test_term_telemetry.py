@@ -44,8 +44,9 @@ def test_terms_add_up_to_each_nodes_score_and_follow_the_cpu_value() -> None:
         assert score is not None
         assert sum(terms[node].values()) == pytest.approx(score, abs=0.5)  # score is rounded
     cpu = {node: terms[node]["cpu_utilisation"] for node in NODES}
-    # cpu weight 3 of 9 (GPU weights do not count): an idle CPU (0.1) gives 3/9 * 10 * 0.9.
-    assert cpu["node-1"] == pytest.approx(10 * 3 / 9 * 0.9, abs=1e-3)
+    # cpu weight 3 of 9 (GPU weights do not count), scored with the reference pod's core added
+    # (score_with_pod): node-1 at 0.1 of 32 cores gives 3/9 * 10 * (1 - 0.1 - 1/32).
+    assert cpu["node-1"] == pytest.approx(10 * 3 / 9 * (1 - 0.1 - 1 / 32), abs=1e-3)
     assert cpu["node-1"] > cpu["node-2"] > cpu["node-0"]
 
 
