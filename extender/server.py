@@ -30,7 +30,7 @@ from werkzeug.wsgi import get_content_length
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
 from extender.metrics.cache import MetricsCache, Snapshot, TableCollector
-from extender.monitoring.answers import score_reference, selfcheck
+from extender.monitoring.answers import reference_terms, score_reference, selfcheck
 from extender.monitoring.catalog import MonitoringCatalog
 from extender.monitoring.model import SelfCheck
 from extender.monitoring.query import RangeSource
@@ -98,6 +98,7 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
         telemetry.refreshed(snapshot)
         outcome = score_reference(extender, snapshot, clock())
         telemetry.set_node_scores(outcome.names, outcome.scores)
+        telemetry.set_node_terms(*reference_terms(settings, outcome, snapshot))
         if snapshot.refreshes == 1:
             log_selfcheck(selfcheck(extender, snapshot))
 

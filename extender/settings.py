@@ -172,8 +172,17 @@ class PrometheusSettings(Struct, frozen=True):
     retries: int = 1
     """Extra attempts per query on connection errors (the library's default is 3 with backoff)."""
     bearer_token_file: str | None = None
+    """Sent as `Authorization: Bearer`, read again on every query (projected tokens rotate)."""
     ca_file: str | None = None
+    """CA bundle that signed an https Prometheus' certificate (default: the system's)."""
     insecure_skip_verify: bool = False
+    client_cert_file: str | None = None
+    """Client certificate (PEM) for a Prometheus that requires one (mTLS); with client_key_file."""
+    client_key_file: str | None = None
+    basic_auth_username: str | None = None
+    """HTTP basic auth (Prometheus' `basic_auth_users`); the password comes from a file."""
+    basic_auth_password_file: str | None = None
+    """Read again on every query, so a rotated Secret needs no restart."""
     headers: dict[str, str] = {}
 
 
@@ -292,6 +301,12 @@ class MonitoringSettings(Struct, frozen=True):
     """Answers with more series get 422: narrow the selector."""
     result_cache_ttl_s: float = 10.0
     result_cache_size: int = 256
+    term_telemetry: bool = True
+    """Serve `extender_node_score_term{node,term}` on /metrics: the points each score term gave
+    the reference pod on each node, from the same evaluation as `extender_node_score`."""
+    term_telemetry_max_nodes: int = 200
+    """Above this many nodes the per-term series are not served (nodes x terms series: 200 nodes
+    of the default profile are ~1800); `extender_node_score` stays."""
 
 
 class InformerSettings(Struct, frozen=True):
@@ -662,12 +677,21 @@ def validate(settings: Settings) -> None:
         "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
+        "monitoring.term_telemetry_max_nodes": settings.monitoring.term_telemetry_max_nodes,
     }
     require_positive(src, positive)
     if not 0 <= settings.cache.missing_score <= 10:
         raise ConfigError(f"{src}: cache.missing_score: expected 0..10, got {settings.cache.missing_score}")
     if settings.prometheus.retries < 0:
         raise ConfigError(f"{src}: prometheus.retries: expected >= 0")
+    prom = settings.prometheus
+    for first, second in (("client_cert_file", "client_key_file"),
+                          ("basic_auth_username", "basic_auth_password_file")):
+        if (getattr(prom, first) is None) != (getattr(prom, second) is None):
+            raise ConfigError(f"{src}: prometheus.{first}, {second}: set both or neither")
+    if prom.bearer_token_file and prom.basic_auth_username:
+        raise ConfigError(f"{src}: prometheus.bearer_token_file, basic_auth_username: both set "
+                          "the Authorization header; choose one")
     tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
     if (tls[0] is None) != (tls[1] is None):
         raise ConfigError(f"{src}: server.tls_cert_file, tls_key_file: set both or neither")

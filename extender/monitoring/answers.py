@@ -6,6 +6,8 @@ node's view, the reference pod's score and the self-check are computed one way e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from extender.metrics.cache import Snapshot
 from extender.monitoring.model import (
     CacheView,
@@ -15,8 +17,10 @@ from extender.monitoring.model import (
     SelfCheck,
 )
 from extender.policies.engine import Outcome
-from extender.policies.model import PodDemand
+from extender.policies.model import FloatArray, PodDemand
+from extender.policies.scoring import term_points
 from extender.service import Extender
+from extender.settings import Settings
 
 
 def reference_pod(extender: Extender) -> PodDemand:
@@ -30,6 +34,20 @@ def score_reference(extender: Extender, snapshot: Snapshot, now: float) -> Outco
     """Evaluate the reference pod on every node of the snapshot."""
     return extender.engine.decide(reference_pod(extender), snapshot.table,
                                   snapshot.table.names, now)
+
+
+def reference_terms(settings: Settings, outcome: Outcome, snapshot: Snapshot
+                    ) -> tuple[Sequence[str], Sequence[str], FloatArray | None]:
+    """(nodes, terms, points) of the reference pod's `outcome` for `extender_node_score_term`:
+    what each term gave each node, from the same evaluation as its score; points None when
+    `monitoring.term_telemetry` is off or the table has more than `term_telemetry_max_nodes`
+    nodes (the series would be nodes x terms)."""
+    names = outcome.names
+    monitoring = settings.monitoring
+    if not monitoring.term_telemetry or len(names) > monitoring.term_telemetry_max_nodes:
+        return names, (), None
+    terms, points = term_points(outcome.detail(range(len(names))), snapshot.table.metrics)
+    return names, terms, points
 
 
 def cache_view(snapshot: Snapshot, now: float) -> CacheView:

@@ -313,6 +313,30 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
                       compiled.score_with_pod)
 
 
+def term_points(ev: Evaluation, metrics: Sequence[str]) -> tuple[tuple[str, ...], FloatArray]:
+    """What each weighted term gave each candidate of `ev`, in points of the 0..10 score before
+    rounding (a row sums to the unrounded score): `(term names, (k, terms) points)`.
+
+    `metrics` are the columns of the table `ev` was computed on. Metric terms with a weight come
+    first, in column order, then the derived terms. A term a node lacked counts what its
+    `on_missing` policy imputed; a term dropped for all, or a node with no counted term at all
+    (it got `missing_score`), gives 0."""
+    counted = (ev.fresh | ev.imputed) * ev.weights
+    weighted = np.flatnonzero(ev.weights > 0)
+    numerators = [counted[:, weighted] * np.where(counted[:, weighted] > 0,
+                                                  ev.goodness[:, weighted], 0.0)]
+    denominator = counted.sum(axis=1)
+    for term, weight in ev.derived_weights.items():
+        goodness = ev.derived[term]
+        ok = ~np.isnan(goodness)
+        numerators.append(np.where(ok, weight * np.nan_to_num(goodness), 0.0)[:, None])
+        denominator = denominator + np.where(ok, weight, 0.0)
+    points = np.hstack(numerators) if numerators else np.zeros((len(ev.rows), 0))
+    scale = np.divide(MAX_SCORE, denominator, out=np.zeros(len(ev.rows)), where=denominator > 0)
+    names = (*(metrics[j] for j in weighted.tolist()), *ev.derived_weights)
+    return names, points * scale[:, None]
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a node failed the filter: a short code (metric label, `stale`, `missing`, `unknown`)

@@ -133,6 +133,7 @@ def extender_config(workdir: Path, plane: ControlPlane, prometheus_url: str,
     path.write_text(yaml.safe_dump(merge(read_yaml(CONFIG), {
         "catalog_file": str(REPO / "config" / "catalog.yaml"),
         "monitoring": {"catalog_file": str(REPO / "config" / "monitoring.yaml")},
+        "policy": {"learned_model": str(REPO / "config" / "learned-model.json")},
         "prometheus": {"url": prometheus_url, "query_timeout_s": 2, "retries": 0},
         "cache": {"refresh_interval_s": 1, "rate_window": "5s", "max_staleness_s": 20},
         "estimate": {"window": "30s"},
