@@ -111,7 +111,7 @@ class _OwnerReference(msgspec.Struct):
     controller: bool | None = None
 
 
-class _Meta(msgspec.Struct):
+class _WatchedMeta(msgspec.Struct):
     uid: str = ""
     name: str = ""
     namespace: str = ""
@@ -121,7 +121,7 @@ class _Meta(msgspec.Struct):
     ownerReferences: list[_OwnerReference] | None = None  # noqa: N815
 
 
-class _Condition(msgspec.Struct):
+class _WatchedCondition(msgspec.Struct):
     type: str = ""
     status: str = ""
     lastTransitionTime: str | None = None  # noqa: N815
@@ -129,23 +129,23 @@ class _Condition(msgspec.Struct):
 
 class _Status(msgspec.Struct):
     phase: str | None = None
-    conditions: list[_Condition] | None = None
+    conditions: list[_WatchedCondition] | None = None
 
 
-class _Pod(msgspec.Struct):
-    metadata: _Meta = msgspec.field(default_factory=_Meta)
+class _WatchedPod(msgspec.Struct):
+    metadata: _WatchedMeta = msgspec.field(default_factory=_WatchedMeta)
     spec: PodSpec = msgspec.field(default_factory=PodSpec)
     status: _Status = msgspec.field(default_factory=_Status)
 
 
-class _ListMeta(msgspec.Struct):
+class _WatchedListMeta(msgspec.Struct):
     resourceVersion: str = ""  # noqa: N815
     continue_: str | None = msgspec.field(default=None, name="continue")
 
 
-class _PodList(msgspec.Struct):
-    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
-    items: list[_Pod] | None = None
+class _WatchedPodList(msgspec.Struct):
+    metadata: _WatchedListMeta = msgspec.field(default_factory=_WatchedListMeta)
+    items: list[_WatchedPod] | None = None
 
 
 class WatchEvent(msgspec.Struct):
@@ -181,17 +181,17 @@ def _timestamp(value: str | None) -> float | None:
         return None
 
 
-def _owner(meta: _Meta) -> tuple[str | None, str | None]:
+def _owner(meta: _WatchedMeta) -> tuple[str | None, str | None]:
     owners = meta.ownerReferences or []
     chosen = next((o for o in owners if o.controller), owners[0] if owners else None)
     return (chosen.kind, chosen.name) if chosen else (None, None)
 
 
-def _is_bound(pod: _Pod) -> bool:
+def _is_bound(pod: _WatchedPod) -> bool:
     return bool(pod.spec.nodeName) and pod.status.phase not in FINISHED and not pod.metadata.deletionTimestamp
 
 
-def bound_pod(pod: _Pod, first_seen: float) -> BoundPod:
+def bound_pod(pod: _WatchedPod, first_seen: float) -> BoundPod:
     """The BoundPod of a bound pod; `first_seen` is its bound time when the pod says none."""
     try:
         requests = pod_requests(pod.spec)
@@ -382,7 +382,7 @@ class PodInformer:
                               key=lambda change: change[0].bound_at)
             self._notify(changes)
 
-    def _apply(self, event_type: str, pod: _Pod) -> None:
+    def _apply(self, event_type: str, pod: _WatchedPod) -> None:
         now = self._clock()
         uid = pod.metadata.uid
         with self._lock:
@@ -441,7 +441,7 @@ class PodInformer:
             if token:
                 page_kwargs["_continue"] = token
             resp = self._call(fn, page_kwargs, self.settings.request_timeout_s)
-            page = msgspec.json.decode(resp.data, type=_PodList)
+            page = msgspec.json.decode(resp.data, type=_WatchedPodList)
             for pod in page.items or ():
                 if _is_bound(pod):
                     known = old.get(pod.metadata.uid)
@@ -477,7 +477,7 @@ class PodInformer:
                         self._last_event = self._clock()
                     yield msgspec.json.decode(event.object, type=_Bookmark).metadata.resourceVersion
                     continue
-                pod = msgspec.json.decode(event.object, type=_Pod)
+                pod = msgspec.json.decode(event.object, type=_WatchedPod)
                 self._apply(event.type, pod)
                 yield pod.metadata.resourceVersion
         finally:
