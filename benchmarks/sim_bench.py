@@ -350,7 +350,8 @@ the default list, load 10, seed 42, with `score_with_pod` off (the profile as it
 - Every deadline miss at these loads is a pod that fits nowhere by requests when it arrives
   (120-core 8-GPU pods: the 39 128-core 8-GPU nodes hold smaller pods), not contention; p99 task
   slowdown is 1.000 for every policy (fewer than 1% of tasks are slowed at all).
-- Fix: `hotspot.score_with_pod` (on in `metrics-aware`) scores the CPU and memory terms on usage
+- Fix: `hotspot.score_with_pod` (on in `metrics-aware` for these sweeps; shipped off, see the
+  HTTP cost below) scores the CPU and memory terms on usage
   plus the pod's requests, as Trimaran's TargetLoadPacking predicts; the filter rules keep their
   meaning (the verdicts still come from the shared per-table baseline, only the scores are per
   pod). Pinned by `tests/sim/test_sim_contention.py` (a two-node cluster where kube-default and

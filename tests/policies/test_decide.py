@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from extender.policies.engine import Context, Engine, Outcome
 from extender.policies.model import NodeTable, PodDemand
 from extender.policies.scoring import UNKNOWN_NODE, format_value
+from tests.support import WITH_POD
 from tests.support import settings as load
 
 NOW = 1_000_000.0
@@ -83,8 +84,10 @@ def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
     assert engine.compiled("gpu", table.metrics, None).per_pod
     engine.decide(pod, table, NODES, NOW)
     assert engine._baselines == {}
-    # The default profile scores with the pod's own requests (`score_with_pod`): its scores are
-    # per pod, its verdicts (rules on the node without the pod) still come from a baseline.
+    # With `score_with_pod` the default profile's scores are per pod; its verdicts (rules on the
+    # node without the pod) still come from a baseline.
+    s = load(cache={"missing_data": "neutral"}, server={"unknown_nodes": "neutral"}, **WITH_POD)
+    engine = Engine(s)
     compiled = engine.compiled(s.policy.default, table.metrics, None)
     assert compiled.per_pod and compiled.per_pod_scores_only
     pod = PodDemand(namespace="ns", name="c", cpu_cores=3, memory_bytes=2**33)

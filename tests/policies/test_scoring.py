@@ -16,7 +16,7 @@ from extender.policies.model import (
 )
 from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.settings import Settings
-from tests.support import settings
+from tests.support import WITH_POD, settings
 
 NOW = 1_000_000.0
 POD = PodDemand(namespace="ns", name="p", uid="u1", cpu_cores=1, memory_bytes=2**30)
@@ -303,11 +303,11 @@ def test_bad_weight_annotations_raise(text: str) -> None:
         parse_weights(text)
 
 
-def test_default_profile_scores_cpu_and_memory_with_the_pods_own_requests() -> None:
+def test_score_with_pod_scores_cpu_and_memory_with_the_pods_own_requests() -> None:
     """Two idle nodes score the same on usage alone; with the pod's requests added, the node the
     pod would nearly fill scores lower. The CPU filter (no `with_pod`) still checks the node as
     it is: the small node is not rejected, only scored down."""
-    s = settings()
+    s = settings(**WITH_POD)
     assert s.profile().hotspot.score_with_pod
     rows = {"small": {"cpu_utilisation": 0.0, "memory_available_ratio": 1.0, "cpu_cores": 16},
             "large": {"cpu_utilisation": 0.0, "memory_available_ratio": 1.0, "cpu_cores": 64}}

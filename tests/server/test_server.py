@@ -9,7 +9,7 @@ from flask import Flask
 
 from extender import localserver
 from extender.kube import ApiBinder, ApiEventSink
-from tests.support import RecordingBinder, StaticSource, app_for, fixture, healthy, sample, settings
+from tests.support import WITH_POD, RecordingBinder, StaticSource, app_for, fixture, healthy, sample, settings
 
 NODES = ["node-0", "node-1", "node-2", "node-3"]
 NOW = 1_800_000_000.0  # a fixed clock: data ages are exact
@@ -39,14 +39,14 @@ def test_shadow_mode_answers_neutrally_but_records_the_real_decision() -> None:
 
 
 def test_decision_explains_each_term_and_sums_to_the_score() -> None:
-    client = app_with().test_client()
+    client = app_with(**WITH_POD).test_client()
     client.post("/prioritize", json=REQUEST)
     decision = client.get("/api/v1/decisions?pod=default/cache-plain&limit=1").get_json()["decisions"][0]
     best = decision["nodes"][0]
     assert best["node"] == decision["chosen"] == "node-1"
     assert best["score"] == round(sum(t["contribution"] for t in best["terms"]))
     cpu = next(t for t in best["terms"] if t["metric"] == "cpu_utilisation")
-    # The default profile scores usage with the pod's own requests added (score_with_pod),
+    # With score_with_pod the profile scores usage with the pod's own requests added,
     # and says so: node-1 is at 10% of its cores before the pod.
     assert cpu["value"] > 0.10 and cpu["weight"] == 3 and cpu["fresh"] is True
     assert "with this pod" in cpu["note"]
@@ -54,7 +54,7 @@ def test_decision_explains_each_term_and_sums_to_the_score() -> None:
 
 
 def test_filter_decision_explains_the_rejected_nodes_and_the_only_one_left() -> None:
-    client = app_with().test_client()
+    client = app_with(**WITH_POD).test_client()
     client.post("/filter", json=REQUEST)
     decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]
     assert decision["verb"] == "filter" and decision["chosen"] is None

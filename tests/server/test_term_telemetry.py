@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import StaticSource, app_for, healthy, sample, settings
+from tests.support import WITH_POD, StaticSource, app_for, healthy, sample, settings
 
 NODES = ["node-0", "node-1", "node-2"]
 NOW = 1_800_000_000.0
 
 
 def metrics_page(**monitoring: Any) -> str:
-    s = settings(monitoring=monitoring) if monitoring else settings()
+    s = settings(monitoring=monitoring, **WITH_POD) if monitoring else settings(**WITH_POD)
     values = healthy(NODES, cpu_utilisation={"node-0": 0.8, "node-1": 0.1, "node-2": 0.4})
     app = app_for(s, StaticSource(s, values), start_refresher=False, clock=lambda: NOW)
     app.extensions["extender"].cache.refresh()

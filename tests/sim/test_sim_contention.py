@@ -12,6 +12,7 @@ from extender.policies.fragmentation import TargetWorkload
 from extender.settings import Settings, load_settings
 from extender.sim.policies import build
 from extender.sim.replay import ReplayResult, run_replay
+from tests.support import WITH_POD
 
 SMALL = (16000, 65536, 0, "")
 LARGE = (40000, 131072, 0, "")
@@ -45,14 +46,14 @@ def replay(settings: Settings, policy: str, seed: int = 42) -> ReplayResult:
 
 def test_kube_default_piles_the_large_pod_onto_the_small_node() -> None:
     """The premise: by requests the small node wins, and it runs hot."""
-    settings = load_settings("config/extender.yaml", environ={})
+    settings = load_settings("config/extender.yaml", environ={}, overrides=WITH_POD)
     result = replay(settings, "kube-default")
     assert result.placed == 2 * EPISODES
     assert result.hotspot_node_minutes > 100
 
 
-def test_default_profile_halves_kube_defaults_hot_spots_here() -> None:
-    settings = load_settings("config/extender.yaml", environ={})
+def test_score_with_pod_halves_kube_defaults_hot_spots_here() -> None:
+    settings = load_settings("config/extender.yaml", environ={}, overrides=WITH_POD)
     default = settings.policy.default
     base = replay(settings, "kube-default")
     ours = replay(settings, default)
@@ -63,7 +64,7 @@ def test_default_profile_halves_kube_defaults_hot_spots_here() -> None:
 def test_without_scoring_with_the_pod_the_default_profile_places_like_kube_default() -> None:
     """What the profile did before: an idle node scores 10 whatever the pod's size, so the
     in-tree LeastAllocated decides (the switch is what makes the difference)."""
-    settings = load_settings("config/extender.yaml", environ={})
+    settings = load_settings("config/extender.yaml", environ={}, overrides=WITH_POD)
     name = settings.policy.default
     profile = settings.policy.profiles[name]
     off = msgspec.structs.replace(profile, hotspot=msgspec.structs.replace(
