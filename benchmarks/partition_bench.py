@@ -32,9 +32,9 @@ from benchmarks.results import markdown_table, write_section
 from extender.localserver import wait_until
 from extender.partition.plan import (
     HASH_ANNOTATION,
-    NodeView,
+    ObservedNode,
+    ObservedWorker,
     Resources,
-    WorkerView,
     plan,
     render_worker,
 )
@@ -48,26 +48,28 @@ VERBS = ("list", "watch", "create", "delete", "update")
 
 def settings() -> PartitionSettings:
     base = load_partition_settings("config/partition.yaml", environ={})
+    # The fake API serves no Services; the COMPSs files have their own benchmark (compss_bench).
+    compss = msgspec.structs.replace(base.compss, enabled=False)
     return msgspec.structs.replace(base, namespace=NS, min_reconcile_interval_s=0.05,
-                                   resync_interval_s=600.0, metrics_port=0)
+                                   resync_interval_s=600.0, metrics_port=0, compss=compss)
 
 
-def cluster(n: int, cfg: PartitionSettings) -> tuple[dict[str, NodeView], list[WorkerView]]:
+def cluster(n: int, cfg: PartitionSettings) -> tuple[dict[str, ObservedNode], list[ObservedWorker]]:
     """N heterogeneous nodes, each with its current, ready worker."""
-    nodes: dict[str, NodeView] = {}
-    workers: list[WorkerView] = []
+    nodes: dict[str, ObservedNode] = {}
+    workers: list[ObservedWorker] = []
     for i in range(n):
-        view = NodeView(name=f"node-{i:05d}",
+        view = ObservedNode(name=f"node-{i:05d}",
                         allocatable=Resources(4000 * (1 + i % 4), 2**34 * (1 + i % 3), i % 5 // 4 * 4))
         nodes[view.name] = view
         meta = render_worker(view, cfg)["metadata"]
-        workers.append(WorkerView(name=meta["name"], node=view.name,
+        workers.append(ObservedWorker(name=meta["name"], node=view.name,
                                   spec_hash=meta["annotations"][HASH_ANNOTATION],
                                   phase="Running", ready=True))
     return nodes, workers
 
 
-def naive_plan(nodes: dict[str, NodeView], applied: dict[str, dict[str, object]],
+def naive_plan(nodes: dict[str, ObservedNode], applied: dict[str, dict[str, object]],
                cfg: PartitionSettings) -> list[str]:
     """The baseline planner: render every worker and compare it with the applied manifest."""
     return [name for name, view in nodes.items() if render_worker(view, cfg) != applied.get(name)]
@@ -89,7 +91,7 @@ def planning(n: int, repeat: int) -> dict[str, float]:
     steady = median_ms(lambda: plan(nodes, workers, cfg, now=now), repeat)
     changed = dict(nodes)
     first = next(iter(changed))
-    changed[first] = NodeView(name=first, allocatable=changed[first].allocatable, unschedulable=True)
+    changed[first] = ObservedNode(name=first, allocatable=changed[first].allocatable, unschedulable=True)
     one_change = median_ms(lambda: plan(changed, workers, cfg, now=now), repeat)
     actions = plan(changed, workers, cfg, now=now).actions
     assert [(a.kind, a.node) for a in actions] == [("delete", first)], actions

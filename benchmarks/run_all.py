@@ -10,7 +10,11 @@ BENCHMARKS = (
     ("benchmarks.http_bench", "HTTP: extender under gunicorn vs a parse-only floor"),
     ("benchmarks.sim_bench", "Simulation: OpenB saturation and replay, all policies"),
     ("benchmarks.partition_bench", "Partition controller: planning and API calls"),
+    ("benchmarks.compss_bench", "Partition controller: COMPSs files"),
     ("benchmarks.informer_bench", "Pod informer: CPU and memory at 5000 nodes / 50 000 pods"),
+    ("benchmarks.scheduler_bench", "kube-scheduler throughput with the extender, informer on/off"),
+    ("benchmarks.rebalance_bench", "Rebalancer in the replay: benefit vs cost"),
+    ("benchmarks.learn_bench", "Learned policy: training, inference cost, replay comparison"),
 )
 
 

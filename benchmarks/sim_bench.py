@@ -5,6 +5,12 @@ to the figures published in the FGD paper (Weng et al., ATC'23), and the replay'
 deadline misses and energy. Plots and summary CSVs go to out/bench-sim/.
 
     python -m benchmarks.sim_bench [--seeds 10] [--ours-seeds 3] [--replay-seeds 1]
+    python -m benchmarks.sim_bench --sweep-only [--lists default,cpu050,gpushare40]
+
+Also writes section `simulation-sweep`: the replay at several loads (arrival speed-ups) for
+kube-default, FGD and every policy name the simulator knows beyond the old heuristic baselines
+(the profiles of the configuration, and any policy added since, e.g. a learned one), with the
+comparison table (mean ± sd over seeds, paired difference to kube-default by seed).
 """
 
 from __future__ import annotations
@@ -13,13 +19,25 @@ import argparse
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.results import markdown_table, write_section
-from extender.settings import load_settings
+from extender.settings import Settings, load_settings
+from extender.sim import policies as registry
 from extender.sim.cli import simulate
 from extender.sim.replay import ReplayResult
-from extender.sim.report import SummaryRow, mean_spread, plot, print_table, write_summary
+from extender.sim.report import (
+    SummaryRow,
+    comparison,
+    loads_of,
+    mean_spread,
+    plot,
+    plot_sweep,
+    print_table,
+    read_summary,
+    write_summary,
+)
 from extender.sim.saturation import SaturationResult
 
 TRACE = Path(__file__).resolve().parents[1] / "data" / "openb"
@@ -32,6 +50,32 @@ OURS = ["metrics-aware", "gpu", "power"]
 GPU_OVERLAY = ("gpu", "none", "gpu (in-tree scoring off)")
 """The `gpu` profile as manifests/overlays/gpu deploys it: resource score plugins disabled."""
 OUT = Path("out/bench-sim")
+LOADS = (1.0, 5.0, 10.0, 20.0, 40.0)
+SWEEP_LISTS = ("default", "cpu050", "gpushare40")
+"""Pod lists with arrival times (multigpu50 has none); cpu050 is the CPU-heavy one."""
+NOT_SWEPT = ("random", "best-fit", "dot-product", "gpu-packing", "gpu-clustering", "trimaran-tlp")
+"""Heuristic baselines left out of the sweep (the saturation section has them)."""
+
+
+def sweep_policies(settings: Settings) -> list[str]:
+    """kube-default, the default profile, then every other name the simulator knows (FGD, the
+    other profiles, any policy added since): picks up new policies without code changes."""
+    names = [n for n in registry.names(settings) if n not in NOT_SWEPT]
+    first = ["kube-default", settings.policy.default]
+    return [*first, *[n for n in names if n not in first]]
+
+
+def kind(name: str, settings: Settings) -> str:
+    """The family of a policy in the comparison: the default profile is the deterministic
+    weighted algorithm; a policy or profile using a learned model is learned; the rest are
+    heuristics."""
+    profile = settings.policy.profiles.get(name)
+    terms = set(profile.weights) if profile is not None else set()
+    if "learn" in name or any("learn" in term for term in terms):
+        return "learned"
+    if name == settings.policy.default:
+        return "deterministic"
+    return "heuristic"
 
 
 def _pct(values: list[float]) -> str:
@@ -45,7 +89,34 @@ def main() -> int:
     parser.add_argument("--ours-seeds", type=int, default=3, help="saturation seeds per profile")
     parser.add_argument("--replay-seeds", type=int, default=1)
     parser.add_argument("--config", type=Path, default=Path("config/extender.yaml"))
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the load sweep (section simulation-sweep)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the load sweep")
+    parser.add_argument("--loads", default=",".join(f"{x:g}" for x in LOADS))
+    parser.add_argument("--sweep-seeds", type=int, default=3)
+    parser.add_argument("--lists", default=",".join(SWEEP_LISTS),
+                        help="pod lists of the sweep (openb_pod_list_NAME.csv)")
+    parser.add_argument("--policies", default="",
+                        help="sweep only these policies (default: see sweep_policies)")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="rewrite the sweep section from the summary CSVs of the last run "
+                             "(out/bench-sim/sweep-LIST/summary.csv) without running anything")
+    parser.add_argument("--first", type=int, default=0,
+                        help="sweep only the first N pods of each list by arrival (a time "
+                             "window from the first arrival; 0: the whole list)")
     args = parser.parse_args()
+    if args.rewrite:
+        lists = [x for x in args.lists.split(",") if x]
+        rewrite(load_settings(args.config), lists, args.first)
+        return 0
+    if not args.no_sweep:
+        settings = load_settings(args.config)
+        policies = ([p for p in args.policies.split(",") if p] if args.policies
+                    else sweep_policies(settings))
+        sweep(settings, policies, [float(x) for x in args.loads.split(",")], args.sweep_seeds,
+              [x for x in args.lists.split(",") if x], args.first)
+    if args.sweep_only:
+        return 0
     gpu_nodes = TRACE / "openb_node_list_gpu_node.csv"
     all_nodes = TRACE / "openb_node_list_all_node.csv"
     pods = TRACE / "openb_pod_list_default.csv"
@@ -135,6 +206,169 @@ def main() -> int:
                          "python -m benchmarks.sim_bench", body)
     print(f"wrote {path}")
     return 0
+
+
+def first_pods(source: Path, count: int, out: Path) -> Path:
+    """The first `count` pods of `source` by creation time, as a pod list CSV in `out`."""
+    import csv
+
+    with source.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = sorted(reader, key=lambda r: float(r["creation_time"]))[:count]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"first{count}-{source.name}"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def sweep(settings: Settings, policies: Sequence[str], loads: Sequence[float], seeds: int,
+          lists: Sequence[str], first: int = 0) -> None:
+    """Run the load sweep on each pod list (its `first` pods only, when > 0) and write section
+    `simulation-sweep`."""
+    all_nodes = TRACE / "openb_node_list_all_node.csv"
+    parts = [
+        f"Replay on all 1523 nodes, every policy at every load (arrival speed-up; durations "
+        f"kept), seeds 42..{41 + seeds}; same usage draws for every policy of a seed. Each "
+        "cell: mean ± sd over seeds, then (Δ mean ± sd) the paired difference to kube-default "
+        "by seed. Kinds: deterministic = the default profile (weighted metrics), heuristic = "
+        "the other profiles, FGD and kube-default, learned = any policy using a trained model.",
+    ]
+    if first:
+        parts.append(f"**A slice of the trace**: only the first {first} pods of each list by "
+                     "arrival (a time window from the first arrival), not the whole list; "
+                     "figures are for that window.")
+    kinds = {p: kind(p, settings) for p in policies}
+    done: list[str] = []
+    for name in lists:
+        pods = TRACE / f"openb_pod_list_{name}.csv"
+        if first:
+            pods = first_pods(pods, first, OUT / "slices")
+        rows: list[SummaryRow] = []
+        timing = []
+        out = OUT / f"sweep-{name}"
+        for policy in policies:
+            start = time.perf_counter()
+            outcome = simulate(all_nodes, pods, "replay", [policy], seeds, settings=settings,
+                               loads=loads, progress=print)
+            timing.append([policy, f"{time.perf_counter() - start:.0f}"])
+            rows.extend(outcome.rows)
+            write_summary(rows, out / "summary.csv")
+            headers, table = comparison(rows, "kube-default", kinds)
+            # Written after every policy: a sweep cut short still leaves what it measured.
+            current = [f"### Pod list `{name}`", markdown_table(headers, table),
+                       "Wall time of the whole sweep per policy (all loads and seeds, s): "
+                       + ", ".join(f"{p} {t}" for p, t in timing) + ".",
+                       f"Plots (one per metric against load) and per-seed CSV: `{out}/`."]
+            _write_sweep(lists, [*parts, *done, *current])
+        plot_sweep(rows, out)
+        print_table(rows, f"load sweep: {name}", comparison(rows, "kube-default", kinds))
+        done += current
+
+
+def verdict(rows: Sequence[SummaryRow], default: str) -> str:
+    """Issue 17's target, checked: at every load where kube-default has >= 100 hot-spot
+    node-minutes (mean over seeds), the default profile has <= 50% of its hot-spot node-minutes
+    and of its deadline misses."""
+    lines = []
+    for load in loads_of(rows):
+        def mean(policy: str, field: str, at: float = load) -> float:
+            return mean_spread([getattr(r, field) for r in rows
+                                if r.policy == policy and r.load == at])[0]
+
+        base_hot, ours_hot = mean("kube-default", "hotspot_node_minutes"), mean(
+            default, "hotspot_node_minutes")
+        if math.isnan(base_hot) or math.isnan(ours_hot) or base_hot < 100:
+            continue
+        base_miss, ours_miss = mean("kube-default", "deadline_miss_rate"), mean(
+            default, "deadline_miss_rate")
+        hot_ok = ours_hot <= 0.5 * base_hot
+        miss_ok = ours_miss <= 0.5 * base_miss
+        lines.append(f"- load {load:g}: hot-spot node-min {ours_hot:.0f} vs {base_hot:.0f} "
+                     f"({ours_hot / base_hot:.0%}, {'met' if hot_ok else 'MISSED'}); deadline "
+                     f"misses {ours_miss * 100:.3f}% vs {base_miss * 100:.3f}% "
+                     f"({'met' if miss_ok else 'MISSED'})")
+    if not lines:
+        return f"Target check (`{default}` vs kube-default): no load with >= 100 hot-spot node-min."
+    return (f"Target check (`{default}` <= 50% of kube-default's hot spots and misses where "
+            "kube-default has >= 100 hot-spot node-min):\n" + "\n".join(lines))
+
+
+def rewrite(settings: Settings, lists: Sequence[str], first: int = 0) -> None:
+    """Section(s) of the sweep again from the per-list summary CSVs, without running."""
+    parts = [SWEEP_INTRO + (SLICE_NOTE.format(first=first) if first else "")]
+    policies: list[str] = []
+    for name in lists:
+        rows = read_summary(OUT / f"sweep-{name}" / "summary.csv")
+        policies = list(dict.fromkeys(r.policy for r in rows))
+        kinds = {p: kind(p, settings) for p in policies}
+        plot_sweep(rows, OUT / f"sweep-{name}")
+        headers, table = comparison(rows, "kube-default", kinds)
+        seeds = sorted({r.seed for r in rows})
+        parts += [f"### Pod list `{name}`", f"Seeds {seeds[0]}..{seeds[-1]}.",
+                  markdown_table(headers, table), verdict(rows, settings.policy.default),
+                  f"Plots (one per metric against load) and per-seed CSV: "
+                  f"`{OUT}/sweep-{name}/`."]
+    _write_sweep(lists, parts)
+
+
+SWEEP_INTRO = (
+    "Replay on all 1523 nodes, every policy at every load (arrival speed-up; durations kept); "
+    "the same usage draws for every policy of a seed. Each cell: mean ± sd over seeds, then "
+    "(Δ mean ± sd) the paired difference to kube-default by seed. Kinds: deterministic = the "
+    "default profile (weighted metrics), heuristic = the other profiles, FGD and kube-default, "
+    "learned = a policy using a trained model.")
+SLICE_NOTE = (" **A slice of the trace**: only the first {first} pods of each list by arrival "
+              "(a time window from the first arrival), not the whole list; figures are for that "
+              "window.")
+
+
+def _write_sweep(lists: Sequence[str], parts: list[str]) -> None:
+    """Section `simulation-sweep` (for the shipped lists; else one named after `lists`)."""
+    name = ("simulation-sweep" if tuple(lists) == SWEEP_LISTS
+            else "simulation-sweep-" + "-".join(lists))
+    path = write_section(name, f"Load sweep and comparison (OpenB replay: {', '.join(lists)})",
+                         "python -m benchmarks.sim_bench --sweep-only --lists "
+                         + ",".join(lists), "\n\n".join([*parts, SWEEP_NOTES]))
+    print(f"wrote {path}")
+
+
+SWEEP_NOTES = """Why the default profile used to equal kube-default (issue 17, item 2). Measured on
+the default list, load 10, seed 42, with `score_with_pod` off (the profile as it was):
+- Not the extender's weight: its scores count 5 x 10 x (0..10) = 0..500 against in-tree
+  LeastAllocated + BalancedAllocation's 0..200, and its scores do vary (levels 5..10 occur). Nor
+  the integer levels, the metric lag or the pending-load compensation: the extender's top nodes
+  differed from in-tree scoring's best nodes in only 74 of 8147 decisions, because both prefer
+  the least used nodes, and under these loads (GPU allocation 0.2-1%) usage and requests agree.
+- Every hot-spot minute (353 of 353) came from one task alone on a node: two Burstable 8-GPU
+  pods asking 88 cores and using 95 and 99, placed on idle 96-core nodes when the 128-core nodes
+  were partly allocated. The profile rated an idle node about 10 whatever the pod's size: its
+  CPU rule (90%) and terms look at usage before the pod, which is 0% there.
+- Every deadline miss at these loads is a pod that fits nowhere by requests when it arrives
+  (120-core 8-GPU pods: the 39 128-core 8-GPU nodes hold smaller pods), not contention; p99 task
+  slowdown is 1.000 for every policy (fewer than 1% of tasks are slowed at all).
+- Fix: `hotspot.score_with_pod` (on in `metrics-aware` for these sweeps; shipped off, see the
+  HTTP cost below) scores the CPU and memory terms on usage
+  plus the pod's requests, as Trimaran's TargetLoadPacking predicts; the filter rules keep their
+  meaning (the verdicts still come from the shared per-table baseline, only the scores are per
+  pod). Pinned by `tests/sim/test_sim_contention.py` (a two-node cluster where kube-default and
+  the old profile put a big pod on the node too small for it: 783 hot-spot node-minutes each,
+  the profile now 157) and the engine tests.
+- Saturation (`extender simulate --experiment saturation`, default list, GPU nodes, seeds 42-44,
+  3 seeds only for lack of time): metrics-aware 94.06 ± 0.11% with the switch, 93.96 ± 0.26%
+  without (paired +0.10 pp, sd 0.33), kube-default 93.76 ± 0.26% (paired +0.30 pp): no GPU
+  allocation lost.
+- What it does not fix: the misses (unschedulable 120-core pods) need the large nodes kept free
+  for the pods that only fit there (an FGD-like term against the target workload); adding
+  `gpu_fragmentation: 1` halved them at load 10 (2 vs 4, seed 42) but raised hot spots at load 40
+  (236 vs 163), `gpu_packing: 2` changed neither (development runs, 1 seed); `host_power_watts: 1` (what makes
+  the `power` profile meet the target: it keeps the large nodes free) gave mixed results on seeds
+  42-43 (load 10: 60 and 456 hot-spot node-min vs kube-default's 353 and 2138, 3 and 2 misses vs 4
+  and 4; load 5: 0 and 603 vs 0 and 298). None shipped: issue 17's target for the default profile
+  is met only at load 40 (hot spots), see the target check above."""
 
 
 def _paired(rows: list[SummaryRow], ours: str, baseline: str) -> str:

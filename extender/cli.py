@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "nodes": ("extender.commands.nodes", "show the node snapshot from a live Prometheus"),
     "demo": ("extender.demo.cli", "run the self-contained demo (no cluster needed)"),
     "partition": ("extender.partition.cli", "run the partition controller"),
+    "rebalance": ("extender.rebalance.cli", "run the rebalancer (evicts from nodes that stay hot)"),
     "sidecar": ("extender.sidecar.cli", "run the deadline sidecar next to a worker"),
     "simulate": ("extender.sim.cli", "run the trace-driven simulator"),
     "learn": ("extender.learning.cli", "train the model of the `learned` score term"),

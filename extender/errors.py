@@ -5,7 +5,8 @@
     ├── ProtocolError          a kube-scheduler request body cannot be decoded
     │   └── BodyTooLarge       the body exceeds server.max_body_bytes
     └── MetricsError           Prometheus could not answer a query
-        ├── PrometheusUnreachable   connection refused, DNS, timeout
+        ├── PrometheusUnreachable   connection refused, DNS, timeout, TLS handshake
+        │   └── PrometheusRefused   HTTP 401/403: our credentials are wrong (no query can work)
         └── QueryFailed             Prometheus answered with an error (bad PromQL, 4xx/5xx)
 
 `extender.server` is the one place that maps these to HTTP answers.
@@ -34,6 +35,11 @@ class MetricsError(ExtenderError):
 
 class PrometheusUnreachable(MetricsError):
     """No HTTP answer from Prometheus (refused, timed out, DNS)."""
+
+
+class PrometheusRefused(PrometheusUnreachable):
+    """Prometheus (or the proxy in front of it) refused our credentials: every query would
+    fail alike, so the refresh treats it as unreachable (degraded, queries skipped)."""
 
 
 class QueryFailed(MetricsError):

@@ -77,6 +77,10 @@ class BoundPod:
     else when this informer first saw it bound."""
 
 
+PodListener = Callable[["BoundPod", bool], None]
+"""`(pod, bound)`: the pod is bound (True) or gone (False); see `PodInformer.subscribe`."""
+
+
 @dataclass(frozen=True, slots=True)
 class InformerStatus:
     """How live the informer's view is."""
@@ -107,7 +111,7 @@ class _OwnerReference(msgspec.Struct):
     controller: bool | None = None
 
 
-class _Meta(msgspec.Struct):
+class _WatchedMeta(msgspec.Struct):
     uid: str = ""
     name: str = ""
     namespace: str = ""
@@ -117,7 +121,7 @@ class _Meta(msgspec.Struct):
     ownerReferences: list[_OwnerReference] | None = None  # noqa: N815
 
 
-class _Condition(msgspec.Struct):
+class _WatchedCondition(msgspec.Struct):
     type: str = ""
     status: str = ""
     lastTransitionTime: str | None = None  # noqa: N815
@@ -125,23 +129,23 @@ class _Condition(msgspec.Struct):
 
 class _Status(msgspec.Struct):
     phase: str | None = None
-    conditions: list[_Condition] | None = None
+    conditions: list[_WatchedCondition] | None = None
 
 
-class _Pod(msgspec.Struct):
-    metadata: _Meta = msgspec.field(default_factory=_Meta)
+class _WatchedPod(msgspec.Struct):
+    metadata: _WatchedMeta = msgspec.field(default_factory=_WatchedMeta)
     spec: PodSpec = msgspec.field(default_factory=PodSpec)
     status: _Status = msgspec.field(default_factory=_Status)
 
 
-class _ListMeta(msgspec.Struct):
+class _WatchedListMeta(msgspec.Struct):
     resourceVersion: str = ""  # noqa: N815
     continue_: str | None = msgspec.field(default=None, name="continue")
 
 
-class _PodList(msgspec.Struct):
-    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
-    items: list[_Pod] | None = None
+class _WatchedPodList(msgspec.Struct):
+    metadata: _WatchedListMeta = msgspec.field(default_factory=_WatchedListMeta)
+    items: list[_WatchedPod] | None = None
 
 
 class WatchEvent(msgspec.Struct):
@@ -177,17 +181,17 @@ def _timestamp(value: str | None) -> float | None:
         return None
 
 
-def _owner(meta: _Meta) -> tuple[str | None, str | None]:
+def _owner(meta: _WatchedMeta) -> tuple[str | None, str | None]:
     owners = meta.ownerReferences or []
     chosen = next((o for o in owners if o.controller), owners[0] if owners else None)
     return (chosen.kind, chosen.name) if chosen else (None, None)
 
 
-def _is_bound(pod: _Pod) -> bool:
+def _is_bound(pod: _WatchedPod) -> bool:
     return bool(pod.spec.nodeName) and pod.status.phase not in FINISHED and not pod.metadata.deletionTimestamp
 
 
-def bound_pod(pod: _Pod, first_seen: float) -> BoundPod:
+def bound_pod(pod: _WatchedPod, first_seen: float) -> BoundPod:
     """The BoundPod of a bound pod; `first_seen` is its bound time when the pod says none."""
     try:
         requests = pod_requests(pod.spec)
@@ -285,6 +289,7 @@ class PodInformer:
         self._events = 0
         self._last_event: float | None = None
         self._rng = random.Random()
+        self._listeners: list[PodListener] = []
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -317,6 +322,25 @@ class PodInformer:
         self._up = False
         return ended
 
+    def subscribe(self, listener: PodListener) -> None:
+        """Call `listener(pod, bound)` from the informer's thread for every change: `bound`
+        True when the pod is (newly, or again) bound, False when it is gone. The pods known
+        already are replayed to it first. Listeners must be quick and must not raise."""
+        with self._lock:
+            known = sorted(self._pods.values(), key=lambda p: p.bound_at)
+            self._listeners.append(listener)
+        for pod in known:
+            listener(pod, True)
+
+    def _notify(self, changes: list[tuple[BoundPod, bool]]) -> None:
+        for listener in self._listeners:
+            for pod, bound in changes:
+                try:
+                    listener(pod, bound)
+                except Exception:  # noqa: BLE001 - a listener's bug must not stop the watch
+                    log.exception("pod informer: listener failed on %s/%s", pod.namespace,
+                                  pod.name)
+
     def wait_synced(self, timeout_s: float) -> bool:
         """Wait until the first full list has been applied; False on timeout."""
         return self._synced.wait(timeout_s)
@@ -346,13 +370,19 @@ class PodInformer:
 
     def _replace(self, fresh: dict[str, BoundPod]) -> None:
         with self._lock:
+            old = self._pods
             self._pods = fresh
             self._by_time = sorted((p.bound_at, p.uid) for p in fresh.values())
             self._lists += 1
             self._last_event = self._clock()
         self._synced.set()
+        if self._listeners:
+            changes = [(pod, False) for uid, pod in old.items() if uid not in fresh]
+            changes += sorted(((pod, True) for uid, pod in fresh.items() if old.get(uid) != pod),
+                              key=lambda change: change[0].bound_at)
+            self._notify(changes)
 
-    def _apply(self, event_type: str, pod: _Pod) -> None:
+    def _apply(self, event_type: str, pod: _WatchedPod) -> None:
         now = self._clock()
         uid = pod.metadata.uid
         with self._lock:
@@ -362,14 +392,21 @@ class PodInformer:
             if event_type == "DELETED" or not _is_bound(pod):
                 if known is not None:
                     self._forget(known)
-                return
-            record = bound_pod(pod, known.bound_at if known else now)
-            if known is not None and known.bound_at != record.bound_at:
-                self._forget(known)
-                known = None
-            self._pods[uid] = record
-            if known is None:
-                bisect.insort(self._by_time, (record.bound_at, uid))
+                    changes = [(known, False)]
+                else:
+                    changes = []
+            else:
+                record = bound_pod(pod, known.bound_at if known else now)
+                changed = known != record
+                if known is not None and known.bound_at != record.bound_at:
+                    self._forget(known)
+                    known = None
+                self._pods[uid] = record
+                if known is None:
+                    bisect.insort(self._by_time, (record.bound_at, uid))
+                changes = [(record, True)] if changed else []
+        if changes and self._listeners:
+            self._notify(changes)
 
     def _forget(self, pod: BoundPod) -> None:
         del self._pods[pod.uid]
@@ -404,7 +441,7 @@ class PodInformer:
             if token:
                 page_kwargs["_continue"] = token
             resp = self._call(fn, page_kwargs, self.settings.request_timeout_s)
-            page = msgspec.json.decode(resp.data, type=_PodList)
+            page = msgspec.json.decode(resp.data, type=_WatchedPodList)
             for pod in page.items or ():
                 if _is_bound(pod):
                     known = old.get(pod.metadata.uid)
@@ -440,7 +477,7 @@ class PodInformer:
                         self._last_event = self._clock()
                     yield msgspec.json.decode(event.object, type=_Bookmark).metadata.resourceVersion
                     continue
-                pod = msgspec.json.decode(event.object, type=_Pod)
+                pod = msgspec.json.decode(event.object, type=_WatchedPod)
                 self._apply(event.type, pod)
                 yield pod.metadata.resourceVersion
         finally:

@@ -54,12 +54,16 @@ class LocalServer:
     argv: list[str]
     workdir: Path
     ready_path: str
+    scheme: str = "http"
+    ready_options: dict[str, Any] = field(default_factory=dict)
+    """Extra `requests.get` arguments of the readiness probe (verify, cert, auth), for a server
+    behind TLS or authentication."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> LocalServer:
         """Start the process and wait until its readiness URL answers 200."""
@@ -70,7 +74,8 @@ class LocalServer:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"{self.name} exited early: {self.log_tail()}")
-            return requests.get(self.url + self.ready_path, timeout=1).status_code == 200
+            return requests.get(self.url + self.ready_path, timeout=1,
+                                **self.ready_options).status_code == 200
 
         try:
             wait_until(ready, timeout_s=timeout_s, what=f"{self.name} on {self.url}")

@@ -30,14 +30,14 @@ from werkzeug.wsgi import get_content_length
 from extender import protocol as wire
 from extender.errors import BodyTooLarge, ProtocolError
 from extender.metrics.cache import MetricsCache, Snapshot, TableCollector
-from extender.monitoring.answers import score_reference, selfcheck
+from extender.monitoring.answers import reference_terms, score_reference, selfcheck
 from extender.monitoring.catalog import MonitoringCatalog
 from extender.monitoring.model import SelfCheck
 from extender.monitoring.query import RangeSource
 from extender.monitoring.routes import monitoring_api
 from extender.policies.engine import Engine
 from extender.policies.scoring import DerivedTerm
-from extender.service import Binder, EventSink, Extender
+from extender.service import Binder, BoundPods, EventSink, Extender
 from extender.settings import Settings
 from extender.telemetry import Telemetry
 
@@ -55,6 +55,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableCollector, *,
                binder: Binder | None = None, events: EventSink | None = None,
+               bound_pods: BoundPods | None = None,
                history: RangeSource | None = None, clock: Callable[[], float] = time.time,
                start_refresher: bool = True, blueprints: list[Blueprint] | None = None,
                derived_terms: Mapping[str, DerivedTerm] | None = None) -> Flask:
@@ -66,7 +67,8 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
     `MetricsSource` in tests, the simulator's feed). `history` answers the Monitoring API's
     Prometheus queries (default: the settings' Prometheus). `derived_terms` default to the
     engine's (`extender.policies.fragmentation.DERIVED_TERMS`). `binder` defaults to the in-cluster
-    Kubernetes API when `server.bind_enabled` is set.
+    Kubernetes API when `server.bind_enabled` is set; `bound_pods` to the pod informer of the
+    settings when `informer.enabled` is set (started here, with the refresher).
     """
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
@@ -81,15 +83,22 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
         from extender.kube import ApiEventSink
 
         events = ApiEventSink()
+    if settings.informer.enabled and bound_pods is None and start_refresher:
+        from extender.informer import PodInformer, api_client_factory
+
+        bound_pods = PodInformer(settings.informer, api_client_factory(settings.informer),
+                                 clock=clock).start()
     extender = Extender(settings, cache, Engine(settings, derived_terms=derived_terms),
                         binder=binder if settings.server.bind_enabled else None,
-                        events=events, observer=telemetry, clock=clock)
+                        events=events, observer=telemetry, bound_pods=bound_pods, clock=clock)
+    telemetry.watch_informer(bound_pods)
     app.extensions["extender"] = extender
 
     def on_refresh(snapshot: Snapshot) -> None:
         telemetry.refreshed(snapshot)
         outcome = score_reference(extender, snapshot, clock())
         telemetry.set_node_scores(outcome.names, outcome.scores)
+        telemetry.set_node_terms(*reference_terms(settings, outcome, snapshot))
         if snapshot.refreshes == 1:
             log_selfcheck(selfcheck(extender, snapshot))
 
@@ -142,15 +151,24 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
         age = snapshot.age_s(clock())
         degraded = not snapshot.status.prometheus_up or age is None \
             or age > settings.cache.max_staleness_s
-        return _json({
-            "status": "degraded" if degraded else "ok",
+        body: dict[str, Any] = {
             "answering": True,
             "prometheus_up": snapshot.status.prometheus_up,
             "cache_age_s": age,
             "nodes": len(snapshot.table.names),
             "refreshes": snapshot.refreshes,
             "errors": dict(snapshot.status.errors),
-        })
+        }
+        if bound_pods is not None:
+            informer = bound_pods.status()
+            # Down, the extender still answers from its own placements (prioritize, bind):
+            # degraded, never unready.
+            degraded = degraded or not (informer.up and informer.synced)
+            body["informer"] = {"up": informer.up, "synced": informer.synced,
+                                "pods": informer.pods, "last_error": informer.last_error,
+                                "note": None if informer.up else
+                                "answering from this process's own placements only"}
+        return _json({"status": "degraded" if degraded else "ok", **body})
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -172,6 +190,9 @@ def log_selfcheck(report: SelfCheck) -> None:
         return
     if not report.prometheus_up:
         log.warning("self-check: Prometheus unreachable at start-up")
+    if report.informer is not None and not (report.informer.up and report.informer.synced):
+        log.warning("self-check: the pod informer has not listed pods (%s): counting only this "
+                    "process's own placements", report.informer.last_error or "not yet synced")
     for entry in report.empty_entries:
         log.warning("self-check: catalog entry %s returned no series (exporter missing, or "
                     "query/labels wrong?)", entry)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from extender import protocol as wire
 from extender.errors import ProtocolError
+from extender.informer import BoundPod, InformerStatus
 from extender.metrics.cache import MetricsCache
 from extender.policies.engine import Engine, Outcome
 from extender.policies.explain import (
@@ -52,12 +53,20 @@ class Observer(Protocol):
     def placement(self, source: str) -> None: ...
 
 
+class BoundPods(Protocol):
+    """Pods bound to nodes, from the API server (`extender.informer.PodInformer`)."""
+
+    def subscribe(self, listener: Callable[[BoundPod, bool], None]) -> None: ...
+
+    def status(self) -> InformerStatus: ...
+
+
 class Extender:
     """filter / prioritize / bind / preempt over the current snapshot."""
 
     def __init__(self, settings: Settings, cache: MetricsCache, engine: Engine, *,
                  binder: Binder | None = None, events: EventSink | None = None,
-                 observer: Observer | None = None,
+                 observer: Observer | None = None, bound_pods: BoundPods | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.cache = cache
@@ -67,6 +76,25 @@ class Extender:
         self.observer = observer
         self.clock = clock
         self.decisions = DecisionLog(settings.server.decision_log_size)
+        self.bound_pods = bound_pods
+        if bound_pods is not None:
+            bound_pods.subscribe(self._on_bound_pod)
+
+    def _on_bound_pod(self, pod: BoundPod, bound: bool) -> None:
+        """The API server's view of a pod, merged into the placement ledger by UID: every
+        replica and worker then counts the same pods, whoever bound them (informer thread)."""
+        if not bound:
+            self.engine.ledger.forget(pod.uid)
+            return
+        if pod.bound_at < self.clock() - self.engine.ledger.window_s:
+            return  # bound long ago: the metrics show it
+        demand = PodDemand(namespace=pod.namespace, name=pod.name, uid=pod.uid,
+                           cpu_cores=pod.cpu_cores, memory_bytes=pod.memory_bytes, gpus=pod.gpus,
+                           owner_kind=pod.owner_kind or "", owner_name=pod.owner_name or "")
+        demand = self.engine.estimate(demand, self.cache.current().table)
+        if self.engine.record_placement(pod.node, demand, pod.bound_at, confirmed=True) \
+                and self.observer is not None:
+            self.observer.placement("informer")
 
     def _pod(self, pod: wire.Pod | None) -> PodDemand:
         if pod is None:

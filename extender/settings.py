@@ -172,8 +172,17 @@ class PrometheusSettings(Struct, frozen=True):
     retries: int = 1
     """Extra attempts per query on connection errors (the library's default is 3 with backoff)."""
     bearer_token_file: str | None = None
+    """Sent as `Authorization: Bearer`, read again on every query (projected tokens rotate)."""
     ca_file: str | None = None
+    """CA bundle that signed an https Prometheus' certificate (default: the system's)."""
     insecure_skip_verify: bool = False
+    client_cert_file: str | None = None
+    """Client certificate (PEM) for a Prometheus that requires one (mTLS); with client_key_file."""
+    client_key_file: str | None = None
+    basic_auth_username: str | None = None
+    """HTTP basic auth (Prometheus' `basic_auth_users`); the password comes from a file."""
+    basic_auth_password_file: str | None = None
+    """Read again on every query, so a rotated Secret needs no restart."""
     headers: dict[str, str] = {}
 
 
@@ -241,6 +250,10 @@ class HotspotSettings(Struct, frozen=True):
     memory_metric: str = "memory_available_ratio"
     cores_metric: str = "cpu_cores"
     memory_total_metric: str = "memory_total_bytes"
+    score_with_pod: bool = False
+    """Score the CPU and memory terms on the node's usage plus this pod's requests (what the
+    node will look like with it, as Trimaran's TargetLoadPacking predicts), not on its usage
+    alone. Filter rules keep their own `with_pod` choice."""
 
 
 class Profile(Struct, frozen=True):
@@ -288,6 +301,12 @@ class MonitoringSettings(Struct, frozen=True):
     """Answers with more series get 422: narrow the selector."""
     result_cache_ttl_s: float = 10.0
     result_cache_size: int = 256
+    term_telemetry: bool = True
+    """Serve `extender_node_score_term{node,term}` on /metrics: the points each score term gave
+    the reference pod on each node, from the same evaluation as `extender_node_score`."""
+    term_telemetry_max_nodes: int = 200
+    """Above this many nodes the per-term series are not served (nodes x terms series: 200 nodes
+    of the default profile are ~1800); `extender_node_score` stays."""
 
 
 class InformerSettings(Struct, frozen=True):
@@ -349,6 +368,36 @@ class Settings(Struct, frozen=True):
     def profile(self, name: str | None = None) -> Profile:
         """The profile called `name`, or the default one."""
         return self.policy.profiles[name or self.policy.default]
+
+
+# --- shared by the controllers ------------------------------------------------------------------
+
+
+class LeaderSettings(Struct, frozen=True):
+    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace (the
+    partition controller and the rebalancer each name their own Lease)."""
+
+    enabled: bool = True
+    lease_name: str = ""
+    lease_duration_s: int = 15
+    """A follower takes over this long after the leader's last renewal."""
+    renew_deadline_s: int = 10
+    retry_period_s: int = 2
+    identity: str | None = None
+    """Default: $POD_NAME, then the host name."""
+
+
+def validate_leader(leader: LeaderSettings, src: str) -> None:
+    """ConfigError unless the Lease is named and the election timings are valid."""
+    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
+    if not leader.lease_name:
+        raise ConfigError(f"{src}: leader.lease_name: must name the Lease")
+    if leader.retry_period_s < 1:
+        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
+    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
+        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
+    if leader.lease_duration_s <= leader.renew_deadline_s:
+        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -628,12 +677,21 @@ def validate(settings: Settings) -> None:
         "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
+        "monitoring.term_telemetry_max_nodes": settings.monitoring.term_telemetry_max_nodes,
     }
     require_positive(src, positive)
     if not 0 <= settings.cache.missing_score <= 10:
         raise ConfigError(f"{src}: cache.missing_score: expected 0..10, got {settings.cache.missing_score}")
     if settings.prometheus.retries < 0:
         raise ConfigError(f"{src}: prometheus.retries: expected >= 0")
+    prom = settings.prometheus
+    for first, second in (("client_cert_file", "client_key_file"),
+                          ("basic_auth_username", "basic_auth_password_file")):
+        if (getattr(prom, first) is None) != (getattr(prom, second) is None):
+            raise ConfigError(f"{src}: prometheus.{first}, {second}: set both or neither")
+    if prom.bearer_token_file and prom.basic_auth_username:
+        raise ConfigError(f"{src}: prometheus.bearer_token_file, basic_auth_username: both set "
+                          "the Authorization header; choose one")
     tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
     if (tls[0] is None) != (tls[1] is None):
         raise ConfigError(f"{src}: server.tls_cert_file, tls_key_file: set both or neither")

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.metrics.cache import MetricsCache, Snapshot
+from extender.policies.model import FloatArray
+from extender.service import BoundPods
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -37,6 +39,7 @@ class Telemetry:
         self.refresh_errors = Counter("extender_refresh_errors", "Failed catalog queries",
                                       ["metric"], registry=r)
         self._node_scores: tuple[Sequence[str], Sequence[int]] = ((), ())
+        self._node_terms: tuple[Sequence[str], Sequence[str], FloatArray | None] = ((), (), None)
         r.register(_NodeScores(self))
         Gauge("extender_cache_age_seconds", "Seconds since the last successful refresh "
               "(+Inf before the first)", registry=r).set_function(
@@ -45,6 +48,12 @@ class Telemetry:
               registry=r).set_function(lambda: float(cache.current().status.prometheus_up))
         Gauge("extender_cache_nodes", "Nodes in the metrics cache",
               registry=r).set_function(lambda: float(len(cache.current().table.names)))
+
+    def watch_informer(self, informer: BoundPods | None) -> None:
+        """Expose the pod informer's health (nothing without one)."""
+        if informer is None:
+            return
+        self.registry.register(_InformerMetrics(informer))
 
     def rejected(self, code: str, nodes: int) -> None:
         self.rejections.labels(code).inc(nodes)
@@ -56,6 +65,12 @@ class Telemetry:
         # Swapped whole and rendered at scrape time: rewriting 5000 gauge children per refresh
         # costs ~0.1 s of GIL; deleted nodes disappear with the next swap.
         self._node_scores = (names, scores)
+
+    def set_node_terms(self, names: Sequence[str], terms: Sequence[str],
+                       points: FloatArray | None) -> None:
+        """The points each term gave the reference pod per node ((nodes, terms) array), or
+        None to serve no per-term series (switched off, or too many nodes)."""
+        self._node_terms = (names, terms, points)
 
     def refreshed(self, snapshot: Snapshot) -> None:
         self.refresh_duration.observe(snapshot.status.duration_s)
@@ -70,17 +85,53 @@ class _NodeScores(Collector):
         self.telemetry = telemetry
 
     def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
-                                  labels=["node"])]
+        return [_score_family(), _term_family()]
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
-                                   labels=["node"])
+        family = _score_family()
         names, scores = self.telemetry._node_scores
         for name, score in zip(names, scores, strict=True):
             family.add_metric([name], score)
         yield family
+        names, terms, points = self.telemetry._node_terms
+        if points is None:
+            return
+        family = _term_family()
+        for name, row in zip(names, points.tolist(), strict=True):
+            for term, value in zip(terms, row, strict=True):
+                family.add_metric([name, term], round(value, 4))
+        yield family
+
+
+def _score_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily("extender_node_score", "Score of the reference pod per node",
+                             labels=["node"])
+
+
+def _term_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily("extender_node_score_term", "Points of the reference pod's 0..10 "
+                             "score each term gave per node (before rounding)",
+                             labels=["node", "term"])
 
 
 def _or_inf(value: float | None) -> float:
     return float("inf") if value is None else value
+
+
+class _InformerMetrics(Collector):
+    """The pod informer's health, read from one status snapshot per scrape."""
+
+    def __init__(self, informer: BoundPods) -> None:
+        self.informer = informer
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.informer.status()
+        yield GaugeMetricFamily("extender_informer_up", "1 when the pod informer has listed "
+                                "once and its last list or watch succeeded",
+                                value=float(status.up and status.synced))
+        yield GaugeMetricFamily("extender_informer_pods", "Bound pods the informer knows",
+                                value=float(status.pods))
+        yield CounterMetricFamily("extender_informer_relists", "Full relists after the first "
+                                  "(410 Gone, resync)", value=float(status.relists))
+        yield CounterMetricFamily("extender_informer_errors", "Failed list or watch requests",
+                                  value=float(status.errors))

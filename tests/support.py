@@ -21,6 +21,11 @@ OPENB = REPO / "data" / "openb"
 """The OpenB trace (see the folder's README for its source and licence)."""
 
 
+WITH_POD: dict[str, Any] = {"policy": {"profiles": {"metrics-aware": {
+    "hotspot": {"score_with_pod": True}}}}}
+"""Overrides that turn on `hotspot.score_with_pod` in the default profile."""
+
+
 def settings(**sections: Mapping[str, Any]) -> Settings:
     """The shipped default settings with `sections` deep-merged over them."""
     return load_settings(CONFIG, environ={}, overrides=sections)

@@ -107,6 +107,9 @@ def demo_settings(base: Path, workdir: Path, prometheus_url: str) -> Path:
     relative = (data.get("monitoring") or {}).get("catalog_file",
                                                   Settings().monitoring.catalog_file)
     overrides["monitoring"] = {"catalog_file": str((base.parent / relative).resolve())}
+    model = (data.get("policy") or {}).get("learned_model")
+    if model:  # the `learned` term's model file, also relative to `base`
+        overrides["policy"]["learned_model"] = str((base.parent / model).resolve())
     path = workdir / "extender.yaml"
     path.write_text(yaml.safe_dump(merge(data, overrides), sort_keys=False))
     load_settings(path, environ={})
@@ -197,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
             # honor_labels: the sidecars' node and worker labels must win over the scrape's.
             gateway_target = launcher.ScrapeTarget("pushgateway", (f"127.0.0.1:{gateway.port}",),
                                                      honor_labels=True)
-            prometheus = launcher.prometheus([*server.scrape_targets(), gateway_target],
+            # Kepler too, on every node (its series are shown; Scaphandre's values win in the
+            # power terms where a node runs both).
+            kepler_nodes = [node.name for node in emulator.nodes]
+            prometheus = launcher.prometheus([*server.scrape_targets(kepler_nodes=kepler_nodes),
+                                              gateway_target],
                                                scrape_interval_s=SCRAPE_INTERVAL_S,
                                                workdir=workdir / "prometheus")
             with console.status("starting Prometheus"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,14 @@ def prometheus_config(targets: Iterable[ScrapeTarget], scrape_interval_s: float 
 
 
 def prometheus(targets: Iterable[ScrapeTarget], *, scrape_interval_s: float = 1.0,
-               port: int | None = None, workdir: Path | None = None) -> LocalServer:
-    """A (not yet started) Prometheus scraping `targets`; call `.start()`."""
+               port: int | None = None, workdir: Path | None = None,
+               web_config: Mapping[str, Any] | None = None,
+               ready_options: Mapping[str, Any] | None = None) -> LocalServer:
+    """A (not yet started) Prometheus scraping `targets`; call `.start()`.
+
+    `web_config` is Prometheus' `--web.config.file` content (`tls_server_config`,
+    `basic_auth_users`, ...): with `tls_server_config` it serves https. `ready_options` are the
+    readiness probe's `requests.get` arguments that such a server needs (verify, cert, auth)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="prometheus-"))
     config = workdir / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(targets, scrape_interval_s)))
@@ -79,7 +85,14 @@ def prometheus(targets: Iterable[ScrapeTarget], *, scrape_interval_s: float = 1.
         "--web.enable-lifecycle",
         "--storage.tsdb.retention.time=1h",
     ]
-    return LocalServer("prometheus", port, argv, workdir, "/-/ready")
+    scheme = "http"
+    if web_config is not None:
+        path = workdir / "web.yml"
+        path.write_text(yaml.safe_dump(dict(web_config)))
+        argv.append(f"--web.config.file={path}")
+        scheme = "https" if "tls_server_config" in web_config else "http"
+    return LocalServer("prometheus", port, argv, workdir, "/-/ready", scheme=scheme,
+                       ready_options=dict(ready_options or {}))
 
 
 def pushgateway(*, port: int | None = None, workdir: Path | None = None) -> LocalServer:

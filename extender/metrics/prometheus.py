@@ -19,7 +19,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from extender.errors import PrometheusUnreachable, QueryFailed
+from extender.errors import PrometheusRefused, PrometheusUnreachable, QueryFailed
 from extender.settings import PrometheusSettings
 
 
@@ -58,6 +58,8 @@ class PrometheusSource:
             session.verify = False
         elif settings.ca_file:
             session.verify = settings.ca_file
+        if settings.client_cert_file and settings.client_key_file:
+            session.cert = (settings.client_cert_file, settings.client_key_file)
         retry = Retry(total=settings.retries, connect=settings.retries, read=0, status=0,
                       backoff_factor=0.1, allowed_methods=None)
         self.client = PrometheusConnect(url=settings.url.rstrip("/"), headers=dict(settings.headers),
@@ -67,19 +69,32 @@ class PrometheusSource:
         session.mount(settings.url, requests.adapters.HTTPAdapter(max_retries=retry))
 
     def _refresh_token(self) -> None:
-        # Projected service-account tokens rotate: read the file on every call, it is tiny.
-        path = self.settings.bearer_token_file
-        if path:
-            token = Path(path).read_text().strip()
-            self.client.headers = {**self.settings.headers, "Authorization": f"Bearer {token}"}
+        # Projected service-account tokens and mounted Secrets rotate: read the files on every
+        # call, they are tiny.
+        s = self.settings
+        if s.bearer_token_file:
+            token = Path(s.bearer_token_file).read_text().strip()
+            self.client.headers = {**s.headers, "Authorization": f"Bearer {token}"}
+        elif s.basic_auth_username and s.basic_auth_password_file:
+            password = Path(s.basic_auth_password_file).read_text().rstrip("\n")
+            self.client.auth = (s.basic_auth_username, password)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             self._refresh_token()
             return fn(*args, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise PrometheusUnreachable(
+                f"{self.settings.url}: TLS handshake failed (check prometheus.ca_file, "
+                f"client_cert_file, client_key_file): {exc}") from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise PrometheusUnreachable(f"{self.settings.url}: {type(exc).__name__}: {exc}") from exc
         except PrometheusApiClientException as exc:
+            if any(f"Status Code {code}" in str(exc) for code in (401, 403)):
+                raise PrometheusRefused(
+                    f"{self.settings.url}: Prometheus refused our credentials ({exc}): check "
+                    "prometheus.bearer_token_file, basic_auth_username/basic_auth_password_file, "
+                    "client_cert_file") from exc
             raise QueryFailed(f"{self.settings.url}: {exc}") from exc
         except (requests.RequestException, OSError, ValueError, KeyError) as exc:
             raise QueryFailed(f"{self.settings.url}: {type(exc).__name__}: {exc}") from exc
@@ -104,10 +119,15 @@ class PrometheusSource:
     def ready(self) -> bool:
         """True when Prometheus answers its readiness endpoint."""
         try:
-            response = self.client._session.get(  # noqa: SLF001 - reuse auth/TLS settings
+            self._refresh_token()
+            session = self.client._session  # noqa: SLF001 - reuse auth/TLS settings
+            # verify and cert passed explicitly, as the client library does: requests lets
+            # $REQUESTS_CA_BUNDLE override a session's own `verify`.
+            response = session.get(
                 self.settings.url.rstrip("/") + "/-/ready", headers=self.client.headers,
+                auth=self.client.auth, verify=session.verify, cert=session.cert,
                 timeout=self.settings.query_timeout_s)
-        except requests.RequestException:
+        except (requests.RequestException, OSError):
             return False
         return bool(response.status_code == 200)
 

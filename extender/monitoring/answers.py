@@ -6,16 +6,21 @@ node's view, the reference pod's score and the self-check are computed one way e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from extender.metrics.cache import Snapshot
 from extender.monitoring.model import (
     CacheView,
+    InformerView,
     NodeView,
     Reading,
     SelfCheck,
 )
 from extender.policies.engine import Outcome
-from extender.policies.model import PodDemand
+from extender.policies.model import FloatArray, PodDemand
+from extender.policies.scoring import term_points
 from extender.service import Extender
+from extender.settings import Settings
 
 
 def reference_pod(extender: Extender) -> PodDemand:
@@ -29,6 +34,20 @@ def score_reference(extender: Extender, snapshot: Snapshot, now: float) -> Outco
     """Evaluate the reference pod on every node of the snapshot."""
     return extender.engine.decide(reference_pod(extender), snapshot.table,
                                   snapshot.table.names, now)
+
+
+def reference_terms(settings: Settings, outcome: Outcome, snapshot: Snapshot
+                    ) -> tuple[Sequence[str], Sequence[str], FloatArray | None]:
+    """(nodes, terms, points) of the reference pod's `outcome` for `extender_node_score_term`:
+    what each term gave each node, from the same evaluation as its score; points None when
+    `monitoring.term_telemetry` is off or the table has more than `term_telemetry_max_nodes`
+    nodes (the series would be nodes x terms)."""
+    names = outcome.names
+    monitoring = settings.monitoring
+    if not monitoring.term_telemetry or len(names) > monitoring.term_telemetry_max_nodes:
+        return names, (), None
+    terms, points = term_points(outcome.detail(range(len(names))), snapshot.table.metrics)
+    return names, terms, points
 
 
 def cache_view(snapshot: Snapshot, now: float) -> CacheView:
@@ -87,8 +106,15 @@ def selfcheck(extender: Extender, snapshot: Snapshot) -> SelfCheck:
                 without[metric] = missing[:50]
     failed = dict(status.errors)
     ok = status.prometheus_up and not empty and not failed and not status.unmatched
+    informer = None
+    if extender.bound_pods is not None:
+        seen = extender.bound_pods.status()
+        informer = InformerView(up=seen.up, synced=seen.synced, pods=seen.pods,
+                                relists=seen.relists, errors=seen.errors,
+                                last_error=seen.last_error)
+        ok = ok and seen.up and seen.synced
     return SelfCheck(ok=ok, prometheus_up=status.prometheus_up,
                      kubernetes_nodes=status.kubernetes_nodes, empty_entries=empty,
                      failed_entries=failed,
                      unmatched_identities={k: list(v) for k, v in status.unmatched.items()},
-                     nodes_without_data=without)
+                     nodes_without_data=without, informer=informer)

@@ -121,6 +121,18 @@ class NodesView(msgspec.Struct, frozen=True):
     nodes: list[NodeView]
 
 
+class InformerView(msgspec.Struct, frozen=True):
+    """The pod informer's health: while it is down, each process counts only its own
+    placements (prioritize's favourite, bind), not the other replicas'."""
+
+    up: bool
+    synced: bool
+    pods: int
+    relists: int
+    errors: int
+    last_error: str | None
+
+
 class SelfCheck(msgspec.Struct, frozen=True):
     ok: bool
     prometheus_up: bool
@@ -133,6 +145,8 @@ class SelfCheck(msgspec.Struct, frozen=True):
     """Per entry, exporter identities that match no Kubernetes node (fix node_labels/relabelling)."""
     nodes_without_data: dict[str, list[str]]
     """Per entry, Kubernetes nodes with no series (exporter missing on those nodes?)."""
+    informer: InformerView | None = None
+    """None when the informer is off (`informer.enabled: false`)."""
 
 
 class PlacementView(msgspec.Struct, frozen=True):

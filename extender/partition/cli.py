@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, TextIO
 from extender.partition.settings import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
-
     from extender.partition.reconcile import Reconciler
 
 
@@ -46,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes.client import CoreV1Api
     from prometheus_client import CollectorRegistry
 
+    from extender.leader import api_client_for
     from extender.partition.reconcile import PartitionMetrics, Reconciler
     from extender.partition.settings import load_partition_settings
 
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from prometheus_client import start_http_server
 
-    from extender.partition.leader import run_elected
+    from extender.leader import run_elected
 
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
@@ -73,25 +72,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     identity = settings.leader.identity or os.environ.get("POD_NAME") or socket.gethostname()
     return run_elected(settings.leader, settings.namespace, api_client, identity, reconciler.run, stop)
-
-
-def api_client_for(kubeconfig: str | None) -> ApiClient:
-    """An ApiClient from `kubeconfig`, or from the in-cluster service account when None."""
-    from kubernetes import config
-    from kubernetes.client import ApiClient, Configuration
-
-    from extender.errors import ConfigError
-
-    try:
-        if kubeconfig:
-            client: ApiClient = config.new_client_from_config(config_file=kubeconfig)
-            return client
-        configuration = Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return ApiClient(configuration)
-    except (config.ConfigException, OSError) as exc:
-        where = kubeconfig or "in-cluster service account"
-        raise ConfigError(f"{where}: cannot configure the Kubernetes client: {exc}") from exc
 
 
 def dry_run(reconciler: Reconciler, out: TextIO) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,10 @@ HASH_ANNOTATION = "extract.io/partition-spec-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_POD_NAME = 63
 """Pod names end up as host names: keep them a valid DNS label length."""
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+WORKER_ENV = ("WORKER_HOSTNAME", "WORKER_CPUS", "WORKER_GPUS", "WORKER_MEMORY_GB")
+"""Set in the sized container when COMPSs is enabled: the worker's published name and share,
+so that the worker process announces exactly what resources.xml lists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Resources:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeView:
+class ObservedNode:
     """What the plan needs to know about a node; equal views mean nothing relevant changed."""
 
     name: str
@@ -65,7 +70,7 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerView:
+class ObservedWorker:
     """What the plan needs to know about one of the controller's worker pods."""
 
     name: str
@@ -125,6 +130,38 @@ def worker_name(node: str, prefix: str) -> str:
     return f"{name[: MAX_POD_NAME - 11].rstrip('.-')}-{digest}"
 
 
+def worker_hostname(pod: str) -> str:
+    """The pod's `hostname`: its name when that is a DNS label, else a label derived from it.
+
+    Node names may contain dots (`ip-10-0-0-1.ec2.internal`), pod host names may not; the hash of
+    the full name keeps two such names apart.
+    """
+    if _DNS_LABEL.fullmatch(pod):
+        return pod
+    digest = hashlib.sha256(pod.encode()).hexdigest()[:10]
+    label = re.sub(r"[^a-z0-9-]", "-", pod.lower())[: MAX_POD_NAME - 11].strip("-")
+    return f"{label}-{digest}"
+
+
+def compute_node_name(pod: str, settings: PartitionSettings) -> str:
+    """The worker's DNS name through the headless Service: COMPSs's `ComputeNode Name`."""
+    name = f"{worker_hostname(pod)}.{settings.compss.service}.{settings.namespace}.svc"
+    domain = settings.compss.cluster_domain.strip(".")
+    return f"{name}.{domain}" if domain else name
+
+
+def compss_units(share: Resources) -> tuple[int, int, str]:
+    """(ComputingUnits, GPUs, memory in GB) that COMPSs is told for a worker of this share.
+
+    COMPSs counts whole cores: the share is rounded down, but never below one core (the pod's
+    CPU limit throttles a fractional share). Memory is in GiB, rounded to three decimals (at most
+    half a MiB off; "0.000" for a share below half a MiB, which the COMPSs rules then reject).
+    """
+    cpus = max(1, share.cpu_millis // 1000)
+    mebibytes = (share.memory_bytes * 1000 + 2**29) // 2**30
+    return cpus, share.gpus, f"{mebibytes // 1000}.{mebibytes % 1000:03d}"
+
+
 def size(allocatable: Resources, sizing: SizingSettings) -> Resources:
     """The worker's share of a node's allocatable resources (rounded down)."""
     return Resources(
@@ -141,6 +178,8 @@ def template_digest(settings: PartitionSettings) -> str:
         "sizing": [settings.sizing.container, settings.sizing.set_limits],
         "namespace": settings.namespace,
         "partition": settings.partition,
+        # hostname/subdomain and the WORKER_* names (render_worker) depend on these.
+        "compss": [settings.compss.enabled, settings.compss.service, settings.compss.cluster_domain],
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
@@ -151,7 +190,7 @@ def spec_hash(digest: str, node: str, resources: Resources) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def exclusion(node: NodeView, rules: EligibilitySettings, now: float) -> tuple[str | None, float | None]:
+def exclusion(node: ObservedNode, rules: EligibilitySettings, now: float) -> tuple[str | None, float | None]:
     """Why `node` gets no worker (None if it does), and when that answer may change by itself.
 
     The second value is the end of a running NotReady grace period, else None.
@@ -176,8 +215,8 @@ def exclusion(node: NodeView, rules: EligibilitySettings, now: float) -> tuple[s
 
 
 def plan(
-    nodes: Mapping[str, NodeView],
-    workers: Iterable[WorkerView],
+    nodes: Mapping[str, ObservedNode],
+    workers: Iterable[ObservedWorker],
     settings: PartitionSettings,
     *,
     now: float,
@@ -208,7 +247,7 @@ def plan(
     held: list[Action] = []
     present: set[str] = set()
     available: set[str] = set()
-    stale: list[WorkerView] = []
+    stale: list[ObservedWorker] = []
     for worker in workers:
         own_name = worker.name == worker_name(worker.node, prefix)
         # Any pod of ours on the node, even one about to go, blocks a create: never two workers.
@@ -265,7 +304,7 @@ def backoff_delay(failures: int, rollout: RolloutSettings) -> float:
     return min(delay, rollout.backoff_max_s)
 
 
-def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]:
+def render_worker(node: ObservedNode, settings: PartitionSettings) -> dict[str, Any]:
     """The Pod manifest of `node`'s worker: the template, named, labelled, pinned and sized."""
     resources = size(node.allocatable, settings.sizing)
     manifest = {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(settings.pod_template)}
@@ -280,6 +319,11 @@ def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]
         }
     )
     spec = manifest["spec"]
+    compss = settings.compss
+    if compss.enabled:
+        # With `subdomain` matching the headless Service, <hostname>.<service>.<ns>.svc resolves.
+        spec["hostname"] = worker_hostname(meta["name"])
+        spec["subdomain"] = compss.service
     # matchFields on metadata.name is exact; the hostname label can differ from the node name.
     spec.setdefault("affinity", {})["nodeAffinity"] = {
         "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -297,11 +341,17 @@ def render_worker(node: NodeView, settings: PartitionSettings) -> dict[str, Any]
         block.setdefault("requests", {}).update(amounts | gpus)
         # Extended resources such as GPUs must have limit == request.
         block.setdefault("limits", {}).update((amounts if settings.sizing.set_limits else {}) | gpus)
+        if compss.enabled:
+            cpus, gpu_units, memory_gb = compss_units(resources)
+            values = (compute_node_name(meta["name"], settings), str(cpus), str(gpu_units), memory_gb)
+            env = [e for e in container.get("env", []) if e.get("name") not in WORKER_ENV]
+            env += [{"name": k, "value": v} for k, v in zip(WORKER_ENV, values, strict=True)]
+            container["env"] = env
     return manifest
 
 
 def partition_entries(
-    nodes: Mapping[str, NodeView], workers: Iterable[WorkerView], settings: PartitionSettings
+    nodes: Mapping[str, ObservedNode], workers: Iterable[ObservedWorker], settings: PartitionSettings
 ) -> list[PartitionEntry]:
     """The published partition: one entry per live worker on a known node, sorted by node."""
     entries = []

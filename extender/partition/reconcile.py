@@ -14,6 +14,11 @@ Design decisions:
   (a status update every 10 s or so per node) cost a decode and a compare, not a re-plan.
 - Every API call goes through `_call(verb, ...)`, which counts it in
   `partition_api_calls_total{verb}`: after one node change a reconcile makes O(changes) calls.
+- COMPSs (`compss` settings): the reconciler keeps the headless Service that gives each worker its
+  DNS name (checked every resync, created when missing, its selector and port put back when
+  changed), publishes `resources.xml` and `project.xml` beside `resources.json` after the
+  runtime's rules passed (`compss.validate_files`; on failure the last good files stay), and then
+  tells the master (`membership`), retrying on the next passes until that succeeded.
 - Watches end after `resync_interval_s` and are followed by a relist (the periodic resync);
   410 Gone relists at once; other errors relist after a capped exponential backoff.
 """
@@ -24,30 +29,39 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from kubernetes.client import CoreV1Api
+from kubernetes.client import AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from urllib3.exceptions import HTTPError
 
 from extender.informer import watch_events
+from extender.partition.compss import (
+    CompssDocumentError,
+    CompssFiles,
+    CompssWorker,
+    compss_files,
+    metric_safe,
+    workers_in,
+)
+from extender.partition.membership import AgentMembership, Membership, MembershipError, membership_for
 from extender.partition.plan import (
     GPU_RESOURCE,
     HASH_ANNOTATION,
     NODE_ANNOTATION,
     PARTITION_LABEL,
     Action,
-    NodeView,
+    ObservedNode,
+    ObservedWorker,
     PartitionEntry,
     Plan,
     Resources,
-    WorkerView,
     backoff_delay,
     partition_document,
     partition_entries,
@@ -131,6 +145,27 @@ class _PodList(msgspec.Struct):
     items: list[_Pod] | None = None
 
 
+class _ConfigMap(msgspec.Struct):
+    data: dict[str, str] | None = None
+
+
+class _ServicePort(msgspec.Struct):
+    port: int
+    name: str | None = None
+
+
+class _ServiceSpec(msgspec.Struct):
+    clusterIP: str | None = None
+    selector: dict[str, str] | None = None
+    publishNotReadyAddresses: bool | None = None
+    ports: list[_ServicePort] | None = None
+
+
+class _Service(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+    spec: _ServiceSpec = msgspec.field(default_factory=_ServiceSpec)
+
+
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
@@ -146,11 +181,11 @@ def _condition(conditions: list[_Condition] | None, kind: str) -> _Condition | N
     return next((c for c in conditions or () if c.type == kind), None)
 
 
-def node_view(node: _Node) -> NodeView:
+def observed_node(node: _Node) -> ObservedNode:
     """The plan's view of a decoded Node (quantities parsed, Ready condition summarised)."""
     alloc = node.status.allocatable or {}
     ready = _condition(node.status.conditions, "Ready")
-    return NodeView(
+    return ObservedNode(
         name=node.metadata.name,
         allocatable=Resources(
             cpu_millis=int(_quantity(alloc.get("cpu", "0")) * 1000),
@@ -165,11 +200,11 @@ def node_view(node: _Node) -> NodeView:
     )
 
 
-def worker_view(pod: _Pod) -> WorkerView:
+def observed_worker(pod: _Pod) -> ObservedWorker:
     """The plan's view of one of the controller's pods."""
     annotations = pod.metadata.annotations or {}
     ready = _condition(pod.status.conditions, "Ready")
-    return WorkerView(
+    return ObservedWorker(
         name=pod.metadata.name,
         # A labelled pod without the annotation belongs to no node: the plan deletes it.
         node=annotations.get(NODE_ANNOTATION, ""),
@@ -203,6 +238,19 @@ class PartitionMetrics:
         self.api_calls = Counter(
             "partition_api_calls", "Kubernetes API calls by verb", ["verb"], registry=registry
         )
+        self.compss_workers = Gauge(
+            "partition_compss_worker_info",
+            "One series per ComputeNode of the published resources.xml: maps COMPSs's worker name "
+            "(compss_worker, as in its deadlines_missed_<worker> gauge) to the node",
+            ["compss_worker", "compute_node", "node", "pod"],
+            registry=registry,
+        )
+
+    def publish_workers(self, workers: Iterable[CompssWorker]) -> None:
+        """Replace the worker-to-node series with `workers`."""
+        self.compss_workers.clear()
+        for worker in workers:
+            self.compss_workers.labels(metric_safe(worker.name), worker.name, worker.node, worker.pod).set(1)
 
 
 # --- observed state -------------------------------------------------------------------------------
@@ -262,8 +310,9 @@ class _Kind(Generic[V]):
 class Reconciler:
     """Keeps one worker pod per eligible node, through the Kubernetes API.
 
-    `core_v1` is a `kubernetes.client.CoreV1Api` (tests point its ApiClient at a fake server);
-    `clock` gives epoch seconds (compared with node condition timestamps).
+    `core_v1` is a `kubernetes.client.CoreV1Api`; `clock` gives epoch seconds (compared with node
+    condition timestamps). `apps_v1` (default: on core_v1's ApiClient) patches the COMPSs master
+    Deployment for `membership: roll`; `membership` replaces the one built from the settings.
     """
 
     def __init__(
@@ -273,32 +322,42 @@ class Reconciler:
         *,
         metrics: PartitionMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        apps_v1: AppsV1Api | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.settings = settings
         self.api = core_v1
         self.metrics = metrics or PartitionMetrics()
         self.clock = clock
         self.changed = threading.Event()
-        self.nodes: _Store[NodeView] = _Store(self.changed)
-        self.workers: _Store[WorkerView] = _Store(self.changed)
+        self.nodes: _Store[ObservedNode] = _Store(self.changed)
+        self.workers: _Store[ObservedWorker] = _Store(self.changed)
         self._backoff_lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._deleted_by_us: set[str] = set()
         self._published: list[PartitionEntry] | None = None
+        self._compss: CompssFiles | None = None
+        """The last COMPSs files that passed the rules (published or about to be)."""
+        self._in_configmap: CompssFiles | None = None
+        """The COMPSs files the ConfigMap holds now (what the master may be told about)."""
+        self._told: str | None = None
+        """Digest of the files the master was last told about (membership)."""
+        self._service_checked: float | None = None
+        self.membership = membership or membership_for(settings, apps_v1 or AppsV1Api(core_v1.api_client))
         self.failed_calls = 0
         """API calls that failed in the last reconcile pass."""
         self._responses: set[Any] = set()
         self._responses_lock = threading.Lock()
         self._kinds: tuple[_Kind[Any], ...] = (
-            _Kind("nodes", self.nodes, self.api.list_node, _NodeList, _Node, node_view, {}),
+            _Kind("nodes", self.nodes, self.api.list_node, _NodeList, _Node, observed_node, {}),
             _Kind(
                 "pods",
                 self.workers,
                 self.api.list_namespaced_pod,
                 _PodList,
                 _Pod,
-                worker_view,
+                observed_worker,
                 {
                     "namespace": settings.namespace,
                     "label_selector": f"{PARTITION_LABEL}={settings.partition}",
@@ -313,7 +372,7 @@ class Reconciler:
         kwargs.setdefault("_request_timeout", self.settings.api_timeout_s)
         return fn(*args, **kwargs)
 
-    def observe(self) -> tuple[dict[str, NodeView], dict[str, WorkerView]]:
+    def observe(self) -> tuple[dict[str, ObservedNode], dict[str, ObservedWorker]]:
         """List nodes and workers once (no watch): what --dry-run plans from."""
         for kind in self._kinds:
             self._relist(kind)
@@ -385,7 +444,7 @@ class Reconciler:
         log.warning("%s list/watch failed (%s): relisting in %.1fs", kind.name, exc, delay)
         stop.wait(delay)
 
-    def _worker_gone(self, worker: WorkerView) -> None:
+    def _worker_gone(self, worker: ObservedWorker) -> None:
         if worker.name in self._deleted_by_us:
             self._deleted_by_us.discard(worker.name)
         else:
@@ -463,14 +522,17 @@ class Reconciler:
                 self._execute(action, nodes)
             except (ApiException, HTTPError, OSError) as exc:
                 self._failed("%s %s on node %s failed: %s", action.kind, action.pod, action.node, exc)
+        if self.settings.compss.enabled:
+            self._ensure_service()
         self._publish(nodes)
+        self._tell_master()
         ready = sum(1 for w in self.workers.snapshot().values() if w.ready and not w.deleting)
         self.metrics.desired.set(len(result.eligible))
         self.metrics.ready.set(ready)
         self.metrics.duration.observe(time.perf_counter() - started)
         return result
 
-    def _execute(self, action: Action, nodes: Mapping[str, NodeView]) -> None:
+    def _execute(self, action: Action, nodes: Mapping[str, ObservedNode]) -> None:
         ns = self.settings.namespace
         if action.kind == "create":
             manifest = render_worker(nodes[action.node], self.settings)
@@ -485,7 +547,7 @@ class Reconciler:
                 return
             self._deleted_by_us.discard(action.pod)
             # Seen before the watch reports it: the next pass must not create it again.
-            self.workers.put(action.pod, worker_view(msgspec.json.decode(resp.data, type=_Pod)))
+            self.workers.put(action.pod, observed_worker(msgspec.json.decode(resp.data, type=_Pod)))
             log.info("created %s on %s", action.pod, action.node)
             self._event(action.pod, "Created", f"worker for node {action.node}", "Normal")
             return
@@ -556,12 +618,14 @@ class Reconciler:
             # Events are a courtesy to humans: never a reason to fail a reconcile.
             log.info("event on %s not recorded: %s", pod, exc)
 
-    def _publish(self, nodes: Mapping[str, NodeView]) -> None:
+    def _publish(self, nodes: Mapping[str, ObservedNode]) -> None:
         entries = partition_entries(nodes, self.workers.snapshot().values(), self.settings)
         if entries == self._published:
             return
         data = partition_document(entries, max_bytes=CONFIGMAP_MAX_BYTES)
         ns, name = self.settings.namespace, self.settings.configmap
+        if self.settings.compss.enabled:
+            data |= self._compss_data(entries, sum(len(v.encode()) for v in data.values()))
         size = sum(len(value.encode()) for value in data.values())
         if size > CONFIGMAP_MAX_BYTES:
             # Retrying cannot help until the partition changes: say so once, loudly.
@@ -606,3 +670,110 @@ class Reconciler:
             self._failed("partition ConfigMap %s not published: %s", name, exc)
             return
         self._published = entries
+        self._in_configmap = self._compss if "resources.xml" in data else None
+
+    def _compss_data(self, entries: list[PartitionEntry], used: int) -> dict[str, str]:
+        """`resources.xml` and `project.xml` for `entries`, or the last good ones, or nothing."""
+        files: CompssFiles | None
+        try:
+            files = compss_files(entries, self.settings)
+        except CompssDocumentError as exc:
+            # A bug or a bad config, not a passing state: loud, and the master keeps its files.
+            self.metrics.errors.inc()
+            log.error("COMPSs files not updated, they break the runtime's rules: %s", exc)
+            files = self._compss
+        if files is None:
+            return {}
+        for pod, reason in sorted(files.skipped.items()):
+            log.warning("worker %s left out of resources.xml: %s", pod, reason)
+        if used + len(files.resources.encode()) + len(files.project.encode()) > CONFIGMAP_MAX_BYTES:
+            self.metrics.errors.inc()
+            log.error(
+                "resources.xml/project.xml for %d workers do not fit in ConfigMap %s beside "
+                "resources.json (1 MiB): published resources.json only",
+                len(files.workers), self.settings.configmap)
+            return {}
+        if self._compss is None and isinstance(self.membership, AgentMembership):
+            self._learn_announced()
+        if files is not self._compss:
+            self.metrics.publish_workers(files.workers)
+        self._compss = files
+        return {"resources.xml": files.resources, "project.xml": files.project}
+
+    def _learn_announced(self) -> None:
+        """Before the first publish: what the master agent was told, from the files it has."""
+        assert isinstance(self.membership, AgentMembership)
+        try:
+            resp = self._call("get", self.api.read_namespaced_config_map, self.settings.configmap,
+                              self.settings.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("previous COMPSs files unreadable (%s): announcing every worker", exc)
+            return
+        except (HTTPError, OSError) as exc:
+            log.warning("previous COMPSs files unreadable (%s): announcing every worker", exc)
+            return
+        data = msgspec.json.decode(resp.data, type=_ConfigMap).data or {}
+        self.membership.announced = workers_in(data.get("resources.xml", ""))
+
+    def _tell_master(self) -> None:
+        # Only files the ConfigMap already holds: a rolled master must find them there.
+        files = self._in_configmap
+        if self.membership is None or files is None or files.digest == self._told:
+            return
+        try:
+            self.membership.sync(files)
+        except MembershipError as exc:
+            self._failed("%s", exc)
+            return
+        self._told = files.digest
+
+    def _ensure_service(self) -> None:
+        """The headless Service selecting the workers, so that their DNS names exist."""
+        now = self.clock()
+        checked = self._service_checked
+        if checked is not None and now - checked < self.settings.resync_interval_s:
+            return
+        compss = self.settings.compss
+        ns = self.settings.namespace
+        spec = {
+            "clusterIP": "None",
+            "selector": {PARTITION_LABEL: self.settings.partition},
+            # Names resolve as soon as the pod has an IP: the master only reads ready workers,
+            # and a worker must resolve its own name while it starts.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "nio", "port": compss.min_port, "targetPort": compss.min_port,
+                       "protocol": "TCP"}],
+        }
+        metadata: dict[str, Any] = {"name": compss.service, "namespace": ns,
+                                    "labels": {PARTITION_LABEL: self.settings.partition}}
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+        try:
+            try:
+                resp = self._call("get", self.api.read_namespaced_service, compss.service, ns,
+                                  _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self._call("create", self.api.create_namespaced_service, ns, body, _preload_content=False)
+                log.info("created headless Service %s/%s for the workers' names", ns, compss.service)
+            else:
+                found = msgspec.json.decode(resp.data, type=_Service)
+                current = found.spec
+                if current.clusterIP != "None":
+                    # clusterIP is immutable: a human must delete the Service.
+                    self.metrics.errors.inc()
+                    log.error("Service %s/%s is not headless (clusterIP %s): worker names do not "
+                              "resolve; delete it and the controller recreates it",
+                              ns, compss.service, current.clusterIP)
+                elif current.selector != spec["selector"] or not current.publishNotReadyAddresses or [
+                        (p.name, p.port) for p in current.ports or ()] != [("nio", compss.min_port)]:
+                    # A replace, not a patch: a strategic merge would add our port to theirs.
+                    metadata["resourceVersion"] = found.metadata.resourceVersion
+                    self._call("update", self.api.replace_namespaced_service, compss.service, ns, body,
+                               _preload_content=False)
+                    log.info("put back the selector and port of Service %s/%s", ns, compss.service)
+        except (ApiException, HTTPError, OSError) as exc:
+            self._failed("headless Service %s not ensured: %s", compss.service, exc)
+            return
+        self._service_checked = now

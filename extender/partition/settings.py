@@ -13,14 +13,22 @@ Design decisions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from extender.errors import ConfigError
-from extender.settings import Struct, load_section, require_positive
+from extender.settings import (
+    LeaderSettings,
+    Struct,
+    load_section,
+    require_positive,
+    validate_leader,
+)
 
 ENV_PREFIX = "PARTITION_"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DEFAULT_CONFIG = Path("config/partition.yaml")
 
 
@@ -71,17 +79,68 @@ class RolloutSettings(Struct, frozen=True):
     """Grace period for deletions; None keeps the pod's own terminationGracePeriodSeconds."""
 
 
-class LeaderSettings(Struct, frozen=True):
-    """Leader election on a coordination.k8s.io/v1 Lease in the controller's namespace."""
+class PartitionLeaderSettings(LeaderSettings, frozen=True):
+    """The partition controller's Lease (a partial `leader:` section keeps this name)."""
+
+    lease_name: str = "extender-partition"
+
+
+Membership = Literal["none", "roll", "agents"]
+REMOTE_EXECUTION_COMMANDS = ("none", "ssh", "srun", "blaunch", "qrsh")
+"""The NIO adaptor's accepted values (COMPSs NIOConfiguration)."""
+
+
+class AgentSettings(Struct, frozen=True):
+    """The COMPSs agents' REST API of the master (`membership: agents`)."""
+
+    url: str = "http://compss-master.extract.svc:46101"
+    """Base URL of the master agent's REST interface (`compss_agent_start --rest_port`); the
+    calls are `PUT <url>/COMPSs/addResources`, `.../removeResources`, `.../lostNode`."""
+    adaptor: str = "es.bsc.compss.agent.comm.CommAgentAdaptor"
+    """Adaptor the master uses to reach each worker agent (the agent scripts' `--comm`)."""
+    comm_port: int = 46102
+    """Each worker agent's `--comm_port`, sent as the adaptor property `Port`."""
+    timeout_s: float = 5.0
+    """Connect and read timeout of each REST call."""
+
+
+class CompssSettings(Struct, frozen=True):
+    """What the COMPSs runtime needs: stable worker names and its two XML files.
+
+    The controller publishes `resources.xml` and `project.xml` in the partition ConfigMap (ready
+    workers only) and keeps a headless Service named `service`, so that each worker's
+    `ComputeNode Name` is the DNS name `<hostname>.<service>.<namespace>.svc`.
+    """
 
     enabled: bool = True
-    lease_name: str = "extender-partition"
-    lease_duration_s: int = 15
-    """A follower takes over this long after the leader's last renewal."""
-    renew_deadline_s: int = 10
-    retry_period_s: int = 2
-    identity: str | None = None
-    """Default: $POD_NAME, then the host name."""
+    """Publish the XML files and keep the headless Service; False publishes resources.json only."""
+    service: str = "partition-workers"
+    """The headless Service selecting the workers; the pods get `subdomain: <service>`."""
+    cluster_domain: str = ""
+    """Appended to the names when set (e.g. `cluster.local`); empty names end in `.svc`, which
+    the pods' DNS search path resolves."""
+    install_dir: str = "/opt/COMPSs"
+    working_dir: str = "/tmp/COMPSsWorker"
+    user: str | None = None
+    """`User` of each ComputeNode (only used by SSH-started workers); None leaves it out."""
+    app_dir: str | None = "/app"
+    pythonpath: str | None = "/app"
+    limit_of_tasks: int | None = None
+    """Tasks at once per worker; None: the worker's ComputingUnits."""
+    min_port: int = 43001
+    max_port: int = 43002
+    """The NIO adaptor's port range on each worker (MaxPort > MinPort, as the runtime requires)."""
+    remote_execution_command: str = "none"
+    """How the master starts a worker: `none` means already started (by Kubernetes)."""
+    membership: Membership = "none"
+    """How a running master learns about joins and leaves: `none` (it reads the files at start),
+    `roll` (the master Deployment's pod template gets the files' hash: a rolling restart),
+    `agents` (REST calls to the master agent)."""
+    master_deployment: str = "compss-master"
+    """The master's Deployment (`membership: roll`)."""
+    master_namespace: str | None = None
+    """Namespace of the master's Deployment; None: the controller's namespace."""
+    agents: AgentSettings = AgentSettings()
 
 
 class PartitionSettings(Struct, frozen=True):
@@ -109,7 +168,8 @@ class PartitionSettings(Struct, frozen=True):
     eligibility: EligibilitySettings = EligibilitySettings()
     sizing: SizingSettings = SizingSettings()
     rollout: RolloutSettings = RolloutSettings()
-    leader: LeaderSettings = LeaderSettings()
+    leader: PartitionLeaderSettings = PartitionLeaderSettings()
+    compss: CompssSettings = CompssSettings()
     pod_template: dict[str, Any] = {}
     """A Pod manifest (metadata.labels/annotations and spec) without name, namespace or node
     affinity: the controller adds those per node."""
@@ -153,18 +213,9 @@ def validate(settings: PartitionSettings) -> None:
         raise ConfigError(f"{src}: metrics_port: expected 0..65535, got {settings.metrics_port}")
     if not settings.name_prefix or len(settings.name_prefix) > 40:
         raise ConfigError(f"{src}: name_prefix: expected 1..40 characters")
-    _validate_leader(settings.leader, src)
+    validate_leader(settings.leader, src)
+    _validate_compss(settings.compss, src)
     _validate_template(settings.pod_template, settings.sizing.container, src)
-
-
-def _validate_leader(leader: LeaderSettings, src: str) -> None:
-    # The same rules as kubernetes.leaderelection.electionconfig.Config, which exits the process.
-    if leader.retry_period_s < 1:
-        raise ConfigError(f"{src}: leader.retry_period_s: expected >= 1")
-    if leader.renew_deadline_s <= 1.2 * leader.retry_period_s:
-        raise ConfigError(f"{src}: leader.renew_deadline_s: must exceed 1.2 x retry_period_s")
-    if leader.lease_duration_s <= leader.renew_deadline_s:
-        raise ConfigError(f"{src}: leader.lease_duration_s: must exceed renew_deadline_s")
 
 
 def _validate_template(template: Mapping[str, Any], container: str, src: str) -> None:
@@ -183,3 +234,22 @@ def _validate_template(template: Mapping[str, Any], container: str, src: str) ->
     meta = template.get("metadata", {})
     if not isinstance(meta, dict) or {"name", "namespace", "generateName"} & set(meta):
         raise ConfigError(f"{src}: pod_template.metadata: name and namespace are set per node")
+
+
+def _validate_compss(compss: CompssSettings, src: str) -> None:
+    # The COMPSs runtime's own checks (its Validator classes), so a bad value fails here, not in
+    # a master reading the published files.
+    if not 0 <= compss.min_port < compss.max_port <= 65535:
+        raise ConfigError(f"{src}: compss.min_port/max_port: need 0 <= min_port < max_port <= 65535")
+    if compss.remote_execution_command not in REMOTE_EXECUTION_COMMANDS:
+        raise ConfigError(f"{src}: compss.remote_execution_command: expected one of "
+                          f"{', '.join(REMOTE_EXECUTION_COMMANDS)}")
+    if compss.limit_of_tasks is not None and compss.limit_of_tasks < 1:
+        raise ConfigError(f"{src}: compss.limit_of_tasks: expected >= 1 or null")
+    if not compss.install_dir or not compss.working_dir:
+        raise ConfigError(f"{src}: compss.install_dir and compss.working_dir: required")
+    if not _DNS_LABEL.fullmatch(compss.service):
+        raise ConfigError(f"{src}: compss.service: expected a DNS label, got {compss.service!r}")
+    require_positive(src, {"compss.agents.timeout_s": compss.agents.timeout_s})
+    if not compss.agents.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{src}: compss.agents.url: expected an http(s) URL")

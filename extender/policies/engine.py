@@ -309,7 +309,7 @@ class Engine:
     def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
         """The same answer as `evaluate()`, from a cached per-table baseline (see the module doc)."""
         profile, note, compiled, overridden = self._resolve(pod, table)
-        if overridden or compiled.per_pod:
+        if overridden or (compiled.per_pod and not compiled.per_pod_scores_only):
             return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
         base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
         rows = table.rows(names)
@@ -328,6 +328,10 @@ class Engine:
                 scores[loaded], mask[loaded], found = base.loaded(
                     rows[loaded], Pending(load.cpu_cores[loaded], load.memory_bytes[loaded]),
                     functools.partial(self._verdicts, base.template, table, compiled, now))
+        if compiled.per_pod_scores_only:
+            # Verdicts as the baseline has them (rules see the node without the pod); scores
+            # with the pod's own requests, one vectorised evaluation without any reason text.
+            scores = self._evaluate_rows(pod, table, rows, compiled, now, load).scores
         verdicts = base.verdicts
         rejected = {names[i]: found.get(row) or verdicts[row]
                     for i, row in zip(np.flatnonzero(mask).tolist(), rows[mask].tolist(),

@@ -2,8 +2,9 @@
 
 Metrics lag placements by a scrape interval plus a refresh interval plus the rate() window. In a
 burst, every pod of the burst would otherwise see the same "idlest" node and pile onto it. As in
-Koordinator's load-aware scheduling, each placement is remembered with the pod's requests and
-added to the node's estimated usage while
+Koordinator's load-aware scheduling, each placement is remembered with the pod's expected load
+(`model.estimate_load`: its requests, or what its siblings use) and added to the node's usage
+while
 - it is younger than `window_s`, and
 - the node's latest sample was taken less than `settle_s` after the placement (a later sample is
   assumed to include the pod).
@@ -141,7 +142,10 @@ class _Totals:
         self.mem = np.zeros(len(table.names) + 1)
         self.heap: list[tuple[float, str]] = []
         for node, log in logs.items():
-            self.update(node, log)
+            # A log whose every placement left the window counts nothing and expires nothing:
+            # skipping it keeps a new table's build proportional to the recent placements.
+            if log.times and log.times[-1] >= horizon:
+                self.update(node, log)
 
     def update(self, node: str, log: _NodeLog | None) -> None:
         """Recompute `node`'s row from its log (None: the ledger forgot it)."""
@@ -260,6 +264,8 @@ class Ledger:
         settle = self.settle_s if settle_s is None else settle_s
         with self._lock:
             for node, log in self._by_node.items():
+                if not log.times or log.times[-1] < horizon:
+                    continue  # every placement left the window: nothing pending
                 i = position(node)
                 if i is not None and i >= 0:
                     k = log.first_counted(horizon, float(sampled_at[i]), settle)

@@ -109,11 +109,19 @@ class CompiledProfile:
     notes: Mapping[str, str] = field(default_factory=dict)
     """Metric or derived term -> what its value is, when it is no plain reading (a risk
     aggregate and its parameters, a learned model), for explanations."""
+    score_with_pod: bool = False
+    """Score the CPU and memory terms with the pod's own requests added (`hotspot_cols` set)."""
 
     @property
     def per_pod(self) -> bool:
         """Whether results depend on the pod beyond its GPU flag (no shared baseline then)."""
-        return bool(self.derived) or bool(self.checks.with_pod.any())
+        return bool(self.derived) or bool(self.checks.with_pod.any()) or self.score_with_pod
+
+    @property
+    def per_pod_scores_only(self) -> bool:
+        """Whether only the scores depend on the pod (`score_with_pod` without pod-specific
+        rules or terms): the verdicts can still come from a shared baseline."""
+        return self.score_with_pod and not self.derived and not self.checks.with_pod.any()
 
 
 def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Sequence[str],
@@ -153,11 +161,16 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
     if LEARNED_TERM in derived and settings.policy.learned_model:
         notes[LEARNED_TERM] = (f"learned model {Path(settings.policy.learned_model).name}: "
                                "1 - P(deadline miss) of this pod on the node, over the model's scale")
+    score_with_pod = hot.score_with_pod and hot_cols is not None
+    if score_with_pod:
+        for metric in (hot.cpu_metric, hot.memory_metric):
+            note = "with this pod's requests added (score_with_pod)"
+            notes[metric] = f"{notes[metric]}; {note}" if metric in notes else note
     return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
                            lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
                            derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
-                           reject & (w > 0), notes)
+                           reject & (w > 0), notes, score_with_pod=score_with_pod)
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,7 +180,8 @@ class Evaluation:
     rows: IntArray
     """Row of each candidate in the table, -1 for nodes the table does not know."""
     values: FloatArray
-    """(k, m) values after hot-spot compensation."""
+    """(k, m) values after hot-spot compensation (and with the pod's own requests when
+    `own_included`)."""
     age_s: FloatArray
     """(k, m) seconds since the sample (NaN when none)."""
     fresh: BoolArray
@@ -183,7 +197,11 @@ class Evaluation:
     pending: Pending | None
     own: FloatArray | None = None
     """(k, m) change the pod's own expected load would make to the values (hot-spot CPU and
-    memory columns; zero elsewhere), for `with_pod` rules; None when no rule needs it."""
+    memory columns; zero elsewhere), for `with_pod` rules and `score_with_pod`; None when
+    neither needs it."""
+    own_included: bool = False
+    """Whether `values` already include `own` (the profile scores with the pod): rules without
+    `with_pod` then take it out again."""
 
     def take(self, indices: Sequence[int]) -> Evaluation:
         """The evaluation of the candidates at `indices` only, in that order."""
@@ -193,7 +211,8 @@ class Evaluation:
         return Evaluation(self.rows[i], self.values[i], self.age_s[i], self.fresh[i],
                           self.imputed[i], self.goodness[i], self.weights,
                           {term: g[i] for term, g in self.derived.items()}, self.derived_weights,
-                          self.scores[i], pending, None if self.own is None else self.own[i])
+                          self.scores[i], pending, None if self.own is None else self.own[i],
+                          self.own_included)
 
 
 def _shares(cpu_cores: float | FloatArray, memory_bytes: float | FloatArray, values: FloatArray,
@@ -235,6 +254,18 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
                                        compiled.hotspot_cols)
         values[:, cpu] += extra_cpu
         values[:, mem] -= extra_mem
+    own = None
+    if compiled.hotspot_cols is not None and (compiled.score_with_pod
+                                              or compiled.checks.with_pod.any()):
+        cpu, mem, _, _ = compiled.hotspot_cols
+        own = np.zeros_like(values)
+        own[:, cpu], own[:, mem] = _shares(pod.load_cpu_cores, pod.load_memory_bytes, values,
+                                           compiled.hotspot_cols)
+        own[:, mem] *= -1.0
+        if compiled.score_with_pod:
+            # What the node will look like with the pod: an idle node too small for it is no
+            # longer as good as an idle node that fits it easily.
+            values = values + own
     age = now - sampled
     fresh = ~np.isnan(values) & (age <= max_staleness_s)
     # |flip - g| is 1 - g where lower is better (flip = 1) and g elsewhere (flip = 0). Clipped
@@ -277,15 +308,33 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
     scored = denominator > 0
     ratio = np.divide(numerator, denominator, out=np.zeros(len(rows)), where=scored)
     scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
-    own = None
-    if compiled.hotspot_cols is not None and compiled.checks.with_pod.any():
-        cpu, mem, _, _ = compiled.hotspot_cols
-        own = np.zeros_like(values)
-        own[:, cpu], own[:, mem] = _shares(pod.load_cpu_cores, pod.load_memory_bytes, values,
-                                           compiled.hotspot_cols)
-        own[:, mem] *= -1.0
     return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,
-                      derived_weights, scores.astype(np.int64), pending, own)
+                      derived_weights, scores.astype(np.int64), pending, own,
+                      compiled.score_with_pod)
+
+
+def term_points(ev: Evaluation, metrics: Sequence[str]) -> tuple[tuple[str, ...], FloatArray]:
+    """What each weighted term gave each candidate of `ev`, in points of the 0..10 score before
+    rounding (a row sums to the unrounded score): `(term names, (k, terms) points)`.
+
+    `metrics` are the columns of the table `ev` was computed on. Metric terms with a weight come
+    first, in column order, then the derived terms. A term a node lacked counts what its
+    `on_missing` policy imputed; a term dropped for all, or a node with no counted term at all
+    (it got `missing_score`), gives 0."""
+    counted = (ev.fresh | ev.imputed) * ev.weights
+    weighted = np.flatnonzero(ev.weights > 0)
+    numerators = [counted[:, weighted] * np.where(counted[:, weighted] > 0,
+                                                  ev.goodness[:, weighted], 0.0)]
+    denominator = counted.sum(axis=1)
+    for term, weight in ev.derived_weights.items():
+        goodness = ev.derived[term]
+        ok = ~np.isnan(goodness)
+        numerators.append(np.where(ok, weight * np.nan_to_num(goodness), 0.0)[:, None])
+        denominator = denominator + np.where(ok, weight, 0.0)
+    points = np.hstack(numerators) if numerators else np.zeros((len(ev.rows), 0))
+    scale = np.divide(MAX_SCORE, denominator, out=np.zeros(len(ev.rows)), where=denominator > 0)
+    names = (*(metrics[j] for j in weighted.tolist()), *ev.derived_weights)
+    return names, points * scale[:, None]
 
 
 @dataclass(frozen=True)
@@ -325,7 +374,9 @@ def _reject_derived(rule: FilterRule, ev: Evaluation, names: Sequence[str],
     goodness = ev.derived.get(rule.metric)
     if goodness is None:
         return
-    alive = np.array([name not in out for name in names], bool) & ~np.isnan(goodness)
+    alive = ~np.isnan(goodness)
+    if out:
+        alive &= np.fromiter((name not in out for name in names), bool, count=len(names))
     best = float(goodness[alive].max()) if alive.any() else 0.0
     if best <= 0:  # the term ranks no passing candidate: nothing to keep a band around
         return
@@ -333,8 +384,13 @@ def _reject_derived(rule: FilterRule, ev: Evaluation, names: Sequence[str],
     above = np.inf if rule.above is None else rule.above
     below = -np.inf if rule.below is None else rule.below
     label = rule.label or rule.metric
-    for i in np.flatnonzero(alive & ((relative > above) | (relative < below))).tolist():
-        out[names[i]] = Rejection(label, rule.reason or (
+    failing = np.flatnonzero(alive & ((relative > above) | (relative < below))).tolist()
+    if rule.reason:  # one verdict for all: the same text (frozen, so it can be shared)
+        verdict = Rejection(label, rule.reason)
+        out.update((names[i], verdict) for i in failing)
+        return
+    for i in failing:
+        out[names[i]] = Rejection(label, (
             f"{label} {relative[i]:.2f} relative to the best node, limit "
             f"{rule.below if rule.below is not None else rule.above:g}"))
 
@@ -343,7 +399,9 @@ def _failures(checks: RuleChecks, ev: Evaluation) -> tuple[FloatArray, BoolArray
     """(k, rules) values checked, out-of-limit flags, and failures (incl. missing under reject)."""
     values, ok = ev.values[:, checks.columns], ev.fresh[:, checks.columns]
     if ev.own is not None:
-        values = values + ev.own[:, checks.columns] * checks.with_pod
+        # Rules with `with_pod` see the pod's requests, the others the node without them.
+        values = values + ev.own[:, checks.columns] * (checks.with_pod.astype(float)
+                                                       - float(ev.own_included))
     # Comparisons with NaN are False and do not warn.
     bad = ok & ((values > checks.above) | (values < checks.below))
     failed = bad | (~ok & checks.reject_missing & (ev.rows >= 0)[:, None])

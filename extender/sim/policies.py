@@ -39,7 +39,8 @@ BASELINE_NAMES = (*BASELINES, "fgd")
 EXTENDER_WEIGHT = 5  # manifests/base/scheduler-config.yaml: extender scores 0..10 -> 0..500
 
 METRICS = ("cpu_utilisation", "cpu_cores", "memory_available_ratio", "memory_total_bytes",
-           "gpu_utilisation", "gpu_memory_free_ratio", "host_power_watts", "node_ready",
+           "gpu_utilisation", "gpu_memory_free_ratio", "host_power_watts", "node_cpu_power_watts",
+           "node_ready",
            "node_pressure", "node_unschedulable", "deadline_miss_ratio")
 """Catalog metrics the simulator models; the others (network, disk, GPU temperature and power)
 are absent from its table, so profiles weighting them renormalise over the rest."""
@@ -85,6 +86,7 @@ class OursPolicy:
             values[:, col["memory_available_ratio"]] = 1.0 - obs.memory_used_mib / mem_total
             values[:, col["gpu_utilisation"]] = obs.gpu_utilisation
             values[:, col["host_power_watts"]] = obs.power_watts
+            values[:, col["node_cpu_power_watts"]] = obs.power_watts  # the `power` profile's
             values[:, col["deadline_miss_ratio"]] = obs.deadline_risk
             seen = obs.seen_at
         else:  # no usage model: utilisation is what the requests take

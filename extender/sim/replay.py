@@ -12,17 +12,19 @@ time, rebuilt from the current state minus the changes made since (kept for 60 s
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from extender.openb import Nodes, Pods, TraceError
-from extender.policies.baselines import Policy
+from extender.policies.baselines import Policy, pick_gpus
 from extender.sim import models
 from extender.sim.cluster import Cluster, Stateful, decide, task_of
 
@@ -61,10 +63,27 @@ class ReplayResult:
     """Time-averaged allocated GPU share of capacity."""
     decision_ms: F64
     wall_s: float
+    slowdown: F64 = dataclasses.field(default_factory=lambda: np.zeros(0))
+    """Per placed task: time it ran over the progress it made (1 = no contention), judged at
+    its departure or, for tasks still running, at the end."""
+    load: float = 1.0
+    """The arrival speed-up the run was made with (`compress`)."""
+    evictions: int = 0
+    """Tasks the rebalancer moved (each restarted elsewhere; see `Mover`)."""
 
     @property
     def deadline_miss_rate(self) -> float:
         return self.deadline_misses / self.tasks if self.tasks else 0.0
+
+    @property
+    def energy_above_idle_kwh(self) -> float:
+        """Energy beyond the all-idle floor: what placement changes (the floor dominates)."""
+        return self.energy_kwh - self.idle_energy_kwh
+
+    @property
+    def slowdown_p99(self) -> float:
+        """99th percentile of the per-task slowdown (NaN when nothing was placed)."""
+        return float(np.percentile(self.slowdown, 99)) if len(self.slowdown) else float("nan")
 
 
 class _State:
@@ -149,6 +168,20 @@ class _State:
         return Observation(now, seen, util, mem, gpu_util, self.power.copy(), risk)
 
 
+class Mover(Protocol):
+    """A rebalancer in the replay (`extender.sim.rebalance.SimRebalancer`): every `interval_s` it
+    names running tasks to move. A moved task leaves its node and restarts on the new one with
+    its remaining work plus `restart_cost_s` of lost work, finishing that much later."""
+
+    interval_s: float
+    restart_cost_s: float
+
+    def moves(self, now: float, seen: Observation, cluster: Cluster,
+              running: Mapping[int, tuple[int, float]]) -> list[tuple[int, int]]: ...
+
+    def refused(self) -> None: ...
+
+
 def compress(pods: Pods, speedup: float) -> Pods:
     """The same tasks with arrivals `speedup` times closer together, durations kept: more load.
 
@@ -165,12 +198,13 @@ def compress(pods: Pods, speedup: float) -> Pods:
 
 
 def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
-               speedup: float = 1.0,
+               speedup: float = 1.0, mover: Mover | None = None,
                on_task_end: Callable[[int, float, bool], None] | None = None) -> ReplayResult:
-    """Replay `pods` on `nodes` under `policy` (arrivals `speedup` times denser, see `compress`);
-    deterministic for a given seed. `on_task_end(pod index, slowdown, missed)` is told the
-    outcome of every placed task (when it ends, or at the end of the replay for those still
-    running; slowdown = elapsed / progress achieved, 1 without contention)."""
+    """Replay `pods` on `nodes` under `policy` (arrivals `speedup` times denser, see `compress`),
+    with `mover` moving tasks every `mover.interval_s` when given; deterministic for a given
+    seed. `on_task_end(pod index, slowdown, missed)` is told the outcome of every placed task
+    (when it ends, or at the end of the replay for those still running; slowdown = elapsed /
+    progress achieved, 1 without contention)."""
     if not pods.has_times:
         raise TraceError("the replay needs creation_time and deletion_time for every pod "
                          "(this pod list has none; use the saturation experiment)")
@@ -189,9 +223,13 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
     departures: list[tuple[float, int]] = []
     placement: dict[int, tuple[int, tuple[int, ...], float, float]] = {}
     latencies = np.zeros(len(pods))
+    slowdowns: list[float] = []
     misses = unscheduled = placed = 0
     gpu_milli_seconds = 0.0
     last_t, allocated = start, 0
+    due: dict[int, float] = {}  # departure of each moved task (its older heap entries are void)
+    evictions = 0
+    next_tick = start + mover.interval_s if mover is not None else float("inf")
 
     def account(now: float) -> None:
         nonlocal gpu_milli_seconds, last_t
@@ -211,6 +249,7 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
             if achieved * (1.0 + models.DEADLINE_MARGIN) < expected - 1e-9:
                 misses += 1
                 missed = True
+            slowdowns.append(_slowdown(expected, achieved))
             if on_task_end is not None:
                 on_task_end(i, expected / max(achieved, 1e-9), missed)
         cluster.release(node, task, gpus)
@@ -219,11 +258,49 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
                      task.memory_mib * usage.memory[i], gpus,
                      models.gpu_demand(task.gpu_milli, float(usage.gpu[i])))
 
+    def drain(until: float) -> None:
+        while departures and departures[0][0] <= until:
+            t, j = heapq.heappop(departures)
+            if due.get(j, t) == t:
+                depart(t, j)
+
+    def move(now: float, i: int, target: int) -> bool:
+        """Restart task `i` on `target` (see `Mover`); False when it does not fit there."""
+        node, gpus, began, progress0 = placement[i]
+        task = task_of(pods, i, nodes.models)
+        try:
+            slots = pick_gpus(task, cluster.gpu_free[target])
+            cluster.place(target, task, slots)
+        except ValueError:
+            return False
+        assert mover is not None
+        cost = mover.restart_cost_s
+        cpu, memory = task.cpu_milli * usage.cpu[i], task.memory_mib * usage.memory[i]
+        load = models.gpu_demand(task.gpu_milli, float(usage.gpu[i]))
+        state.advance(node, now)
+        achieved = float(state.progress[node]) - progress0
+        cluster.release(node, task, gpus)
+        state.change(node, now, -1, cpu, memory, gpus, load)
+        state.change(target, now, +1, cpu, memory, slots, load)
+        # Progress so far minus the lost restart work carries over; the task leaves later.
+        placement[i] = (target, slots, began, float(state.progress[target]) - (achieved - cost))
+        if cost > 0:
+            due[i] = due.get(i, max(float(pods.deletion[i]), began)) + cost
+            heapq.heappush(departures, (due[i], i))
+        return True
+
     for k, i in enumerate(order):
         now = float(pods.creation[i])
-        while departures and departures[0][0] <= now:
-            t, j = heapq.heappop(departures)
-            depart(t, j)
+        while mover is not None and next_tick <= now:
+            drain(next_tick)
+            running = {j: (p[0], p[2]) for j, p in placement.items()}
+            for j, target in mover.moves(next_tick, state.observe(next_tick), cluster, running):
+                if move(next_tick, j, target):
+                    evictions += 1
+                else:
+                    mover.refused()
+            next_tick += mover.interval_s
+        drain(now)
         task = task_of(pods, int(i), nodes.models)
         seen = state.observe(now)
         if isinstance(policy, Stateful):
@@ -244,9 +321,7 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         if isinstance(policy, Stateful):
             policy.placed(node, task, pods.names[i])
         heapq.heappush(departures, (max(float(pods.deletion[i]), now), int(i)))
-    while departures and departures[0][0] <= end:
-        t, j = heapq.heappop(departures)
-        depart(t, j)
+    drain(end)
     account(end)
     for node in range(len(nodes)):
         state.advance(node, end)
@@ -254,8 +329,10 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         achieved = state.progress[node] - progress0
         late = achieved * (1.0 + models.DEADLINE_MARGIN) < end - began - 1e-9
         misses += late
-        if on_task_end is not None and end > began:
-            on_task_end(i, (end - began) / max(achieved, 1e-9), late)
+        if end > began:
+            slowdowns.append(_slowdown(end - began, achieved))
+            if on_task_end is not None:
+                on_task_end(i, (end - began) / max(achieved, 1e-9), late)
     span = max(end - start, 1e-9)
     idle_j = float(state.idle_w.sum()) * span
     return ReplayResult(
@@ -263,4 +340,10 @@ def run_replay(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int
         tasks=len(pods), hotspot_node_minutes=float(state.hot_s.sum()) / 60.0,
         energy_kwh=float(state.energy_j.sum()) / 3.6e6, idle_energy_kwh=idle_j / 3.6e6,
         gpu_alloc_ratio=gpu_milli_seconds / span / max(cluster.gpu_capacity_milli, 1),
-        decision_ms=latencies, wall_s=time.perf_counter() - wall)
+        decision_ms=latencies, wall_s=time.perf_counter() - wall,
+        slowdown=np.array(slowdowns), load=speedup, evictions=evictions)
+
+
+def _slowdown(elapsed: float, achieved: float) -> float:
+    """Wall time over progress (>= 1; rates never exceed 1, so rounding is clipped)."""
+    return max(1.0, elapsed / achieved) if achieved > 0 else float("inf")

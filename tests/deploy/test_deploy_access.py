@@ -47,7 +47,10 @@ def test_partition_controller_gets_exactly_what_it_needs(
         | {("", "configmaps", v, own_configmap) for v in ("get", "update", "patch")}
         | {("coordination.k8s.io", "leases", "create", ())}
         | {("coordination.k8s.io", "leases", v, own_lease) for v in ("get", "update")}
-        | {("", "events", v, ()) for v in ("create", "patch")})
+        | {("", "events", v, ()) for v in ("create", "patch")}
+        | {("", "services", "create", ())}
+        | {("", "services", v, (settings.compss.service,)) for v in ("get", "update")}
+        | {("apps", "deployments", "patch", (settings.compss.master_deployment,))})
     for kind, role_name in (("ClusterRoleBinding", "extract:partition-controller"),
                             ("RoleBinding", "partition-controller")):
         binding = find(overlay, kind, role_name)

@@ -105,6 +105,7 @@ def test_dashboard_shows_what_an_operator_asks_for() -> None:
         "latency": "extender_request_duration_seconds_bucket",
         "rejected nodes by reason": "extender_nodes_rejected_total",
         "per-node scores": "extender_node_score",
+        "what each term gave": "extender_node_score_term",
         "miss ratio": "deadline_miss_ratio",
         "host energy": "scaph_host_power_microwatts",
         "GPU energy": "DCGM_FI_DEV_POWER_USAGE",

@@ -161,6 +161,6 @@ def test_example_workload_opts_into_the_metrics_aware_scheduler() -> None:
 def test_config_map_carries_every_config_file(overlay: tuple[dict[str, Any], ...]) -> None:
     # A new file in config/ that config/kustomization.yaml forgets would be missing in the pods.
     shipped = set(find(overlay, "ConfigMap", "extender-config")["data"])
-    on_disk = {p.name for p in (REPO / "config").glob("*.yaml")
+    on_disk = {p.name for p in [*(REPO / "config").glob("*.yaml"), *(REPO / "config").glob("*.json")]
                if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")}
     assert on_disk == shipped

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from extender.partition.reconcile import PartitionMetrics, Reconciler
 from extender.partition.settings import PartitionSettings, load_partition_settings
+from tests.partition.agentserver import Agent, serving
 from tests.partition.fakeapi import FakeKubernetes
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "partition.yaml"
@@ -32,11 +33,17 @@ def make_settings(**changes: Any) -> PartitionSettings:
         namespace=NS, resync_interval_s=5.0, min_reconcile_interval_s=0.05, api_timeout_s=5.0,
         rollout=rollout, leader=leader, eligibility=eligibility, metrics_port=0,
     )
-    for section in ("rollout", "leader", "eligibility", "sizing"):
+    for section in ("rollout", "leader", "eligibility", "sizing", "compss"):
         if section in changes:
-            changes[section] = msgspec.structs.replace(
-                defaults.get(section, getattr(base, section)), **changes[section])
+            changes[section] = _replace(defaults.get(section, getattr(base, section)), changes[section])
     return msgspec.structs.replace(base, **(defaults | changes))
+
+
+def _replace(struct: Any, changes: dict[str, Any]) -> Any:
+    """`struct` with `changes`; a dict given for a nested section changes only its keys."""
+    nested = {k: _replace(getattr(struct, k), v) for k, v in changes.items()
+              if isinstance(v, dict) and isinstance(getattr(struct, k), msgspec.Struct)}
+    return msgspec.structs.replace(struct, **(changes | nested))
 
 
 @pytest.fixture
@@ -83,6 +90,9 @@ def controller(api_client: ApiClient) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
     def start(clock: Callable[[], float] = time.time, **changes: Any) -> Running:
+        # The fake API serves no Services: COMPSs publishing runs against the real apiserver
+        # (test_partition_compss_apiserver.py).
+        changes.setdefault("compss", {"enabled": False})
         running = Running(make_settings(**changes), api_client, clock=clock).start()
         started.append(running)
         return running
@@ -91,3 +101,10 @@ def controller(api_client: ApiClient) -> Iterator[Callable[..., Running]]:
     for running in started:
         if running.thread.is_alive():
             running.halt()
+
+
+@pytest.fixture
+def agent() -> Iterator[tuple[Agent, str]]:
+    """A COMPSs master agent's REST interface on loopback (tests/partition/agentserver.py)."""
+    with serving() as running:
+        yield running

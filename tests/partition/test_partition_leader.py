@@ -9,8 +9,8 @@ import pytest
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
 from prometheus_client import CollectorRegistry
 
+from extender.leader import run_elected
 from extender.localserver import wait_until
-from extender.partition.leader import run_elected
 from extender.partition.reconcile import PartitionMetrics, Reconciler
 from tests.partition.conftest import NS, make_settings
 from tests.partition.fakeapi import FakeKubernetes, node, now_iso
@@ -24,7 +24,7 @@ class Replica:
 
     def __init__(self, api: FakeKubernetes, identity: str) -> None:
         self.identity = identity
-        self.settings = make_settings()
+        self.settings = make_settings(compss={"enabled": False})  # the fake API serves no Services
         self.client = ApiClient(Configuration(host=api.url))
         self.registry = CollectorRegistry()
         self.reconciler = Reconciler(self.settings, CoreV1Api(self.client),

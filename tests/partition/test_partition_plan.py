@@ -13,10 +13,10 @@ from extender.partition.plan import (
     HASH_ANNOTATION,
     NODE_ANNOTATION,
     PARTITION_LABEL,
-    NodeView,
+    ObservedNode,
+    ObservedWorker,
     PartitionEntry,
     Resources,
-    WorkerView,
     backoff_delay,
     partition_document,
     partition_entries,
@@ -32,21 +32,21 @@ NOW = 1_800_000_000.0
 GIB = 2**30
 
 
-def nodes(*views: NodeView) -> dict[str, NodeView]:
+def nodes(*views: ObservedNode) -> dict[str, ObservedNode]:
     return {v.name: v for v in views}
 
 
-def node(name: str, **kw: object) -> NodeView:
+def node(name: str, **kw: object) -> ObservedNode:
     kw.setdefault("allocatable", Resources(4000, 16 * GIB, 0))
-    return NodeView(name=name, **kw)  # type: ignore[arg-type]
+    return ObservedNode(name=name, **kw)  # type: ignore[arg-type]
 
 
-def current(view: NodeView, settings: PartitionSettings, **kw: object) -> WorkerView:
+def current(view: ObservedNode, settings: PartitionSettings, **kw: object) -> ObservedWorker:
     """The worker the controller would have created for `view`, as observed."""
     meta = render_worker(view, settings)["metadata"]
     kw.setdefault("phase", "Running")
     kw.setdefault("ready", True)
-    return WorkerView(name=meta["name"], node=view.name,
+    return ObservedWorker(name=meta["name"], node=view.name,
                       spec_hash=meta["annotations"][HASH_ANNOTATION], **kw)  # type: ignore[arg-type]
 
 
@@ -78,7 +78,7 @@ def test_plan_is_empty_when_every_node_has_its_current_worker(settings: Partitio
     (node("nr", ready=False, ready_since=NOW - 120), "NotReady for 120s"),
     (node("nr2", ready=False, ready_since=None), "NotReady for 0s"),
 ])
-def test_plan_excludes_ineligible_nodes_with_a_reason(view: NodeView, reason: str) -> None:
+def test_plan_excludes_ineligible_nodes_with_a_reason(view: ObservedNode, reason: str) -> None:
     settings = make_settings(eligibility={"exclude_taints": ("maintenance",),
                                           "not_ready_grace_s": 60.0})
     if view.name == "nr2":

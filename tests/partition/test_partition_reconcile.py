@@ -157,7 +157,8 @@ def test_not_ready_node_keeps_its_worker_for_the_grace_period_then_loses_it(
 def test_failed_worker_is_recreated_after_a_backoff_that_doubles_until_it_gets_ready(
         api: FakeKubernetes, api_client: ApiClient) -> None:
     clock = ManualClock()
-    settings = make_settings(rollout={"backoff_initial_s": 30.0, "backoff_max_s": 300.0})
+    settings = make_settings(compss={"enabled": False},
+                             rollout={"backoff_initial_s": 30.0, "backoff_max_s": 300.0})
     running = Running(settings, api_client, clock=clock)
     api.put("nodes", node("a"))
     running.start()
@@ -263,7 +264,7 @@ def test_create_conflict_means_the_worker_already_exists(
         api: FakeKubernetes, api_client: ApiClient) -> None:
     api.put("nodes", node("a"))
     registry = CollectorRegistry()
-    reconciler = Reconciler(make_settings(), CoreV1Api(api_client),
+    reconciler = Reconciler(make_settings(compss={"enabled": False}), CoreV1Api(api_client),
                             metrics=PartitionMetrics(registry))
     reconciler.observe()
     # Another replica (or our previous life) creates the worker between our list and our create.

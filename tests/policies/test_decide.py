@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from extender.policies.engine import Context, Engine, Outcome
 from extender.policies.model import NodeTable, PodDemand
 from extender.policies.scoring import UNKNOWN_NODE, format_value
+from tests.support import WITH_POD
 from tests.support import settings as load
 
 NOW = 1_000_000.0
@@ -83,8 +84,17 @@ def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
     assert engine.compiled("gpu", table.metrics, None).per_pod
     engine.decide(pod, table, NODES, NOW)
     assert engine._baselines == {}
-    engine.decide(PodDemand(namespace="ns", name="c", cpu_cores=1), table, NODES, NOW)
+    # With `score_with_pod` the default profile's scores are per pod; its verdicts (rules on the
+    # node without the pod) still come from a baseline.
+    s = load(cache={"missing_data": "neutral"}, server={"unknown_nodes": "neutral"}, **WITH_POD)
+    engine = Engine(s)
+    compiled = engine.compiled(s.policy.default, table.metrics, None)
+    assert compiled.per_pod and compiled.per_pod_scores_only
+    pod = PodDemand(namespace="ns", name="c", cpu_cores=3, memory_bytes=2**33)
+    fast = engine.decide(pod, table, NODES, NOW)
     assert engine._baselines  # the default profile does build one
+    slow = Engine(s).evaluate(pod, table, NODES, NOW)
+    assert fast.scores == slow.scores and fast.rejected == slow.rejected
 
 
 def test_decide_on_an_empty_table_gives_every_node_the_missing_score() -> None:
@@ -119,7 +129,8 @@ def test_ranking_is_best_score_first_then_name(scores: list[int], rejected: list
 
 def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
     """The filter verdicts as the configuration reads: rule after rule, first failure wins; a
-    `with_pod` rule checks the value with the pod's requests added."""
+    `with_pod` rule checks the value with the pod's requests added, the others the value without
+    them (also when the profile scores with the pod)."""
     hot = s.profile(profile).hotspot
     units = {entry.name: entry.unit for entry in s.catalog}
     out: dict[str, str] = {}
@@ -134,6 +145,8 @@ def rule_by_rule(ev, names, s, profile, metrics, pod) -> dict[str, str]:
         mine = " with this pod" if rule.with_pod else ""
         for i, name in enumerate(names):
             value, fresh = float(ev.values[i, j]), bool(ev.fresh[i, j])
+            if ev.own_included:  # a profile scoring with the pod: its rules see the node as is
+                value -= float(ev.own[i, j])
             if name in out:
                 continue
             if rule.with_pod and rule.metric == hot.cpu_metric:

@@ -16,7 +16,7 @@ from extender.policies.model import (
 )
 from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.settings import Settings
-from tests.support import settings
+from tests.support import WITH_POD, settings
 
 NOW = 1_000_000.0
 POD = PodDemand(namespace="ns", name="p", uid="u1", cpu_cores=1, memory_bytes=2**30)
@@ -51,7 +51,9 @@ def only(weights: dict[str, float]) -> dict[str, float]:
 def cpu_only(s: Settings) -> Settings:
     return settings(policy={"profiles": {"metrics-aware": {
         "filters": [{"metric": "cpu_utilisation", "above": 0.9, "label": "cpu"}],
-        "weights": only({"cpu_utilisation": 1})}}})
+        "weights": only({"cpu_utilisation": 1}),
+        # Usage alone: these tests pin the engine's arithmetic, not the shipped choice.
+        "hotspot": {"score_with_pod": False}}}})
 
 
 def test_scores_are_proportional_to_the_metric_not_ranks() -> None:
@@ -227,7 +229,8 @@ def test_burst_spreads_over_nodes_thanks_to_placement_compensation() -> None:
 
 def test_placement_counts_until_a_newer_sample_shows_it_or_the_window_ends() -> None:
     s = settings(cache={"max_staleness_s": 1000},
-                 policy={"profiles": {"metrics-aware": {"weights": only({"cpu_utilisation": 1})}}})
+                 policy={"profiles": {"metrics-aware": {"weights": only({"cpu_utilisation": 1}),
+                                                        "hotspot": {"score_with_pod": False}}}})
     engine = Engine(s)
     pod = PodDemand(namespace="ns", name="p", cpu_cores=16)
     engine.record_placement("n0", pod, NOW - 40)
@@ -298,3 +301,47 @@ def test_bad_quantities_raise(text: str) -> None:
 def test_bad_weight_annotations_raise(text: str) -> None:
     with pytest.raises(ValueError, match="invalid weight"):
         parse_weights(text)
+
+
+def test_score_with_pod_scores_cpu_and_memory_with_the_pods_own_requests() -> None:
+    """Two idle nodes score the same on usage alone; with the pod's requests added, the node the
+    pod would nearly fill scores lower. The CPU filter (no `with_pod`) still checks the node as
+    it is: the small node is not rejected, only scored down."""
+    s = settings(**WITH_POD)
+    assert s.profile().hotspot.score_with_pod
+    rows = {"small": {"cpu_utilisation": 0.0, "memory_available_ratio": 1.0, "cpu_cores": 16},
+            "large": {"cpu_utilisation": 0.0, "memory_available_ratio": 1.0, "cpu_cores": 64}}
+    big = PodDemand(namespace="ns", name="big", cpu_cores=15, memory_bytes=8 * 2**30)
+    out = Engine(s).evaluate(big, table(s, rows), list(rows), NOW)
+    assert not out.rejected
+    small, large = out.scores
+    assert large > small
+    # The explanation's values are those scored: CPU with the pod, 15 of 16 cores.
+    assert out.evaluation is not None
+    cpu = table(s, rows).column["cpu_utilisation"]
+    assert out.evaluation.values[0, cpu] == 15 / 16
+    # decide() (the webhook's path) gives the same answer.
+    fast = Engine(s).decide(big, table(s, rows), list(rows), NOW)
+    assert fast.scores == out.scores and not fast.rejected
+
+    off = settings(policy={"profiles": {"metrics-aware": {"hotspot": {"score_with_pod": False}}}})
+    plain = Engine(off).evaluate(big, table(off, rows), list(rows), NOW)
+    assert plain.scores[0] == plain.scores[1]
+
+
+def test_scoring_with_the_pod_leaves_with_pod_rules_and_plain_rules_their_meaning() -> None:
+    """A plain 90% CPU rule rejects on usage before the pod, a `with_pod` rule on usage with it,
+    whether or not the profile scores with the pod."""
+    for score_with_pod in (False, True):
+        s = settings(policy={"profiles": {"metrics-aware": {
+            "filters": [{"metric": "cpu_utilisation", "above": 0.9, "label": "cpu"},
+                        {"metric": "memory_available_ratio", "below": 0.1, "with_pod": True,
+                         "label": "memory"}],
+            "hotspot": {"score_with_pod": score_with_pod}}}})
+        rows = {"busy": {"cpu_utilisation": 0.95}, "fits": {"cpu_utilisation": 0.5},
+                "tight": {"cpu_utilisation": 0.5, "memory_available_ratio": 0.15}}
+        pod = PodDemand(namespace="ns", name="p", cpu_cores=14, memory_bytes=16 * 2**30)
+        out = Engine(s).evaluate(pod, table(s, rows), list(rows), NOW)
+        # fits: 50% + 14/32 cores = 94% with the pod, but the CPU rule is on usage before it.
+        assert sorted(out.rejected) == ["busy", "tight"], (score_with_pod, out.rejected)
+        assert out.rejected["tight"].message.startswith("memory 2% with this pod")

@@ -9,7 +9,7 @@ from flask import Flask
 
 from extender import localserver
 from extender.kube import ApiBinder, ApiEventSink
-from tests.support import RecordingBinder, StaticSource, app_for, fixture, healthy, sample, settings
+from tests.support import WITH_POD, RecordingBinder, StaticSource, app_for, fixture, healthy, sample, settings
 
 NODES = ["node-0", "node-1", "node-2", "node-3"]
 NOW = 1_800_000_000.0  # a fixed clock: data ages are exact
@@ -39,19 +39,22 @@ def test_shadow_mode_answers_neutrally_but_records_the_real_decision() -> None:
 
 
 def test_decision_explains_each_term_and_sums_to_the_score() -> None:
-    client = app_with().test_client()
+    client = app_with(**WITH_POD).test_client()
     client.post("/prioritize", json=REQUEST)
     decision = client.get("/api/v1/decisions?pod=default/cache-plain&limit=1").get_json()["decisions"][0]
     best = decision["nodes"][0]
     assert best["node"] == decision["chosen"] == "node-1"
     assert best["score"] == round(sum(t["contribution"] for t in best["terms"]))
     cpu = next(t for t in best["terms"] if t["metric"] == "cpu_utilisation")
-    assert cpu["value"] == pytest.approx(0.10) and cpu["weight"] == 3 and cpu["fresh"] is True
+    # With score_with_pod the profile scores usage with the pod's own requests added,
+    # and says so: node-1 is at 10% of its cores before the pod.
+    assert cpu["value"] > 0.10 and cpu["weight"] == 3 and cpu["fresh"] is True
+    assert "with this pod" in cpu["note"]
     assert best["data_age_s"] == 0.0
 
 
 def test_filter_decision_explains_the_rejected_nodes_and_the_only_one_left() -> None:
-    client = app_with().test_client()
+    client = app_with(**WITH_POD).test_client()
     client.post("/filter", json=REQUEST)
     decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]
     assert decision["verb"] == "filter" and decision["chosen"] is None
@@ -59,7 +62,8 @@ def test_filter_decision_explains_the_rejected_nodes_and_the_only_one_left() -> 
     assert (rejected["node"], rejected["passed"], rejected["reason"]) == (
         "node-0", False, "cpu 95% > 90%")
     cpu = next(t for t in rejected["terms"] if t["metric"] == "cpu_utilisation")
-    assert cpu["value"] == pytest.approx(0.95)
+    # The rule judged the node as it is (95%); the scored term adds the pod (score_with_pod).
+    assert cpu["value"] == pytest.approx(0.95 + 0.1 / 32) and "with this pod" in cpu["note"]
 
     client.post("/filter", json={**REQUEST, "NodeNames": ["node-0", "node-2"]})
     decision = client.get("/api/v1/decisions?limit=1").get_json()["decisions"][0]

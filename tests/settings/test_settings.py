@@ -112,7 +112,7 @@ def test_check_config_command_reports_ok_and_errors(tmp_path: Path,
 
     assert check_config.run(Namespace(file=CONFIG)) == 0
     out = capsys.readouterr().out
-    assert "ok (23 catalog metrics, 36 monitoring metrics" in out
+    assert "ok (25 catalog metrics, 36 monitoring metrics" in out
     with pytest.raises(ConfigError):
         check_config.run(Namespace(file=write(tmp_path, {"cache": {"missing_data": "maybe"}})))
 

@@ -183,3 +183,51 @@ def test_cli_saturation_without_gpus_is_a_clear_error(
                  "--no-plots"])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_load_sweep_runs_every_policy_at_every_load_and_plots_against_load(
+        tmp_path: Path) -> None:
+    nodes, pods = write_trace(tmp_path)
+    out = tmp_path / "sweep"
+    code = main(["simulate", "--nodes", str(nodes), "--pods", str(pods), "--experiment",
+                 "replay", "--policy", "kube-default,metrics-aware", "--load", "1,10",
+                 "--seeds", "2", "--out", str(out)])
+    assert code == 0
+    with (out / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["policy"], r["load"], r["seed"]) for r in rows] == [
+        (p, load, seed) for p in ("kube-default", "metrics-aware") for load in ("1", "10")
+        for seed in ("42", "43")]
+    assert all(float(r["slowdown_p99"]) >= 1.0 and r["energy_above_idle_kwh"] for r in rows)
+    for name in ("hotspot_vs_load", "deadline_miss_vs_load", "slowdown_p99_vs_load",
+                 "energy_above_idle_vs_load", "gpu_alloc_vs_load"):
+        assert (out / f"{name}.png").stat().st_size > 0
+
+
+def test_cli_load_is_a_replay_option_and_must_be_positive(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, pods = write_trace(tmp_path)
+    code = main(["simulate", "--nodes", str(nodes), "--pods", str(pods), "--experiment",
+                 "saturation", "--policy", "random", "--load", "1,5", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "only the replay" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", "--nodes", str(nodes), "--pods", str(pods), "--experiment", "replay",
+              "--load", "1,0", "--out", str(tmp_path / "o")])
+    assert "speed-ups > 0" in capsys.readouterr().err
+
+
+def test_comparison_pairs_every_policy_with_kube_default_by_seed() -> None:
+    from extender.sim.report import SummaryRow, comparison
+
+    def row(policy: str, seed: int, hot: float) -> SummaryRow:
+        return SummaryRow(policy, seed, 10.0, 0.9, 0.1, hot, 0.01, 1.0, 0.2, 1.0, 5.0)
+
+    rows = [row("kube-default", 42, 100), row("kube-default", 43, 300),
+            row("any-new-policy", 42, 40), row("any-new-policy", 43, 260)]
+    headers, table = comparison(rows, "kube-default", {"any-new-policy": "learned"})
+    assert headers[:4] == ["load", "policy", "kind", "seeds"]
+    new = next(r for r in table if r[1] == "any-new-policy")
+    # Means 150 vs 200 with a seed-to-seed sd of 156; paired by seed -60 and -40: -50 ± 14.
+    assert new[:4] == ["10", "any-new-policy", "learned", "2"]
+    assert new[4] == "150 ± 156 (Δ -50 ± 14)"

@@ -8,6 +8,8 @@ cluster. One HTTP server plays every exporter a metrics-aware scheduler reads:
     /cadvisor/metrics             kubelet cAdvisor (containers, and pod cgroups as container="")
     /dcgm/metrics                 dcgm-exporter, GPU nodes only
     /scaphandre/<node>/metrics    Scaphandre, one endpoint per node, no host label at all
+    /kepler/metrics               Kepler >= 0.10, every node (node_name label, nested RAPL zones);
+                                  /kepler/<node>/metrics one node's page
 
     fleet.py      nodes of an OpenB node list (`load_fleet`), GPU models
     workload.py   pods, background load, the power model

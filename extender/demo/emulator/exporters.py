@@ -5,14 +5,16 @@ identifies a node only by `instance="<internal IP>:9100"` (the IP is a fake 10.2
 contacted, so consumers must map it through `kube_node_info{internal_ip}`); dcgm-exporter names the
 node `Hostname` on half the GPU nodes and `hostname` on the other half (its 2026 rename);
 Scaphandre's host power carries no node label (the node comes from target labels); cAdvisor has a
-pod-level series with `container=""` that double-counts a naive `sum by (pod)`.
+pod-level series with `container=""` that double-counts a naive `sum by (pod)`; Kepler (>= 0.10)
+names the node in `node_name` only and reports nested RAPL zones (`package` contains `core` and
+`uncore`, `psys` contains `package` and `dram`), so a sum over zones double-counts.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from urllib.parse import urlsplit
 
 from extender.demo.emulator.fleet import MIB
@@ -35,6 +37,17 @@ DCGM_JOB_LABELS = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-emu
                    "container": "nvidia-dcgm-exporter"}
 """Target labels of the dcgm job, as its Helm chart's ServiceMonitor sets them: scraped without
 honor_labels, a GPU's workload labels therefore arrive as `exported_pod`, `exported_namespace`."""
+
+KEPLER_DRAM_SHARE = 0.1
+"""Kepler's `dram` zone as a share of its `package` zone. The package zone is the emulated host
+power (Scaphandre's, whose emulated host has no DRAM domain), so both exporters rank alike."""
+KEPLER_PACKAGE_SPLIT = {"core": 0.8, "uncore": 0.12}
+"""Shares of the package zone in its sub-zones (the remainder is the package's own logic)."""
+KEPLER_ZONE_PATHS = {"package": "/sys/class/powercap/intel-rapl:0",
+                     "core": "/sys/class/powercap/intel-rapl:0:0",
+                     "uncore": "/sys/class/powercap/intel-rapl:0:1",
+                     "dram": "/sys/class/powercap/intel-rapl:0:2",
+                     "psys": "/sys/class/powercap/intel-rapl:1"}
 
 _Sample = tuple[dict[str, str], float]
 _Family = tuple[str, str, str, list[_Sample] | str]
@@ -72,10 +85,16 @@ _DCGM = {
 def render(emulator: Emulator, exporter: str, node: str | None = None) -> str:
     """One exporter's current page in the Prometheus text format (0.0.4).
 
-    `exporter` is node-exporter, kube-state-metrics, cadvisor, dcgm or scaphandre (which needs
-    `node`). ValueError for an unknown exporter, KeyError for an unknown node.
+    `exporter` is node-exporter, kube-state-metrics, cadvisor, dcgm, scaphandre (which needs
+    `node`) or kepler (one node's page with `node`, else every node's). ValueError for an
+    unknown exporter, KeyError for an unknown node.
     """
     with emulator.lock:
+        if exporter == "kepler":  # a DaemonSet: one node's page, or every node's (`node` None)
+            states = [emulator._state(node)] if node is not None else list(
+                emulator.states.values())
+            emulator.advance(states)
+            return _render(kepler(emulator, states))
         if exporter == "scaphandre":
             if node is None:
                 raise ValueError("scaphandre is rendered per node")
@@ -94,13 +113,17 @@ def render(emulator: Emulator, exporter: str, node: str | None = None) -> str:
             raise ValueError(f"unknown exporter {exporter!r}")
         return _render(families[exporter](emulator))
 
-def scrape_targets(emulator: Emulator, url: str, *, job_prefix: str = "") -> list[ScrapeTarget]:
+def scrape_targets(emulator: Emulator, url: str, *, job_prefix: str = "",
+                   scaphandre_nodes: Collection[str] | None = None,
+                   kepler_nodes: Collection[str] = ()) -> list[ScrapeTarget]:
     """Scrape jobs for a local Prometheus reading this emulator served at `url`.
 
     node-exporter, kube-state-metrics and cadvisor are scraped with honor_labels (their node
     labels must survive); dcgm as its Helm chart does (target labels namespace/pod/container,
     so workload labels become exported_*); Scaphandre with one target per node whose target
-    labels carry `node` and the per-node `__metrics_path__` (its series have no host label).
+    labels carry `node` and the per-node `__metrics_path__` (its series have no host label),
+    on `scaphandre_nodes` (default: every node); Kepler, one target per node of `kepler_nodes`
+    (default: none), as its DaemonSet is scraped (its series name the node in `node_name`).
     """
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.netloc:
@@ -109,7 +132,11 @@ def scrape_targets(emulator: Emulator, url: str, *, job_prefix: str = "") -> lis
     base = parts.path.rstrip("/")
     scaph = [{"targets": [host],
               "labels": {"node": name, "__metrics_path__": f"{base}/scaphandre/{name}/metrics"}}
-             for name in emulator.states]
+             for name in emulator.states
+             if scaphandre_nodes is None or name in scaphandre_nodes]
+    kepler_pages = [{"targets": [host],
+                     "labels": {"__metrics_path__": f"{base}/kepler/{name}/metrics"}}
+                    for name in emulator.states if name in kepler_nodes]
     return [
         ScrapeTarget(f"{job_prefix}node-exporter", (host,), honor_labels=True,
                      metrics_path=f"{base}/node-exporter/metrics"),
@@ -120,6 +147,7 @@ def scrape_targets(emulator: Emulator, url: str, *, job_prefix: str = "") -> lis
         ScrapeTarget(f"{job_prefix}dcgm-exporter", (host,), labels=dict(DCGM_JOB_LABELS),
                      metrics_path=f"{base}/dcgm/metrics"),
         ScrapeTarget(f"{job_prefix}scaphandre", (), extra={"static_configs": scaph}),
+        ScrapeTarget(f"{job_prefix}kepler", (), extra={"static_configs": kepler_pages}),
     ]
 
 
@@ -330,6 +358,36 @@ def scaphandre(emulator: Emulator, state: NodeState) -> list[_Family]:
         ("scaph_process_power_consumption_microwatts", "gauge",
          "Power consumption due to the process, measured on at the topology level, in "
          "microwatts", processes),
+    ]
+
+
+def kepler_zones(host_power_w: float) -> dict[str, float]:
+    """Kepler's `kepler_node_cpu_watts` per zone for a host whose CPU packages draw
+    `host_power_w` (the emulated Scaphandre host power). Nested, as RAPL's: package = core +
+    uncore + the rest, dram beside it, psys = package + dram."""
+    dram = host_power_w * KEPLER_DRAM_SHARE
+    zones = {"package": host_power_w, "dram": dram, "psys": host_power_w + dram}
+    zones.update({zone: host_power_w * share for zone, share in KEPLER_PACKAGE_SPLIT.items()})
+    return zones
+
+
+def kepler(emulator: Emulator, states: Iterable[NodeState]) -> list[_Family]:
+    cpu: list[_Sample] = []
+    gpu: list[_Sample] = []
+    for state in states:
+        r = emulator.state_reading(state)
+        for zone, watts in kepler_zones(r.host_power_w).items():
+            cpu.append(({"zone": zone, "path": KEPLER_ZONE_PATHS[zone], "node_name": r.node},
+                        round(watts, 3)))
+        for g in r.gpus:
+            gpu.append(({"gpu": str(g.index), "gpu_uuid": g.uuid,
+                         "gpu_name": state.node.gpu.model_name, "node_name": r.node},
+                        g.power_w))
+    return [
+        ("kepler_node_cpu_watts", "gauge", "Power consumption of cpu at node level in watts",
+         cpu),
+        ("kepler_node_gpu_watts", "gauge", "Power consumption of gpu at node level in watts",
+         gpu),
     ]
 
 

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -256,12 +256,15 @@ class Emulator:
 
         return render(self, exporter, node)
 
-    def scrape_targets(self, url: str, *, job_prefix: str = "") -> list[ScrapeTarget]:
+    def scrape_targets(self, url: str, *, job_prefix: str = "",
+                       scaphandre_nodes: Collection[str] | None = None,
+                       kepler_nodes: Collection[str] = ()) -> list[ScrapeTarget]:
         """Scrape jobs for a local Prometheus reading this emulator served at `url`; see
         `exporters.scrape_targets`."""
         from extender.demo.emulator.exporters import scrape_targets
 
-        return scrape_targets(self, url, job_prefix=job_prefix)
+        return scrape_targets(self, url, job_prefix=job_prefix,
+                              scaphandre_nodes=scaphandre_nodes, kepler_nodes=kepler_nodes)
 
     # -- internals --
 

@@ -5,12 +5,15 @@
     /cadvisor/metrics             kubelet cAdvisor (containers, and pod cgroups as container="")
     /dcgm/metrics                 dcgm-exporter, GPU nodes only
     /scaphandre/<node>/metrics    Scaphandre, one endpoint per node, no host label at all
+    /kepler/metrics               Kepler >= 0.10, every node (node_name label, nested RAPL zones)
+    /kepler/<node>/metrics        Kepler, one node (as its DaemonSet serves it)
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,9 +60,13 @@ class EmulatorServer:
             self._thread = None
         self._httpd.server_close()
 
-    def scrape_targets(self, *, job_prefix: str = "") -> list[ScrapeTarget]:
+    def scrape_targets(self, *, job_prefix: str = "",
+                       scaphandre_nodes: Collection[str] | None = None,
+                       kepler_nodes: Collection[str] = ()) -> list[ScrapeTarget]:
         """`Emulator.scrape_targets` for this server's URL."""
-        return self.emulator.scrape_targets(self.url, job_prefix=job_prefix)
+        return self.emulator.scrape_targets(self.url, job_prefix=job_prefix,
+                                            scaphandre_nodes=scaphandre_nodes,
+                                            kepler_nodes=kepler_nodes)
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -73,6 +80,7 @@ _PATHS = {
     "/kube-state-metrics/metrics": "kube-state-metrics",
     "/cadvisor/metrics": "cadvisor",
     "/dcgm/metrics": "dcgm",
+    "/kepler/metrics": "kepler",
 }
 
 
@@ -85,9 +93,9 @@ def _handler(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             node = None
             exporter = _PATHS.get(path)
             parts = path.strip("/").split("/")
-            if exporter is None and len(parts) == 3 and parts[0] == "scaphandre" \
+            if exporter is None and len(parts) == 3 and parts[0] in ("scaphandre", "kepler") \
                     and parts[2] == "metrics":
-                exporter, node = "scaphandre", parts[1]
+                exporter, node = parts[0], parts[1]
             if exporter is None:
                 self._send(404, "text/plain", f"not found: {path}\n")
                 return

@@ -1,4 +1,5 @@
-"""Leader election on a coordination.k8s.io/v1 Lease, with a clean hand-over on shutdown.
+"""Leader election on a coordination.k8s.io/v1 Lease, with a clean hand-over on shutdown (used by
+the partition controller and the rebalancer), and the API client they connect with.
 
 Design decisions:
 - Built on `kubernetes.leaderelection` (LeaseLock, 37.x) rather than a copy of it. Its gaps are
@@ -26,12 +27,12 @@ from kubernetes.leaderelection.leaderelection import LeaderElection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from urllib3.exceptions import HTTPError
 
-from extender.partition.settings import LeaderSettings
+from extender.settings import LeaderSettings
 
 log = logging.getLogger(__name__)
 
 HANDOVER_TIMEOUT_S = 30.0
-"""How long shutdown waits for the running reconcile to finish (then releases the lease anyway)."""
+"""How long shutdown waits for the running work to finish (then releases the lease anyway)."""
 
 
 class _Election(LeaderElection):
@@ -109,7 +110,7 @@ def run_elected(
         onstopped_leading=stopped,
     )
     election = _Election(config)
-    threading.Thread(target=election.run, daemon=True, name="partition-leader").start()
+    threading.Thread(target=election.run, daemon=True, name=f"leader-{leader.lease_name}").start()
     stop.wait()
     if working.is_set() and not finished.wait(HANDOVER_TIMEOUT_S):
         log.warning("reconcile still running after %.0fs", HANDOVER_TIMEOUT_S)
@@ -117,3 +118,22 @@ def run_elected(
         return 1
     election.release()
     return 0
+
+
+def api_client_for(kubeconfig: str | None) -> ApiClient:
+    """An ApiClient from `kubeconfig`, or from the in-cluster service account when None."""
+    from kubernetes import config
+    from kubernetes.client import ApiClient, Configuration
+
+    from extender.errors import ConfigError
+
+    try:
+        if kubeconfig:
+            client: ApiClient = config.new_client_from_config(config_file=kubeconfig)
+            return client
+        configuration = Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return ApiClient(configuration)
+    except (config.ConfigException, OSError) as exc:
+        where = kubeconfig or "in-cluster service account"
+        raise ConfigError(f"{where}: cannot configure the Kubernetes client: {exc}") from exc
