@@ -20,6 +20,8 @@ missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# LightGBM's wheel (the learned term) links OpenMP's runtime from the system.
+ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1' || missing+=(libgomp1)
 command -v promtool >/dev/null 2>&1 || { [[ " ${missing[*]-} " == *" prometheus "* ]] || missing+=(prometheus); }
 [ "${1-}" = "--bench" ] && { command -v wrk >/dev/null 2>&1 || missing+=(wrk); }
 [ ${#missing[@]} -eq 0 ] && exit 0
