@@ -30,7 +30,7 @@ from benchmarks.results import markdown_table, write_section
 from extender.demo import launcher
 from extender.demo.emulator import EmulatedNode, Emulator, EmulatorServer, node_ip
 from tests.controlplane import ControlPlane, create_node, find_binaries, wait_for
-from tests.informer.test_burst_e2e import extender_config, start_extenders
+from tests.extenders import extender_config, start_extenders
 
 CONFIGS = ("no extender", "extender, informer off", "extender, informer on")
 
