@@ -160,8 +160,17 @@ class ServerSettings(Struct, frozen=True):
     pod_events: bool = False
     """Also write each decision's summary as a Kubernetes Event on the pod (needs RBAC)."""
     tls_cert_file: str | None = None
-    """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`)."""
+    """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`), on both listeners."""
     tls_key_file: str | None = None
+    client_ca_file: str | None = None
+    """Require a client certificate signed by this CA (PEM) on the verbs' listener (mTLS:
+    kube-scheduler's `tlsConfig.certFile`/`keyFile`); needs tls_cert_file. The monitoring
+    listener never asks for one (its callers send bearer tokens)."""
+    read_timeout_s: float = 5.0
+    """A request must arrive whole within this long of its first byte (of the TLS handshake on a
+    new connection), or the connection is closed. The verbs' threads only ever see complete
+    requests, so a client that stalls mid-request never holds one; the monitoring listener
+    applies it per read."""
 
 
 class PrometheusSettings(Struct, frozen=True):
@@ -677,6 +686,7 @@ def validate(settings: Settings) -> None:
         "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
+        "server.read_timeout_s": settings.server.read_timeout_s,
         "monitoring.term_telemetry_max_nodes": settings.monitoring.term_telemetry_max_nodes,
     }
     require_positive(src, positive)
@@ -695,6 +705,9 @@ def validate(settings: Settings) -> None:
     tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
     if (tls[0] is None) != (tls[1] is None):
         raise ConfigError(f"{src}: server.tls_cert_file, tls_key_file: set both or neither")
+    if settings.server.client_ca_file is not None and tls[0] is None:
+        raise ConfigError(f"{src}: server.client_ca_file: client certificates need TLS; set "
+                          "tls_cert_file and tls_key_file too")
     prefix = settings.server.url_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")
