@@ -164,7 +164,7 @@ check_extender_filtered() {
   [ "$DRY_RUN" -eq 0 ] || replicas=pod/EXTENDER_POD # show the per-replica command once
   for pod in $replicas; do
     count=$(query kubectl -n extract exec "$pod" -c extender -- python -c \
-      'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8888/metrics", timeout=5).read().decode())' |
+      'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8889/metrics", timeout=5).read().decode())' |
       awk '/^extender_requests_total\{/ && /verb="filter"/ && /code="200"/ { s += $NF } END { printf "%d", s }')
     total=$((total + count))
   done
