@@ -304,6 +304,10 @@ class MonitoringSettings(Struct, frozen=True):
     the settings file."""
     query_timeout_s: float = 5.0
     """Per Prometheus query of the Monitoring API (history, pod-level); never on the scheduling path."""
+    queries_in_child: bool = True
+    """Ask Prometheus and decode its answers in child processes (two per worker, spawned on the
+    first query, ~80 MB each), so that decoding a heavy history answer never holds the GIL the
+    verb threads need (false: in the monitoring listener's threads)."""
     max_points_per_series: int = 11000
     """Range queries asking for more points per series get 400 (Prometheus' own limit is 11000)."""
     max_series: int = 1000
