@@ -49,7 +49,7 @@ from kubernetes.client import ApiClient, AuthenticationV1Api, AuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from extender.errors import AccessReviewFailed
+from extender.errors import AccessReviewFailed, ConfigError
 from extender.monitoring.model import ApiError
 from extender.settings import AuthSettings, ResourceAttributes
 
@@ -153,30 +153,45 @@ class _AccessReview(msgspec.Struct):
 
 
 class ApiReviewer:
-    """TokenReviews and SubjectAccessReviews through `api_client` (the extender's own identity,
-    which needs `create` on both: the `system:auth-delegator` ClusterRole grants it)."""
+    """TokenReviews and SubjectAccessReviews through the client `connect()` gives (the extender's
+    own identity, which needs `create` on both: the `system:auth-delegator` ClusterRole).
 
-    def __init__(self, api_client: ApiClient, *, audiences: tuple[str, ...] = (),
+    `connect` runs at the first review, and again after it failed: a missing service account or
+    kubeconfig makes protected requests 503 (logged) instead of stopping the process, whose
+    verbs do not depend on it."""
+
+    def __init__(self, connect: Callable[[], ApiClient], *, audiences: tuple[str, ...] = (),
                  timeout_s: float = 3.0) -> None:
-        self._authn = AuthenticationV1Api(api_client)
-        self._authz = AuthorizationV1Api(api_client)
+        self._connect = connect
+        self._apis: tuple[AuthenticationV1Api, AuthorizationV1Api] | None = None
+        self._lock = threading.Lock()
         self.audiences = audiences
         self.timeout_s = timeout_s
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> ApiReviewer:
-        """Over `auth.kubeconfig`, else the in-cluster service account (ConfigError if neither)."""
+        """Over `auth.kubeconfig`, else the in-cluster service account."""
         from extender.leader import api_client_for
 
-        return cls(api_client_for(auth.kubeconfig), audiences=auth.audiences,
+        return cls(lambda: api_client_for(auth.kubeconfig), audiences=auth.audiences,
                    timeout_s=auth.request_timeout_s)
+
+    def _clients(self) -> tuple[AuthenticationV1Api, AuthorizationV1Api]:
+        with self._lock:
+            if self._apis is None:
+                try:
+                    client = self._connect()
+                except ConfigError as exc:
+                    raise AccessReviewFailed(str(exc)) from exc
+                self._apis = AuthenticationV1Api(client), AuthorizationV1Api(client)
+            return self._apis
 
     def authenticate(self, token: str) -> Caller | None:
         spec: dict[str, Any] = {"token": token}
         if self.audiences:
             spec["audiences"] = list(self.audiences)
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
-        status = self._call("TokenReview", self._authn.create_token_review, body,
+        status = self._call("TokenReview", self._clients()[0].create_token_review, body,
                             _TokenReview).status
         if not status.authenticated:
             return None
@@ -201,8 +216,9 @@ class ApiReviewer:
                 "name": r.name}
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": spec}
-        status = self._call("SubjectAccessReview", self._authz.create_subject_access_review,
-                            body, _AccessReview).status
+        status = self._call("SubjectAccessReview",
+                            self._clients()[1].create_subject_access_review, body,
+                            _AccessReview).status
         if status.evaluationError and not status.allowed:
             log.debug("SubjectAccessReview for %s: %s", caller.username, status.evaluationError)
         return status.allowed and not status.denied, status.reason

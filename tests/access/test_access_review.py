@@ -202,8 +202,8 @@ def test_cached_answers_expire_after_their_ttl(cluster: Cluster) -> None:
         def access_reviewed(self, review: str) -> None:
             reviews.append(review)
 
-    gate = AccessGate(auth, ApiReviewer(api_client_for(str(cluster.kubeconfig))), observer=Counting(),
-                      clock=lambda: now[0])
+    gate = AccessGate(auth, ApiReviewer(lambda: api_client_for(str(cluster.kubeconfig))),
+                      observer=Counting(), clock=lambda: now[0])
     header = f"Bearer {cluster.token('stranger')}"
     assert gate.check(header, "GET", "/api/v1/nodes").outcome == "denied"
     binding = cluster.bind_cluster_role(f"{cluster.namespace}-api-reader", "stranger")
