@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from flask.testing import FlaskClient
 from kubernetes.client import AuthorizationV1Api, CoreV1Api, RbacAuthorizationV1Api
 
 from extender.access import AccessGate, ApiReviewer
+from extender.client import MonitoringApiError, MonitoringClient
 from extender.leader import api_client_for
 from tests.controlplane import ControlPlane, free_port, wait_for
 from tests.support import REPO, StaticSource, app_for, sample, settings
@@ -287,3 +289,29 @@ def test_extender_without_auth_delegator_gets_503_naming_the_role(
                  cluster.token("reader"))
     assert answer.status_code == 503
     assert "system:auth-delegator" in answer.json["error"]
+
+
+def test_the_python_client_sends_its_token_file_over_http(cluster: Cluster, tmp_path: Path) -> None:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, cluster.app(tmp_path), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    token_file = tmp_path / "token"
+    try:
+        token_file.write_text(cluster.token("reader") + "\n")
+        assert MonitoringClient(url, token_file=token_file).decisions().decisions == []
+        with pytest.raises(MonitoringApiError) as anonymous:
+            MonitoringClient(url).nodes()
+        assert anonymous.value.status == 401
+        token_file.write_text(cluster.token("stranger"))  # read again: rotated tokens work
+        with pytest.raises(MonitoringApiError) as refused:
+            MonitoringClient(url, token_file=token_file).nodes()
+        assert refused.value.status == 403 and "may not get /api/v1/nodes" in refused.value.message
+        with pytest.raises(MonitoringApiError, match="cannot read the token"):
+            MonitoringClient(url, token_file=tmp_path / "absent").nodes()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
