@@ -17,10 +17,11 @@ Design decisions:
   starts and when it ends, not once per request.
 - Answers are cached, as kube-rbac-proxy does (2 min for tokens, 5 min allowed, 30 s refused): a
   scraper or dashboard polling every few seconds costs the API server one review per TTL, not
-  per request. Token results are keyed by the token's SHA-256 digest, never by the token, so a
-  memory dump holds no usable credential; authorisations are keyed by what the review is about
-  (user, uid, groups, extra, attributes: ServiceAccount tokens carry their own credential id in
-  `extra`, so in practice each token has its own). Both caches are LRU-bounded.
+  per request; an authenticated JWT is kept no longer than its `exp`. Token results are keyed
+  by the token's SHA-256 digest, never by the token, so a memory dump holds no usable
+  credential; authorisations are keyed by what the review is about (user, uid, groups, extra,
+  attributes: ServiceAccount tokens carry their own credential id in `extra`, so in practice
+  each token has its own). Both caches are LRU-bounded.
 - The path is prefixed because the API server's bootstrap role system:discovery lets every
   authenticated user `get` the non-resource URLs /api/*: the bare path /api/v1/decisions would be
   allowed for any token (kube-rbac-proxy in front of such paths has the same trap).
@@ -34,6 +35,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import threading
@@ -173,7 +175,9 @@ class ApiReviewer:
         """Over `auth.kubeconfig`, else the in-cluster service account."""
         from extender.leader import api_client_for
 
-        return cls(lambda: api_client_for(auth.kubeconfig), audiences=auth.audiences,
+        # No retries inside a review: a caller waits at most request_timeout_s per review, and
+        # an outage gives one log line, not one per attempt.
+        return cls(lambda: api_client_for(auth.kubeconfig, retries=0), audiences=auth.audiences,
                    timeout_s=auth.request_timeout_s)
 
     def _clients(self) -> tuple[AuthenticationV1Api, AuthorizationV1Api]:
@@ -273,10 +277,12 @@ class AccessGate:
 
     def __init__(self, auth: AuthSettings, reviewer: Reviewer, *,
                  observer: AccessObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.auth = auth
         self.reviewer = reviewer
         self.observer = observer
+        self._wall_clock = wall_clock
         self._tokens = _TtlCache(auth.cache_size, clock)
         self._access = _TtlCache(auth.cache_size, clock)
         self._outage_lock = threading.Lock()
@@ -330,8 +336,14 @@ class AccessGate:
             return found
         self._reviewed("token")
         caller = self.reviewer.authenticate(token)
-        self._tokens.put(key, caller, self.auth.token_ttl_s if caller is not None
-                         else self.auth.denied_ttl_s)
+        if caller is None:
+            self._tokens.put(key, None, self.auth.denied_ttl_s)
+            return None
+        ttl = self.auth.token_ttl_s
+        expiry = _jwt_expiry(token)
+        if expiry is not None:  # a token never outlives its own expiry in the cache
+            ttl = min(ttl, expiry - self._wall_clock())
+        self._tokens.put(key, caller, ttl)
         return caller
 
     def _allowed(self, caller: Caller, attributes: Attributes) -> tuple[bool, str]:
@@ -364,6 +376,20 @@ class AccessGate:
             ended, self._outage = self._outage is not None, None
         if ended:
             log.info("bearer tokens are checked again: the API server answers")
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """The `exp` claim (epoch seconds) of a JWT, None for other tokens. Not verified (the
+    TokenReview did that): only used to cache an answer no longer than the token lives."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        exp = msgspec.json.decode(payload).get("exp")
+    except (ValueError, AttributeError, msgspec.DecodeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def _describe(resource: ResourceAttributes) -> str:

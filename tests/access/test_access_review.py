@@ -8,9 +8,14 @@ system:auth-delegator as the shipped manifests bind the extender's ServiceAccoun
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import socket
+import socketserver
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,3 +320,106 @@ def test_the_python_client_sends_its_token_file_over_http(cluster: Cluster, tmp_
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_a_token_is_not_cached_past_its_own_expiry(cluster: Cluster) -> None:
+    now, reviews = [0.0], []
+
+    class Counting:
+        def access_decided(self, outcome: str) -> None:
+            pass
+
+        def access_reviewed(self, review: str) -> None:
+            reviews.append(review)
+
+    auth = settings(server={"auth": {"enabled": True}}).server.auth  # token_ttl_s 120
+    token = cluster.token("reader")  # valid for an hour; the gate's wall clock says 10 s are left
+    gate = AccessGate(auth, ApiReviewer(lambda: api_client_for(str(cluster.kubeconfig))),
+                      observer=Counting(), clock=lambda: now[0],
+                      wall_clock=lambda: time.time() + 3600 - 10)
+    assert gate.check(f"Bearer {token}", "GET", "/metrics").outcome == "allowed"
+    now[0] = 9.0
+    assert gate.check(f"Bearer {token}", "GET", "/metrics").outcome == "allowed"
+    assert reviews == ["token", "access"]
+    now[0] = 12.0  # past the token's exp as the gate sees it: asked again (the API server's own
+    assert gate.check(f"Bearer {token}", "GET", "/metrics").outcome == "allowed"  # clock: valid)
+    assert reviews == ["token", "access", "token"]
+
+
+class _ReusableServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True  # the port comes back while old connections are in TIME_WAIT
+
+
+class Forwarder:
+    """A loopback TCP forwarder to the API server that can be taken down and brought back on the
+    same port: an outage of the API server as the extender sees it, the server itself untouched."""
+
+    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
+        self.target = target
+        self.server = _ReusableServer(("127.0.0.1", port), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        forwarder = self
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(forwarder.target, timeout=10)
+                forwarder.open += [self.request, upstream]
+
+                def copy(source: socket.socket, sink: socket.socket) -> None:
+                    try:
+                        while data := source.recv(65536):
+                            sink.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        for end in (source, sink):
+                            with contextlib.suppress(OSError):
+                                end.shutdown(socket.SHUT_RDWR)
+
+                back = threading.Thread(target=copy, args=(upstream, self.request), daemon=True)
+                back.start()
+                copy(self.request, upstream)
+                back.join(10)
+                upstream.close()
+
+        return Pipe
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        for conn in self.open:  # kept-alive connections die with the "server"
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_outage_is_logged_once_and_its_end_once_and_answers_resume(
+        cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = urllib.parse.urlsplit(cluster.plane.url)
+    forwarder = Forwarder((str(target.hostname), int(target.port or 443)))
+    port = forwarder.port
+    kubeconfig = write_kubeconfig(tmp_path / "forwarded.kubeconfig", f"https://127.0.0.1:{port}",
+                                  cluster.plane.ca_file,
+                                  yaml.safe_load(cluster.kubeconfig.read_text())["users"][0]["user"]["token"])
+    client = cluster.app(tmp_path, kubeconfig=kubeconfig).test_client()
+    try:
+        assert get(client, "/api/v1/config", cluster.token("reader")).status_code == 200
+        cached = cluster.token("reader")
+        assert get(client, "/api/v1/config", cached).status_code == 200
+        forwarder.stop()
+        with caplog.at_level(logging.INFO, logger="extender.access"):
+            assert get(client, "/api/v1/config", cached).status_code == 200  # answered from cache
+            for _ in range(3):  # new tokens need the API server
+                assert get(client, "/api/v1/config", cluster.token("reader")).status_code == 503
+            forwarder = Forwarder(forwarder.target, port)
+            for _ in range(2):
+                assert get(client, "/api/v1/config", cluster.token("reader")).status_code == 200
+        messages = [r.getMessage() for r in caplog.records]
+        assert len([m for m in messages if "cannot be checked" in m]) == 1
+        assert len([m for m in messages if "checked again" in m]) == 1
+    finally:
+        forwarder.stop()
