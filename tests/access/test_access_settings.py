@@ -54,6 +54,11 @@ def test_without_auth_every_route_stays_open() -> None:
     client = app_for(s, StaticSource(s, {}), start_refresher=False).test_client()
     assert client.get("/api/v1/config").status_code == 200
     assert client.get("/metrics").status_code == 200
+    # The OpenAPI document says a bearer token may be needed, and what 401 and 403 mean.
+    doc = client.get("/api/v1/openapi.json").json
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{}, {"bearer": []}]
+    assert all({"401", "403"} <= set(item["get"]["responses"]) for item in doc["paths"].values())
 
 
 def test_enabled_outside_a_cluster_answers_503_naming_the_cause_and_verbs_still_work(
