@@ -424,7 +424,10 @@ def protect(app: Flask, gate: AccessGate) -> None:
         response = Response(msgspec.json.encode(ApiError(error=verdict.reason)), status=status,
                             mimetype="application/json")
         if status == 401:
-            response.headers["WWW-Authenticate"] = CHALLENGE
+            sent = request.headers.get("Authorization", "").lower().startswith("bearer ")
+            # RFC 6750: a token was sent and refused, or none was sent.
+            response.headers["WWW-Authenticate"] = CHALLENGE + (
+                ', error="invalid_token"' if sent else "")
         elif status == 503:
             response.headers["Retry-After"] = RETRY_AFTER_S
         elif status == 403:

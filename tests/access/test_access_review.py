@@ -162,6 +162,9 @@ def test_allowed_token_reads_others_are_refused_and_health_stays_open(
         assert answer.status_code == 401, answer.json
         assert answer.headers["WWW-Authenticate"].startswith("Bearer ")
         assert "token" in answer.json["error"]
+    assert get(client, "/api/v1/config", "not-a-token").headers["WWW-Authenticate"] == \
+        'Bearer realm="extract-extender", error="invalid_token"'
+    assert get(client, "/api/v1/config").headers["WWW-Authenticate"] == 'Bearer realm="extract-extender"'
 
     assert get(client, "/healthz").status_code == 200
     assert get(client, "/readyz").status_code == 200
