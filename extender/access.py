@@ -412,6 +412,9 @@ def protect(app: Flask, gate: AccessGate) -> None:
     Refusals are the Monitoring API's error shape, `{"error": "..."}`: 401 with
     `WWW-Authenticate: Bearer`, 403, or 503 with `Retry-After`.
     """
+    opened = sorted(OPEN_PATHS | ({METRICS_PATH} if not gate.auth.protect_metrics else set()))
+    log.info("server.auth: a bearer token is required on every path but %s and the verbs",
+             ", ".join(opened))
 
     @app.before_request
     def check_token() -> Response | None:
