@@ -2,7 +2,7 @@
 # One image for every part: `extender serve` (default), `extender partition`, `extender sidecar`.
 #
 #   docker build -t extract-extender:dev .
-#   docker run --rm -p 8888:8888 -v "$PWD/config:/etc/extender:ro" extract-extender:dev
+#   docker run --rm -p 8888:8888 -p 8889:8889 -v "$PWD/config:/etc/extender:ro" extract-extender:dev
 #
 # Two stages: the build stage creates a virtualenv from the pinned pyproject.toml; the final stage
 # copies only that virtualenv onto a fresh slim base, so pip, wheel caches and build tools never
@@ -46,6 +46,8 @@ ENV PATH=/opt/extender/bin:$PATH \
     EXTENDER_CONFIG=/etc/extender/extender.yaml
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8888
+# 8888: the scheduler's verbs; 8889: the Monitoring API, /metrics and health.
+EXPOSE 8888 8889
 ENTRYPOINT ["extender"]
-CMD ["serve", "--config", "/etc/extender/extender.yaml", "--bind", "0.0.0.0:8888", "--workers", "1"]
+CMD ["serve", "--config", "/etc/extender/extender.yaml", "--bind", "0.0.0.0:8888", \
+     "--monitoring-bind", "0.0.0.0:8889", "--workers", "1"]

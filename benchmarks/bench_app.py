@@ -96,11 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=CONFIG, help="extender settings file")
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: extender serve's)")
     parser.add_argument("--threads", type=int, help="threads per worker (default: extender serve's)")
+    parser.add_argument("--monitoring-bind", default="",
+                        help="HOST:PORT of the extender's monitoring listener, as `extender "
+                             "serve --monitoring-bind` (default: none, everything on --bind)")
+    parser.add_argument("--monitoring-threads", type=int, default=4,
+                        help="threads of the monitoring listener (as extender serve's flag)")
+    parser.add_argument("--stock-gthread", action="store_true",
+                        help="gunicorn's own gthread worker instead of extender serve's (the "
+                             "arrangement before the verbs got their own listener: a baseline)")
     args = parser.parse_args(argv)
-    options = serving.gunicorn_options(serve_args(args.bind, workers=args.workers,
-                                                threads=args.threads), (None, None))
+    from extender.settings import load_settings
 
-    serving.run_gunicorn(options, lambda: build_app(args.app, args.config, args.nodes))
+    server = load_settings(args.config, environ={}).server
+    options = serving.gunicorn_options(serve_args(args.bind, workers=args.workers,
+                                                threads=args.threads), server)
+    if args.stock_gthread:
+        options["worker_class"] = "gthread"
+    monitoring = serving.parse_bind(args.monitoring_bind) if args.monitoring_bind else None
+    if monitoring is not None and args.app != "extender":
+        parser.error("--monitoring-bind: only the extender has a monitoring listener")
+    serving.run_gunicorn(options, lambda: build_app(args.app, args.config, args.nodes),
+                         monitoring=monitoring, monitoring_threads=args.monitoring_threads,
+                         server=server)
     return 0
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +71,17 @@ class BenchServer:
     """`python -m benchmarks.bench_app KIND` on a free loopback port (a context manager)."""
 
     def __init__(self, kind: str, *, nodes: int, config: Path | None = None,
-                 workers: int | None = None, threads: int | None = None) -> None:
+                 workers: int | None = None, threads: int | None = None,
+                 monitoring: bool = False, extra: Sequence[str] = ()) -> None:
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.monitoring_port = free_port() if monitoring else self.port
+        """The Monitoring API's port: its own listener with `monitoring`, else the verbs' one."""
         self.cmd = [sys.executable, "-m", "benchmarks.bench_app", kind,
-                    "--bind", f"127.0.0.1:{self.port}", "--nodes", str(nodes)]
+                    "--bind", f"127.0.0.1:{self.port}", "--nodes", str(nodes), *extra]
+        if monitoring:
+            self.cmd += ["--monitoring-bind", f"127.0.0.1:{self.monitoring_port}"]
         if config is not None:
             self.cmd += ["--config", str(config)]
         if workers is not None:

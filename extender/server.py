@@ -142,7 +142,7 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
         return serve
 
     prefix = settings.server.url_prefix
-    app.wsgi_app = VerbRouter(app.wsgi_app, {  # type: ignore[method-assign]
+    app.wsgi_app = router = VerbRouter(app.wsgi_app, {  # type: ignore[method-assign]
         f"{prefix}/filter": verb("filter", lambda b: extender.filter(
             wire.decode(b, wire.ExtenderArgs))),
         f"{prefix}/prioritize": verb("prioritize", lambda b: extender.prioritize(
@@ -152,6 +152,7 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
         f"{prefix}/preempt": verb("preempt", lambda b: extender.preempt(
             wire.decode(b, wire.ExtenderPreemptionArgs))),
     })
+    app.extensions["verb_router"] = router
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -215,6 +216,36 @@ def log_selfcheck(report: SelfCheck) -> None:
                     "(check node_labels / relabelling)", entry, ", ".join(identities[:5]))
 
 
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+"""Answered on both listeners: kubelet probes the monitoring port, and a caller of the verbs can
+tell the extender is up on its own port."""
+MONITORING_LISTENER = "extender.monitoring"
+"""WSGI environ key the monitoring listener sets: the app answers no verb there."""
+
+
+def listener_apps(app: Flask) -> tuple[WSGIApplication, WSGIApplication]:
+    """(verbs, monitoring): the WSGI apps of `create_app`'s two listeners, over one Extender.
+
+    The verbs' app answers the verbs and health, and 404 for anything else: the Monitoring API,
+    /metrics and whatever else Flask routes never run on a verb thread. The monitoring app is the
+    Flask app itself (so middleware wrapped around `app.wsgi_app` applies) with the verbs turned
+    away (404): they are only served where their listener's client certificates are checked.
+    `app` itself still routes everything (in-process tests, `--monitoring-bind ""`).
+    """
+    router: VerbRouter = app.extensions["verb_router"]
+
+    def verbs(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in HEALTH_PATHS:
+            return app(environ, start_response)
+        return router.verbs_only(environ, start_response)
+
+    def monitoring(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ[MONITORING_LISTENER] = True
+        return app(environ, start_response)
+
+    return verbs, monitoring
+
+
 class VerbRouter:
     """WSGI middleware that answers the scheduler's verbs before Flask sees them.
 
@@ -231,12 +262,33 @@ class VerbRouter:
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
+        serve = None if environ.get(MONITORING_LISTENER) else self._verb(environ)
+        if serve is None:
+            return self.flask(environ, start_response)
+        return self._answer(serve, environ, start_response)
+
+    def verbs_only(self, environ: WSGIEnvironment,
+                   start_response: StartResponse) -> Iterable[bytes]:
+        """Answer a verb; anything else gets 404 without reaching Flask."""
+        serve = self._verb(environ)
+        if serve is None:
+            body = _error_body(ProtocolError(
+                f"{environ.get('PATH_INFO', '')}: not found on the verbs' port (the Monitoring "
+                "API and /metrics have a listener of their own)"))
+            start_response("404 Not Found", [("Content-Type", JSON),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return self._answer(serve, environ, start_response)
+
+    def _verb(self, environ: WSGIEnvironment) -> Callable[[WSGIEnvironment],
+                                                          tuple[int, bytes]] | None:
         path = environ.get("PATH_INFO", "")
         if "//" in path:  # kube-scheduler joins urlPrefix and verb with "/": "/filter" gives "//filter"
             path = "/" + "/".join(part for part in path.split("/") if part)
-        serve = self.verbs.get(path)
-        if serve is None:
-            return self.flask(environ, start_response)
+        return self.verbs.get(path)
+
+    def _answer(self, serve: Callable[[WSGIEnvironment], tuple[int, bytes]],
+                environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
             code, body = 405, _error_body(ProtocolError(
                 f"{environ.get('REQUEST_METHOD')} is not allowed here: kube-scheduler POSTs"))

@@ -218,8 +218,17 @@ class ServerSettings(Struct, frozen=True):
     pod_events: bool = False
     """Also write each decision's summary as a Kubernetes Event on the pod (needs RBAC)."""
     tls_cert_file: str | None = None
-    """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`)."""
+    """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`), on both listeners."""
     tls_key_file: str | None = None
+    client_ca_file: str | None = None
+    """Require a client certificate signed by this CA (PEM) on the verbs' listener (mTLS:
+    kube-scheduler's `tlsConfig.certFile`/`keyFile`); needs tls_cert_file. The monitoring
+    listener never asks for one (its callers send bearer tokens)."""
+    read_timeout_s: float = 5.0
+    """A request must arrive whole within this long of its first byte (of the TLS handshake on a
+    new connection), or the connection is closed. The verbs' threads only ever see complete
+    requests, so a client that stalls mid-request never holds one; the monitoring listener
+    applies it per read."""
     auth: AuthSettings = AuthSettings()
     """Who may call the Monitoring API and /metrics (bearer tokens; the verbs are not covered)."""
 
@@ -355,6 +364,10 @@ class MonitoringSettings(Struct, frozen=True):
     the settings file."""
     query_timeout_s: float = 5.0
     """Per Prometheus query of the Monitoring API (history, pod-level); never on the scheduling path."""
+    queries_in_child: bool = True
+    """Ask Prometheus and decode its answers in child processes (two per worker, spawned on the
+    first query, ~80 MB each), so that decoding a heavy history answer never holds the GIL the
+    verb threads need (false: in the monitoring listener's threads)."""
     max_points_per_series: int = 11000
     """Range queries asking for more points per series get 400 (Prometheus' own limit is 11000)."""
     max_series: int = 1000
@@ -737,6 +750,7 @@ def validate(settings: Settings) -> None:
         "prometheus.query_timeout_s": settings.prometheus.query_timeout_s,
         "server.max_body_bytes": settings.server.max_body_bytes,
         "server.decision_log_size": settings.server.decision_log_size,
+        "server.read_timeout_s": settings.server.read_timeout_s,
         "monitoring.term_telemetry_max_nodes": settings.monitoring.term_telemetry_max_nodes,
     }
     require_positive(src, positive)
@@ -755,6 +769,9 @@ def validate(settings: Settings) -> None:
     tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
     if (tls[0] is None) != (tls[1] is None):
         raise ConfigError(f"{src}: server.tls_cert_file, tls_key_file: set both or neither")
+    if settings.server.client_ca_file is not None and tls[0] is None:
+        raise ConfigError(f"{src}: server.client_ca_file: client certificates need TLS; set "
+                          "tls_cert_file and tls_key_file too")
     prefix = settings.server.url_prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")

@@ -170,7 +170,7 @@ check_extender_filtered() {
   for pod in $replicas; do
     # The token goes in on standard input, not on a command line.
     count=$(printf '%s' "$token" | query kubectl -n extract exec "$pod" -i -c extender -- python -c \
-      'import sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8888/metrics", headers={"Authorization": "Bearer " + sys.stdin.read().strip()}), timeout=5).read().decode())' |
+      'import sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8889/metrics", headers={"Authorization": "Bearer " + sys.stdin.read().strip()}), timeout=5).read().decode())' |
       awk '/^extender_requests_total\{/ && /verb="filter"/ && /code="200"/ { s += $NF } END { printf "%d", s }')
     total=$((total + count))
   done

@@ -31,14 +31,23 @@ def extender_config(workdir: Path, plane: ControlPlane, prometheus_url: str,
     return path
 
 
+def serve_argv(config: Path, port: int, monitoring_port: int | None, *,
+               threads: int = 2) -> list[str]:
+    """`extender serve` on 127.0.0.1:`port`, the monitoring listener on `monitoring_port` (None:
+    everything on `port`, the single-listener arrangement)."""
+    monitoring = "" if monitoring_port is None else f"127.0.0.1:{monitoring_port}"
+    return [sys.executable, "-m", "extender.cli", "--log-level", "WARNING", "serve", "--config",
+            str(config), "--bind", f"127.0.0.1:{port}", "--monitoring-bind", monitoring,
+            "--workers", "1", "--threads", str(threads), "--monitoring-threads", "2"]
+
+
 def start_extenders(count: int, config: Path, workdir: Path) -> list[localserver.LocalServer]:
+    """`count` extenders, each with the verbs and the Monitoring API on one port (the callers
+    read /api/v1 at the URL they schedule with)."""
     servers = []
     for i in range(count):
         port = localserver.free_port()
-        server = localserver.LocalServer(
-            f"extender-{i}", port,
-            [sys.executable, "-m", "extender.cli", "--log-level", "WARNING", "serve", "--config",
-             str(config), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "2"],
-            workdir, "/healthz").start(timeout_s=60)
+        server = localserver.LocalServer(f"extender-{i}", port, serve_argv(config, port, None),
+                                         workdir, "/healthz").start(timeout_s=60)
         servers.append(server)
     return servers

@@ -2,6 +2,7 @@
 
 Settings and the Monitoring API's catalog are loaded here, once, before gunicorn starts: a bad
 file fails the command with its error instead of every worker. See `extender.serving` for the
+listeners (verbs on --bind, the Monitoring API, /metrics and health on --monitoring-bind) and the
 worker arrangement.
 """
 
@@ -40,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
     catalog = load_for(settings)  # loaded here, once: a bad monitoring.yaml fails before serving
     if uses_learned(settings):
         learned_term_for(settings)  # a bad model file fails here too, not in every worker
-    tls = (settings.server.tls_cert_file, settings.server.tls_key_file)
-    options = serving.gunicorn_options(args, tls)
+    options = serving.gunicorn_options(args, settings.server)  # bad TLS files fail here too
     # The collector is built in each worker (after fork): its refresh process and threads must
     # belong to the worker that reads the cache.
-    serving.run_gunicorn(options, lambda: create_app(settings, catalog, collector_for(settings)))
+    serving.run_gunicorn(options, lambda: create_app(settings, catalog, collector_for(settings)),
+                         monitoring=serving.monitoring_address(args),
+                         monitoring_threads=args.monitoring_threads, server=settings.server)
     return 0

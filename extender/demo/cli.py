@@ -217,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
                 [sys.executable, "-m", "extender.cli", "--log-level", "WARNING", "serve",
                  "--config", str(settings_path), "--bind", f"127.0.0.1:{port}",
                  "--prometheus-url", prometheus.url,  # wins over an EXTENDER_PROMETHEUS__URL
-                 "--workers", "1", "--threads", "4"],
+                 "--workers", "1", "--threads", "4",
+                 # One port: the demo calls the verbs and reads the Monitoring API at one URL.
+                 "--monitoring-bind", ""],
                 workdir, "/healthz")
             with console.status("starting the extender (gunicorn)"):
                 stack.enter_context(extender.start())

@@ -78,10 +78,16 @@ ERRORS: tuple[tuple[type[Exception], int, Callable[[Exception], str]], ...] = (
 Retry-After."""
 
 
-def default_source(settings: Settings) -> PrometheusSource:
-    """A Prometheus client with the Monitoring API's timeout and its own connection pool."""
-    return PrometheusSource(msgspec.structs.replace(
-        settings.prometheus, query_timeout_s=settings.monitoring.query_timeout_s))
+def default_source(settings: Settings) -> RangeSource:
+    """A Prometheus client with the Monitoring API's timeout and its own connection pool, in
+    child processes unless `monitoring.queries_in_child` is false (`offprocess.py`)."""
+    prometheus = msgspec.structs.replace(
+        settings.prometheus, query_timeout_s=settings.monitoring.query_timeout_s)
+    if settings.monitoring.queries_in_child:
+        from extender.monitoring.offprocess import ChildRangeSource
+
+        return ChildRangeSource(prometheus)
+    return PrometheusSource(prometheus)
 
 
 def default_workers(catalog: MonitoringCatalog) -> WorkerSource | None:

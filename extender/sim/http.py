@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = msgspec.json.decode(args.settings.read_bytes(), type=Settings)
     workload = msgspec.msgpack.decode(args.workload.read_bytes(), type=Workload).target()
-    options = serving.gunicorn_options(args, (None, None))
+    options = serving.gunicorn_options(args, settings.server)
+    # One listener: the simulator PUTs its state and calls the verbs on the same port.
     serving.run_gunicorn(options, functools.partial(create_sim_app, settings, workload))
     return 0
 

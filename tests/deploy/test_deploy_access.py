@@ -122,21 +122,43 @@ def container_ports(overlay: tuple[dict[str, Any], ...], name: str) -> set[int]:
     return {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
 
 
-def test_only_the_scheduler_and_prometheus_reach_the_extender(
-        overlay: tuple[dict[str, Any], ...]) -> None:
+def named_port(overlay: tuple[dict[str, Any], ...], deployment: str, name: str) -> int:
+    spec = find(overlay, "Deployment", deployment)["spec"]["template"]["spec"]
+    return next(p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])
+                if p["name"] == name)
+
+
+def test_each_extender_port_admits_only_its_callers(overlay: tuple[dict[str, Any], ...]) -> None:
     policy = find(overlay, "NetworkPolicy", "extender")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "extender"}
-    sources = ingress_sources(policy)
+    verbs, monitoring = (named_port(overlay, "extender", name) for name in ("verbs", "monitoring"))
+    assert {verbs, monitoring} == container_ports(overlay, "extender")
     scheduler = {"podSelector": {"matchLabels": {
         "app.kubernetes.io/name": "metrics-aware-scheduler"}}}
     prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
-    assert [peer for peer, _ in sources] == [scheduler, prometheus]
-    assert all(ports == container_ports(overlay, "extender") for _, ports in sources)
+    consumers = {"namespaceSelector": {},
+                 "podSelector": {"matchLabels": {"extract.io/monitoring-consumer": "true"}}}
+    # The verbs' port to the scheduler only; the monitoring port to Prometheus and consumers,
+    # never the scheduler's rule widened to them.
+    assert ingress_sources(policy) == [(scheduler, {verbs}), (prometheus, {monitoring}),
+                                       (consumers, {monitoring})]
     scheduler_labels = find(overlay, "Deployment", "metrics-aware-scheduler")["spec"]["template"][
         "metadata"]["labels"]
     assert scheduler["podSelector"]["matchLabels"].items() <= scheduler_labels.items()
+    # The scheduler reaches the verbs through the Service port of that name; Prometheus scrapes
+    # the monitoring one; the kubelet probes the monitoring port.
+    service = {p["name"]: p for p in find(overlay, "Service", "extender")["spec"]["ports"]}
+    assert service["verbs"]["port"] == verbs and service["verbs"]["targetPort"] == "verbs"
+    assert service["monitoring"]["targetPort"] == "monitoring"
+    container = find(overlay, "Deployment", "extender")["spec"]["template"]["spec"][
+        "containers"][0]
+    assert {container[probe]["httpGet"]["port"] for probe in ("livenessProbe", "readinessProbe")
+            } == {"monitoring"}
+    args = container["args"]
+    assert args[args.index("--bind") + 1].endswith(f":{verbs}")
+    assert args[args.index("--monitoring-bind") + 1].endswith(f":{monitoring}")
 
 
 def test_only_prometheus_reaches_the_metrics_of_controller_and_scheduler(

@@ -9,7 +9,6 @@ Prometheus answers, over HTTP and, with the TLS overlay's settings, over HTTPS.
 from __future__ import annotations
 
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -83,14 +82,17 @@ def pod_filesystem(tmp_path: Path) -> Path:
 
 
 def start_extender(objects: tuple[dict[str, Any], ...], root: Path,
-                   extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+                   extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The extender as its container runs it, its listeners on free loopback ports: (process,
+    verbs port, monitoring port)."""
     container = find(objects, "Deployment", "extender")["spec"]["template"]["spec"][
         "containers"][0]
     config_dir = write_config(objects, root / "etc-extender")
     args = [str(config_dir) + a[len("/etc/extender"):] if a.startswith("/etc/extender/") else a
             for a in container["args"]]
-    port = free_port()
+    port, monitoring = free_port(), free_port()
     args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    args[args.index("--monitoring-bind") + 1] = f"127.0.0.1:{monitoring}"
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
     env |= {"PATH": str(Path(sys.executable).parent), "HOME": str(root),
             "EXTENDER_PROMETHEUS__URL": f"http://127.0.0.1:{free_port()}",
@@ -98,7 +100,7 @@ def start_extender(objects: tuple[dict[str, Any], ...], root: Path,
     with (root / "log").open("wb") as log:   # the child keeps its own descriptor
         process = subprocess.Popen([*ENTRY, *args], env=env, cwd=root,
                                    stdout=subprocess.DEVNULL, stderr=log)
-    return process, port
+    return process, port, monitoring
 
 
 @pytest.fixture
@@ -119,47 +121,55 @@ def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
         return answer.status, answer.read().decode()
 
 
-def assert_serves(base: str, process: subprocess.Popen[bytes], log: Path,
+def assert_serves(verbs: str, monitoring: str, process: subprocess.Popen[bytes], log: Path,
+                  verbs_context: ssl.SSLContext | None = None,
                   context: ssl.SSLContext | None = None) -> None:
+    """Health on both listeners; readiness and /metrics where the kubelet and Prometheus ask."""
     def up_or_exited() -> bool:
-        return process.poll() is not None or get(base + "/healthz", context)[0] == 200
+        return process.poll() is not None or get(monitoring + "/healthz", context)[0] == 200
 
     wait_until(up_or_exited, timeout_s=60, what="the extender's /healthz")
     assert process.poll() is None, f"extender exited:\n{log.read_text()[-3000:]}"
-    assert get(base + "/readyz", context)[0] == 200, "ready although Prometheus is unreachable"
+    assert get(verbs + "/healthz", verbs_context)[0] == 200
+    assert get(monitoring + "/readyz", context)[0] == 200, "ready although Prometheus is unreachable"
     # The manifests turn server.auth on: /metrics wants a token (no API server here to check one).
     with pytest.raises(urllib.error.HTTPError) as refused:
-        get(base + "/metrics", context)
+        get(monitoring + "/metrics", context)
     refused.value.close()
     assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_extender_starts_with_its_container_args(pod_filesystem: Path,
                                                  running: list[subprocess.Popen[bytes]]) -> None:
-    process, port = start_extender(render("manifests/overlays/production"), pod_filesystem, {})
+    process, port, monitoring = start_extender(render("manifests/overlays/production"),
+                                               pod_filesystem, {})
     running.append(process)
-    assert_serves(f"http://127.0.0.1:{port}", process, pod_filesystem / "log")
+    assert_serves(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{monitoring}", process,
+                  pod_filesystem / "log")
 
 
-def test_extender_serves_https_with_the_tls_overlay_settings(
+def test_extender_serves_mtls_with_the_tls_overlay_settings(
         pod_filesystem: Path, running: list[subprocess.Popen[bytes]]) -> None:
-    if not shutil.which("openssl"):
-        pytest.skip("openssl missing: needed to make a test certificate")
+    from tests.tlsfiles import TestCA
+
     objects = render("manifests/overlays/tls")
     container = find(objects, "Deployment", "extender")["spec"]["template"]["spec"][
         "containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    certs = pod_filesystem / "tls"
-    certs.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=extender.extract.svc",
-                    "-addext", "subjectAltName=DNS:extender.extract.svc,IP:127.0.0.1",
-                    "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt")],
-                   check=True, capture_output=True, timeout=60)
-    local = {name: str(certs / Path(path).name) for name, path in env.items()
-             if name.startswith("EXTENDER_SERVER__TLS_")}
-    assert set(local) == {"EXTENDER_SERVER__TLS_CERT_FILE", "EXTENDER_SERVER__TLS_KEY_FILE"}
-    process, port = start_extender(objects, pod_filesystem, local)
+    ca = TestCA(pod_filesystem / "tls")  # one CA signs both, as one cert-manager Issuer would
+    server, scheduler = ca.issue("extender", server=True), ca.issue("scheduler", server=False)
+    files = {"EXTENDER_SERVER__TLS_CERT_FILE": server.cert,
+             "EXTENDER_SERVER__TLS_KEY_FILE": server.key,
+             "EXTENDER_SERVER__CLIENT_CA_FILE": ca.cert}
+    assert {name for name in env if name.startswith(("EXTENDER_SERVER__TLS_",
+                                                     "EXTENDER_SERVER__CLIENT_"))} == set(files)
+    process, port, monitoring = start_extender(objects, pod_filesystem,
+                                               {k: str(v) for k, v in files.items()})
     running.append(process)
-    context = ssl.create_default_context(cafile=str(certs / "tls.crt"))
-    assert_serves(f"https://127.0.0.1:{port}", process, pod_filesystem / "log", context)
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    with_cert = ssl.create_default_context(cafile=str(ca.cert))
+    with_cert.load_cert_chain(str(scheduler.cert), str(scheduler.key))
+    assert_serves(f"https://127.0.0.1:{port}", f"https://127.0.0.1:{monitoring}", process,
+                  pod_filesystem / "log", with_cert, context)
+    with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
+        get(f"https://127.0.0.1:{port}/healthz", context)  # no client certificate: refused

@@ -132,6 +132,38 @@ def test_tls_overlay_calls_the_extender_over_verified_https() -> None:
     assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
 
 
+def test_tls_overlay_makes_the_scheduler_present_a_client_certificate_the_extender_requires(
+        ) -> None:
+    objects = render("manifests/overlays/tls")
+    (extender,) = scheduler_config(objects).extenders
+    tls = extender.tls_config
+    assert tls is not None and tls.cert_file and tls.key_file
+    spec = find(objects, "Deployment", "metrics-aware-scheduler")["spec"]["template"]["spec"]
+
+    def secret_item(pod: dict[str, Any], path: str) -> tuple[str, str]:
+        """(Secret, key) mounted at `path` in the pod's first container."""
+        mount = next(m for m in pod["containers"][0]["volumeMounts"]
+                     if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        item = next(i for i in volume["secret"]["items"]
+                    if i["path"] == path[len(mount["mountPath"]) + 1:])
+        return volume["secret"]["secretName"], item["key"]
+
+    client_secret, _ = secret_item(spec, tls.cert_file)
+    assert secret_item(spec, tls.cert_file) == (client_secret, "tls.crt")
+    assert secret_item(spec, tls.key_file) == (client_secret, "tls.key")
+    # The extender requires a client certificate signed by the CA of that Secret, and mounts
+    # only its ca.crt (never the scheduler's key).
+    ext = find(objects, "Deployment", "extender")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in ext["containers"][0]["env"]}
+    assert secret_item(ext, env["EXTENDER_SERVER__CLIENT_CA_FILE"]) == (client_secret, "ca.crt")
+    volume = next(v for v in ext["volumes"]
+                  if v.get("secret", {}).get("secretName") == client_secret)
+    assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]
+    monitor = find(objects, "ServiceMonitor", "extender")["spec"]["endpoints"][0]
+    assert monitor["port"] == "monitoring" and monitor["scheme"] == "https"
+
+
 def test_tls_scheduler_config_differs_from_the_base_only_in_tls_fields() -> None:
     def load(path: str) -> dict[str, Any]:
         return msgspec.to_builtins(load_scheduler_config(
