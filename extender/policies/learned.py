@@ -381,15 +381,20 @@ class _Predictions:
 
 @dataclass(eq=False)
 class _TableCache:
-    """What the term keeps about the table it last saw."""
+    """What the term keeps about the table it last saw: the node columns of the rows asked for
+    so far (`have`), and the predictions per pod shape."""
 
     table: NodeTable
-    columns: NodeColumns | None = None
-    """The pod-independent feature columns of every row, built on the table's second call (a
-    table seen once, as in the simulator, costs no more than its candidates' rows)."""
-    calls: int = 0
+    columns: NodeColumns
+    have: npt.NDArray[np.bool_]
     shapes: collections.OrderedDict[tuple[float, float, int, int], _Predictions] = field(
         default_factory=collections.OrderedDict)
+
+    @classmethod
+    def of(cls, table: NodeTable, features: int) -> _TableCache:
+        n = len(table.names)
+        return cls(table, NodeColumns(np.empty((n, features)), np.empty((n, len(FIT_INPUTS)))),
+                   np.zeros(n, bool))
 
 
 class LearnedTerm:
@@ -399,9 +404,11 @@ class LearnedTerm:
 
     The model's answer for a node depends only on the table (immutable, swapped whole on a
     refresh) and the pod's shape (`_shape`). So the term keeps, for the table it last saw, the
-    pod-independent feature columns of every row and the predictions made so far per shape, and
-    asks the model only about rows it has not answered for this shape yet: in a burst of pods of
-    one Job the first request pays the model call, the others a gather. A new table starts over.
+    pod-independent feature columns of the rows asked for and the predictions made so far per
+    shape, and asks the model only about rows it has not answered for this shape yet: in a
+    burst of pods of one Job the first request pays the model call, the others a gather. Every
+    cost stays proportional to the candidates (a table seen once, as in the simulator, costs
+    what it did without a cache). A new table starts over.
     """
 
     def __init__(self, model: LearnedModel, max_staleness_s: float,
@@ -418,8 +425,7 @@ class LearnedTerm:
         with self._lock:
             cache = self._cache
             if cache is None or cache.table is not table:
-                cache = self._cache = _TableCache(table)
-            cache.calls += 1
+                cache = self._cache = _TableCache.of(table, len(self.features.names))
             found = cache.shapes.get(key)
             if found is None:
                 n = len(table.names)
@@ -428,11 +434,19 @@ class LearnedTerm:
                     cache.shapes.popitem(last=False)
             else:
                 cache.shapes.move_to_end(key)
-            build = cache.columns is None and cache.calls >= 2
-        if build:  # outside the lock: another thread building the same columns is harmless
-            cache.columns = self.features.node_columns(
-                table, np.arange(len(table.names), dtype=np.intp))
         return cache, found
+
+    def _columns(self, cache: _TableCache, todo: IntArray) -> NodeColumns:
+        """The node columns of table rows `todo`, computed for the rows not seen before."""
+        lacking = todo[~cache.have[todo]]
+        if not lacking.size:
+            return cache.columns.take(todo)
+        computed = self.features.node_columns(cache.table, lacking)
+        # Values first, then the flags: a concurrent call never reads an unset row.
+        cache.columns.x[lacking] = computed.x
+        cache.columns.fit_inputs[lacking] = computed.fit_inputs
+        cache.have[lacking] = True
+        return computed if lacking.size == todo.size else cache.columns.take(todo)
 
     def __call__(self, pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray | None:
         if not len(rows):
@@ -447,10 +461,9 @@ class LearnedTerm:
             need &= rows >= 0
         if need.any():
             todo = safe[need]
-            columns = (cache.columns.take(todo) if cache.columns is not None
-                       else self.features.node_columns(table, todo))
+            x = self.features.with_pod(pod, self._columns(cache, todo))
             # Predictions first, then the flags: a concurrent call never reads an unset value.
-            found.p[todo] = self.model.predict(self.features.with_pod(pod, columns))
+            found.p[todo] = self.model.predict(x)
             found.done[todo] = True
         goodness = np.maximum(1.0 - found.p[safe] / self.scale, 0.0)
         return goodness if all_known else np.where(rows >= 0, goodness, np.nan)

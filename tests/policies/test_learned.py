@@ -343,7 +343,7 @@ def test_a_new_table_invalidates_the_cached_predictions(tmp_path: Path) -> None:
     term = learned_term_for(s)
     rows = np.arange(200, dtype=np.intp)
     first, second = rich_table(s, 200, seed=5), rich_table(s, 200, seed=6)
-    for t in (first, first, second, second, first):  # twice each: the columns of every row
+    for t in (first, first, second, second, first):
         got = term(POD, t, rows)
         assert got is not None
         np.testing.assert_array_equal(got, direct(s, POD, t, rows))
