@@ -11,7 +11,9 @@ Two paths give the same answers:
   recent placements are read from the same baseline's cache of loaded rows, and evaluated again
   only when their pending load changed since (in a burst: the previous pod's node). Pending loads
   come from the ledger's running totals. A request then costs a handful of array operations
-  whether it names 10 nodes or 5000, however many placements are pending.
+  whether it names 10 nodes or 5000, however many placements are pending. A profile whose
+  only pod-specific part is derived terms (the `learned` profile) keeps the metric terms' sums
+  in the baseline and adds the derived terms of the pod to them (`_derived_only`).
 """
 
 from __future__ import annotations
