@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="functions listed per table")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--fixtures", type=Path, default=bodies.FIXTURES)
+    parser.add_argument("--profile", help="the profile the Pod asks for (annotation); default: "
+                                          "none, the default profile")
     args = parser.parse_args(argv)
 
     app = build_app("extender", args.config, args.nodes, refresher=False)  # calls only
     prefix = app.extensions["extender"].settings.server.url_prefix
     body = bodies.extender_args(bodies.Recorded(args.fixtures),
-                                bodies.candidates(fleet.node_names(args.nodes), args.names), args.mode)
+                                bodies.candidates(fleet.node_names(args.nodes), args.names), args.mode,
+                                profile=args.profile)
     client = app.test_client()
     seq = 0  # pod number: every call is about another pod
     for verb in args.verbs:
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         stats.strip_dirs()
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
-        print(f"=== {verb}, {args.names} candidates ({args.mode}), {args.nodes} nodes in the cache: "
+        print(f"=== {verb}, profile {args.profile or 'default'}, {args.names} candidates "
+              f"({args.mode}), {args.nodes} nodes in the cache: "
               f"{plain * 1e3:.2f} ms per call ({profiled * 1e3:.2f} ms under cProfile), "
               f"{args.calls} calls")
         print(out.getvalue())

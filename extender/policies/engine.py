@@ -11,7 +11,9 @@ Two paths give the same answers:
   recent placements are read from the same baseline's cache of loaded rows, and evaluated again
   only when their pending load changed since (in a burst: the previous pod's node). Pending loads
   come from the ledger's running totals. A request then costs a handful of array operations
-  whether it names 10 nodes or 5000, however many placements are pending.
+  whether it names 10 nodes or 5000, however many placements are pending. A profile whose
+  only pod-specific part is derived terms (the `learned` profile) keeps the metric terms' sums
+  in the baseline and adds the derived terms of the pod to them (`_derived_only`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from extender.policies.hotspot import Ledger, Pending
 from extender.policies.learned import learned_term_for, uses_learned
 from extender.policies.model import (
     EstimateDefaults,
+    FloatArray,
     IntArray,
     NodeTable,
     PodDemand,
@@ -42,8 +45,11 @@ from extender.policies.scoring import (
     Evaluation,
     Rejection,
     compile_profile,
+    derived_goodness,
     evaluate,
+    metric_sums,
     rejections,
+    scores_with_derived,
 )
 from extender.settings import DERIVED_TERMS, LEARNED_TERM, Settings
 
@@ -64,6 +70,9 @@ class Outcome:
     """Every term of every candidate (from `Engine.evaluate`; None from `Engine.decide`)."""
     rejected_mask: npt.NDArray[np.bool_] | None = None
     """True for candidates in `rejected` (derived from it when not given)."""
+    derived: Mapping[str, FloatArray] | None = None
+    """Derived term -> goodness per candidate, when `Engine.decide` computed them without a
+    full evaluation (`evaluation` has them otherwise)."""
 
     def __post_init__(self) -> None:
         if self.rejected_mask is None:
@@ -147,6 +156,14 @@ class Context:
                         pending=part, derived_terms=self.derived_terms)
 
 
+def _derived_only(compiled: CompiledProfile) -> bool:
+    """Whether only derived terms make the profile's answers depend on the pod (no filter rule
+    on them, no `with_pod` rule, not `score_with_pod`): its verdicts and the metric terms' part
+    of its scores then come from the baseline, and `decide` adds the derived terms per pod."""
+    return (bool(compiled.derived) and not compiled.derived_rules
+            and not compiled.checks.with_pod.any() and not compiled.score_with_pod)
+
+
 class _Baseline:
     """Scores and verdicts of every table row for a pod without overrides (`template`), and of
     rows with pending load (`loaded`), valid for one table until a fresh sample goes stale.
@@ -156,11 +173,14 @@ class _Baseline:
 
     def __init__(self, table: NodeTable, compiled: CompiledProfile, template: PodDemand,
                  computed_at: float, valid_until: float, scores: npt.NDArray[np.int64],
-                 verdicts: list[Rejection | None]) -> None:
+                 verdicts: list[Rejection | None], sums: FloatArray | None = None) -> None:
         self.table, self.compiled, self.template = table, compiled, template
         self.computed_at, self.valid_until = computed_at, valid_until
         self.scores = scores
         self.verdicts = verdicts
+        self.sums = sums
+        """(2, rows + 1) the metric terms' sums (`metric_sums`) of a profile whose derived
+        terms are added per pod (`_derived_only`); None for the others."""
         self.rejected_mask = np.array([v is not None for v in verdicts], bool)
         # Rows with pending load: the load they were evaluated with (NaN: not yet), and the result.
         # Placements change one node at a time, so most calls find every loaded row here.
@@ -168,26 +188,30 @@ class _Baseline:
         self._load_cpu = np.full(n, np.nan)
         self._load_mem = np.full(n, np.nan)
         self._loaded_scores = np.zeros(n, np.int64)
+        self._loaded_sums = None if sums is None else np.zeros((2, n))
         self._loaded_mask = np.zeros(n, bool)
         self._loaded_verdicts: dict[int, Rejection] = {}
         self._lock = threading.Lock()
 
     def loaded(self, rows: IntArray, load: Pending,
-               evaluate: Callable[[IntArray, Pending], tuple[npt.NDArray[np.int64],
-                                                              list[Rejection | None]]],
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], dict[int, Rejection]]:
-        """Scores and rejected flags of `rows` under `load`, and the verdicts of the rejected by
-        row; rows whose load changed since they were last seen are evaluated again."""
+               evaluate: Callable[[IntArray, Pending], tuple[Evaluation, list[Rejection | None]]],
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], dict[int, Rejection],
+                          FloatArray | None]:
+        """Scores and rejected flags of `rows` under `load`, the verdicts of the rejected by
+        row, and their metric sums (when the baseline keeps them); rows whose load changed
+        since they were last seen are evaluated again."""
         with self._lock:
             changed = np.flatnonzero((self._load_cpu[rows] != load.cpu_cores)
                                      | (self._load_mem[rows] != load.memory_bytes))
             if changed.size:
                 again = rows[changed]
                 part = Pending(load.cpu_cores[changed], load.memory_bytes[changed])
-                scores, verdicts = evaluate(again, part)
+                ev, verdicts = evaluate(again, part)
                 self._load_cpu[again] = part.cpu_cores
                 self._load_mem[again] = part.memory_bytes
-                self._loaded_scores[again] = scores
+                self._loaded_scores[again] = ev.scores
+                if self._loaded_sums is not None:
+                    self._loaded_sums[:, again] = metric_sums(ev)
                 for row, verdict in zip(again.tolist(), verdicts, strict=True):
                     self._loaded_mask[row] = verdict is not None
                     if verdict is None:
@@ -197,7 +221,8 @@ class _Baseline:
             mask = self._loaded_mask[rows]
             found = self._loaded_verdicts
             return (self._loaded_scores[rows], mask,
-                    {row: found[row] for row in rows[mask].tolist()})
+                    {row: found[row] for row in rows[mask].tolist()},
+                    None if self._loaded_sums is None else self._loaded_sums[:, rows])
 
 
 class Engine:
@@ -277,23 +302,27 @@ class Engine:
                                         settle_s=compiled.hotspot_settle_s)
 
     def _context(self, pod: PodDemand, table: NodeTable, rows: IntArray,
-                 compiled: CompiledProfile, now: float, load: Pending | None) -> Context:
+                 compiled: CompiledProfile, now: float, load: Pending | None, *,
+                 derived: bool = True) -> Context:
         cache = self.settings.cache
         return Context(pod, table, rows, compiled, now, load, cache.max_staleness_s,
-                       cache.missing_score, self.derived_terms)
+                       cache.missing_score, self.derived_terms if derived else {})
 
     def _evaluate_rows(self, pod: PodDemand, table: NodeTable, rows: IntArray,
-                       compiled: CompiledProfile, now: float, load: Pending | None) -> Evaluation:
-        return self._context(pod, table, rows, compiled, now, load).evaluate(range(len(rows)))
+                       compiled: CompiledProfile, now: float, load: Pending | None, *,
+                       derived: bool = True) -> Evaluation:
+        return self._context(pod, table, rows, compiled, now, load,
+                             derived=derived).evaluate(range(len(rows)))
 
     def _verdicts(self, pod: PodDemand, table: NodeTable, compiled: CompiledProfile, now: float,
-                  rows: IntArray, load: Pending) -> tuple[npt.NDArray[np.int64],
-                                                          list[Rejection | None]]:
-        """Scores and filter verdicts (None: passed) of table `rows` under `load`."""
-        ev = self._evaluate_rows(pod, table, rows, compiled, now, load)
+                  rows: IntArray, load: Pending) -> tuple[Evaluation, list[Rejection | None]]:
+        """The evaluation and filter verdicts (None: passed) of table `rows` under `load`; the
+        derived terms left out when they are added per pod (`_derived_only`)."""
+        ev = self._evaluate_rows(pod, table, rows, compiled, now, load,
+                                 derived=not _derived_only(compiled))
         names = [table.names[r] for r in rows.tolist()]
         found = rejections(ev, names, compiled, self.settings)
-        return ev.scores, [found.get(name) for name in names]
+        return ev, [found.get(name) for name in names]
 
     def evaluate(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float,
                  *, pending: bool = True) -> Outcome:
@@ -309,13 +338,16 @@ class Engine:
     def decide(self, pod: PodDemand, table: NodeTable, names: Sequence[str], now: float) -> Outcome:
         """The same answer as `evaluate()`, from a cached per-table baseline (see the module doc)."""
         profile, note, compiled, overridden = self._resolve(pod, table)
-        if overridden or (compiled.per_pod and not compiled.per_pod_scores_only):
+        derived_only = _derived_only(compiled)
+        if overridden or (compiled.per_pod and not compiled.per_pod_scores_only
+                          and not derived_only):
             return self.evaluate(pod, table, names, now)  # pod-specific terms: no baseline
         base = self._baseline(table, profile, compiled, pod.wants_gpu, now)
         rows = table.rows(names)
         scores = base.scores[rows]
         mask = base.rejected_mask[rows]
         found: dict[int, Rejection] = {}  # verdicts of loaded rows, by row
+        sums = None if base.sums is None else base.sums[:, rows]
         load = None
         if compiled.hotspot_cols is not None:
             load = self.ledger.pending_for(table, compiled.hotspot_cols[0], rows, now,
@@ -325,20 +357,28 @@ class Engine:
             loaded = np.flatnonzero((load.cpu_cores > 0) | (load.memory_bytes > 0))
             if loaded.size:
                 # Nodes with recent placements: their values differ from the baseline's.
-                scores[loaded], mask[loaded], found = base.loaded(
+                scores[loaded], mask[loaded], found, loaded_sums = base.loaded(
                     rows[loaded], Pending(load.cpu_cores[loaded], load.memory_bytes[loaded]),
                     functools.partial(self._verdicts, base.template, table, compiled, now))
+                if sums is not None and loaded_sums is not None:
+                    sums[:, loaded] = loaded_sums
         if compiled.per_pod_scores_only:
             # Verdicts as the baseline has them (rules see the node without the pod); scores
             # with the pod's own requests, one vectorised evaluation without any reason text.
             scores = self._evaluate_rows(pod, table, rows, compiled, now, load).scores
+        derived = None
+        if sums is not None:
+            # The metric terms as the baseline has them, the derived ones for this pod.
+            derived, weights = derived_goodness(pod, table, rows, compiled, self.derived_terms)
+            scores = scores_with_derived(sums[0], sums[1], derived, weights,
+                                         self.settings.cache.missing_score)
         verdicts = base.verdicts
         rejected = {names[i]: found.get(row) or verdicts[row]
                     for i, row in zip(np.flatnonzero(mask).tolist(), rows[mask].tolist(),
                                       strict=True)}
         return Outcome(profile, names, scores, rejected, note,
                        context=self._context(pod, table, rows, compiled, now, load),
-                       rejected_mask=mask)
+                       rejected_mask=mask, derived=derived)
 
     def _baseline(self, table: NodeTable, profile: str, compiled: CompiledProfile,
                   gpu: bool, now: float) -> _Baseline:
@@ -350,7 +390,9 @@ class Engine:
         template = PodDemand(name="<baseline>", gpus=int(gpu), gpu_milli=1000 * int(gpu))
         # Every row, then -1 for the candidates not in the table (an empty name stands for them).
         rows = np.append(np.arange(len(table.names), dtype=np.intp), -1)
-        ev = self._evaluate_rows(template, table, rows, compiled, now, None)
+        derived_only = _derived_only(compiled)
+        ev = self._evaluate_rows(template, table, rows, compiled, now, None,
+                                 derived=not derived_only)
         names = (*table.names, "")
         found = rejections(ev, names, compiled, self.settings)
         verdicts = [found.get(name) for name in names]
@@ -358,7 +400,8 @@ class Engine:
         expiry = table.sampled_at + self.settings.cache.max_staleness_s
         upcoming = expiry[ev.fresh[:-1]]
         valid_until = float(upcoming.min()) if upcoming.size else float("inf")
-        base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts)
+        base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts,
+                         np.vstack(metric_sums(ev)) if derived_only else None)
         if len(self._baselines) > 64:
             self._baselines.clear()
         self._baselines[key] = base

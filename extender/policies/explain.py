@@ -118,8 +118,9 @@ class Breakdown:
                 sampled[known] = table.sampled_at[rows[known]]
         pending = None if ctx.pending is None else Pending(ctx.pending.cpu_cores[idx],
                                                            ctx.pending.memory_bytes[idx])
-        derived = {} if outcome.evaluation is None else {
-            term: g[idx] for term, g in outcome.evaluation.derived.items()}
+        computed = (outcome.derived if outcome.evaluation is None
+                    else outcome.evaluation.derived) or {}
+        derived = {term: g[idx] for term, g in computed.items()}
         names = [outcome.names[i] for i in idx.tolist()]
         return cls(
             nodes=tuple(names), scores=tuple(outcome.score_array[idx].tolist()),

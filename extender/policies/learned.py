@@ -25,17 +25,19 @@ probability scores five points (of ten) less than a risk-free one.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from extender.errors import ConfigError
 from extender.policies.model import ALLOCATION_METRICS, FloatArray, IntArray, NodeTable, PodDemand
@@ -144,6 +146,29 @@ def check_features(features: Sequence[str], provided: Collection[str], source: s
 
 
 @dataclass(frozen=True, eq=False)
+class NodeColumns:
+    """The part of a feature matrix that does not depend on the pod, for some table rows: the
+    `node.*` and `alloc.*` columns in place (the `pod.*` and `fit.*` ones still to fill), and
+    the values the `fit.*` columns add the pod to. A table's never change (tables are immutable),
+    so the term computes them once per table and takes rows from them per request."""
+
+    x: FloatArray
+    """(rows, features)."""
+    fit_inputs: FloatArray
+    """(rows, len(FIT_INPUTS))."""
+
+    def take(self, idx: IntArray) -> NodeColumns:
+        """The rows at `idx` (copies: `FeatureSet.with_pod` fills them in place)."""
+        return NodeColumns(self.x[idx], self.fit_inputs[idx])
+
+
+FIT_INPUTS = ("cpu_utilisation", "cpu_cores", "memory_available_ratio", "memory_total_bytes",
+              "alloc.cpu")
+"""What the `fit.*` features add the pod's requests to: catalog metrics, and `alloc.cpu` (the
+node's free CPU requests in cores)."""
+
+
+@dataclass(frozen=True, eq=False)
 class FeatureSet:
     """How to compute a model's feature columns from a table, the candidate rows and a pod."""
 
@@ -157,8 +182,18 @@ class FeatureSet:
         needed += [m for n in self.names for m in FIT_NEEDS.get(n, ((), False))[0]]
         return tuple(dict.fromkeys(needed))
 
+    @functools.cached_property
+    def _pod_columns(self) -> tuple[IntArray, tuple[str, ...]]:
+        """The `pod.*` columns and their names."""
+        found = [(c, name) for c, name in enumerate(self.names) if name in POD_FEATURES]
+        return np.array([c for c, _ in found], dtype=np.intp), tuple(n for _, n in found)
+
     def matrix(self, pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray:
         """(len(rows), features) values; NaN where a value is unknown (rows -1 included)."""
+        return self.with_pod(pod, self.node_columns(table, rows))
+
+    def node_columns(self, table: NodeTable, rows: IntArray) -> NodeColumns:
+        """What `matrix` computes from the table alone, for `rows` (-1: unknown, all NaN)."""
         k = len(rows)
         known = rows >= 0
         safe = np.where(known, rows, 0) if len(table.names) else np.zeros(k, np.intp)
@@ -173,54 +208,59 @@ class FeatureSet:
         cache = {m: gathered[:, c] for c, m in enumerate(wanted)}
         absent = np.full(k, np.nan)
 
-        def metric(name: str) -> FloatArray:
-            return cache.get(name, absent)
-
         def allocation(name: str) -> FloatArray:
             if alloc is None:
-                return np.full(k, np.nan)
-            if name == "cpu":
+                return absent
+            if name == "alloc.cpu":
                 return np.where(known, alloc.cpu_free_milli[safe] / 1000.0, np.nan)
-            if name == "memory":
+            if name == "alloc.memory_free_bytes":
                 return np.where(known, alloc.memory_free_mib[safe] * 2.0**20, np.nan)
             gpu = alloc.gpu_free_milli[safe]
             slots = gpu >= 0
-            if name == "gpus":
+            if name == "alloc.gpus_free":
                 return np.where(known, (gpu >= 1000).sum(axis=1).astype(float), np.nan)
             count = slots.sum(axis=1)
             idle = np.where(slots, gpu, 0.0).sum(axis=1)
             share = np.divide(idle, count * 1000.0, out=np.zeros(k), where=count > 0)
             return np.where(known, share, np.nan)
 
-        pod_values = {"pod.cpu_cores": pod.cpu_cores, "pod.memory_bytes": pod.memory_bytes,
-                      "pod.gpus": float(pod.gpus), "pod.gpu_milli": float(pod.gpu_milli)}
-        out = np.empty((k, len(self.names)))
-        for c, name in enumerate(self.names):
+        def node(name: str) -> FloatArray:
             if name.startswith("node."):
-                out[:, c] = metric(name[5:])
-            elif name in pod_values:
-                out[:, c] = pod_values[name]
-            elif name == "alloc.cpu_free_cores":
-                out[:, c] = allocation("cpu")
-            elif name == "alloc.memory_free_bytes":
-                out[:, c] = allocation("memory")
-            elif name == "alloc.gpus_free":
-                out[:, c] = allocation("gpus")
-            elif name == "alloc.gpu_idle_share":
-                out[:, c] = allocation("share")
-            elif name == "fit.cpu_utilisation_after":
-                cores = metric("cpu_cores")
-                out[:, c] = metric("cpu_utilisation") + np.divide(
-                    pod.cpu_cores, cores, out=np.full(k, np.nan), where=cores > 0)
-            elif name == "fit.memory_available_after":
-                total = metric("memory_total_bytes")
-                out[:, c] = metric("memory_available_ratio") - np.divide(
-                    pod.memory_bytes, total, out=np.full(k, np.nan), where=total > 0)
-            elif name == "fit.cpu_free_after_cores":
-                out[:, c] = allocation("cpu") - pod.cpu_cores
-            else:  # load_model refuses such models; a FeatureSet built by hand may not
+                return cache.get(name[5:], absent)
+            return allocation("alloc.cpu" if name == "alloc.cpu_free_cores" else name)
+
+        x = np.zeros((k, len(self.names)))
+        for c, name in enumerate(self.names):
+            if name.startswith(("node.", "alloc.")):
+                x[:, c] = node(name)
+            elif name not in POD_FEATURES and name not in FIT_NEEDS:
+                # load_model refuses such models; a FeatureSet built by hand may not
                 raise KeyError(f"unknown feature {name!r}")
-        return out
+        fit_inputs = np.empty((k, len(FIT_INPUTS)))
+        for c, name in enumerate(FIT_INPUTS):
+            fit_inputs[:, c] = allocation(name) if name == "alloc.cpu" else cache.get(name, absent)
+        return NodeColumns(x, fit_inputs)
+
+    def with_pod(self, pod: PodDemand, columns: NodeColumns) -> FloatArray:
+        """The feature matrix: `columns.x` with the pod's columns filled in (in place)."""
+        x = columns.x
+        k = len(x)
+        util, cores, available, total, cpu_free = columns.fit_inputs.T
+        pod_cols, pod_names = self._pod_columns
+        if len(pod_cols):
+            values = {"pod.cpu_cores": pod.cpu_cores, "pod.memory_bytes": pod.memory_bytes,
+                      "pod.gpus": float(pod.gpus), "pod.gpu_milli": float(pod.gpu_milli)}
+            x[:, pod_cols] = np.array([values[n] for n in pod_names])
+        for c, name in enumerate(self.names):
+            if name == "fit.cpu_utilisation_after":
+                x[:, c] = util + np.divide(pod.cpu_cores, cores, out=np.full(k, np.nan),
+                                           where=cores > 0)
+            elif name == "fit.memory_available_after":
+                x[:, c] = available - np.divide(pod.memory_bytes, total, out=np.full(k, np.nan),
+                                                where=total > 0)
+            elif name == "fit.cpu_free_after_cores":
+                x[:, c] = cpu_free - pod.cpu_cores
+        return x
 
 
 # --- loading and the term -----------------------------------------------------------------------
@@ -320,21 +360,113 @@ def load_model(path: str | Path, provided: Collection[str]) -> LearnedModel:
     return model
 
 
-def learned_term(model: LearnedModel, max_staleness_s: float) -> Callable[
-        [PodDemand, NodeTable, IntArray], FloatArray | None]:
-    """The `learned` derived term over `model`: 1 - P(miss) per candidate row, NaN for rows
-    the table does not know; one model call per evaluation, whatever the number of rows."""
-    features = FeatureSet(model.features, max_staleness_s)
-    scale = model.file.goodness_scale
+SHAPES_PER_TABLE = 64
+"""Pod shapes whose predictions the term keeps per table (least recently used dropped first):
+pods of one Job or ReplicaSet share their requests, so a burst of them is one shape. At most
+64 x 9 bytes per node (5000 nodes: 2.9 MB per worker)."""
 
-    def term(pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray | None:
+
+def _shape(pod: PodDemand) -> tuple[float, float, int, int]:
+    """What the pod's features are made of (`pod.*` and the `fit.*` additions)."""
+    return (pod.cpu_cores, pod.memory_bytes, pod.gpus, pod.gpu_milli)
+
+
+@dataclass(eq=False)
+class _Predictions:
+    """P(miss) of one pod shape on the rows of one table, filled in as rows are asked for."""
+
+    p: FloatArray
+    done: npt.NDArray[np.bool_]
+
+
+@dataclass(eq=False)
+class _TableCache:
+    """What the term keeps about the table it last saw: the node columns of the rows asked for
+    so far (`have`), and the predictions per pod shape."""
+
+    table: NodeTable
+    columns: NodeColumns
+    have: npt.NDArray[np.bool_]
+    shapes: collections.OrderedDict[tuple[float, float, int, int], _Predictions] = field(
+        default_factory=collections.OrderedDict)
+
+    @classmethod
+    def of(cls, table: NodeTable, features: int) -> _TableCache:
+        n = len(table.names)
+        return cls(table, NodeColumns(np.empty((n, features)), np.empty((n, len(FIT_INPUTS)))),
+                   np.zeros(n, bool))
+
+
+class LearnedTerm:
+    """The `learned` derived term over a model: 1 - P(miss) / scale per candidate row, NaN for
+    rows the table does not know; one model call per evaluation at most, whatever the number of
+    rows.
+
+    The model's answer for a node depends only on the table (immutable, swapped whole on a
+    refresh) and the pod's shape (`_shape`). So the term keeps, for the table it last saw, the
+    pod-independent feature columns of the rows asked for and the predictions made so far per
+    shape, and asks the model only about rows it has not answered for this shape yet: in a
+    burst of pods of one Job the first request pays the model call, the others a gather. Every
+    cost stays proportional to the candidates (a table seen once, as in the simulator, costs
+    what it did without a cache). A new table starts over.
+    """
+
+    def __init__(self, model: LearnedModel, max_staleness_s: float,
+                 shapes: int = SHAPES_PER_TABLE) -> None:
+        self.model = model
+        self.features = FeatureSet(model.features, max_staleness_s)
+        self.scale = model.file.goodness_scale
+        self.shapes = shapes
+        self._cache: _TableCache | None = None
+        self._lock = threading.Lock()
+
+    def _predictions(self, table: NodeTable, pod: PodDemand) -> tuple[_TableCache, _Predictions]:
+        key = _shape(pod)
+        with self._lock:
+            cache = self._cache
+            if cache is None or cache.table is not table:
+                cache = self._cache = _TableCache.of(table, len(self.features.names))
+            found = cache.shapes.get(key)
+            if found is None:
+                n = len(table.names)
+                found = cache.shapes[key] = _Predictions(np.zeros(n), np.zeros(n, bool))
+                if len(cache.shapes) > self.shapes:
+                    cache.shapes.popitem(last=False)
+            else:
+                cache.shapes.move_to_end(key)
+        return cache, found
+
+    def _columns(self, cache: _TableCache, todo: IntArray) -> NodeColumns:
+        """The node columns of table rows `todo`, computed for the rows not seen before."""
+        lacking = todo[~cache.have[todo]]
+        if not lacking.size:
+            return cache.columns.take(todo)
+        computed = self.features.node_columns(cache.table, lacking)
+        # Values first, then the flags: a concurrent call never reads an unset row.
+        cache.columns.x[lacking] = computed.x
+        cache.columns.fit_inputs[lacking] = computed.fit_inputs
+        cache.have[lacking] = True
+        return computed if lacking.size == todo.size else cache.columns.take(todo)
+
+    def __call__(self, pod: PodDemand, table: NodeTable, rows: IntArray) -> FloatArray | None:
         if not len(rows):
             return np.zeros(0)
-        p = model.predict(features.matrix(pod, table, rows))
-        goodness = np.maximum(1.0 - p / scale, 0.0)
-        return np.where(rows >= 0, goodness, np.nan)
-
-    return term
+        if not len(table.names):
+            return np.full(len(rows), np.nan)
+        cache, found = self._predictions(table, pod)
+        all_known = bool(rows.min() >= 0)
+        safe = rows if all_known else np.where(rows >= 0, rows, 0)
+        need = ~found.done[safe]
+        if not all_known:
+            need &= rows >= 0
+        if need.any():
+            todo = safe[need]
+            x = self.features.with_pod(pod, self._columns(cache, todo))
+            # Predictions first, then the flags: a concurrent call never reads an unset value.
+            found.p[todo] = self.model.predict(x)
+            found.done[todo] = True
+        goodness = np.maximum(1.0 - found.p[safe] / self.scale, 0.0)
+        return goodness if all_known else np.where(rows >= 0, goodness, np.nan)
 
 
 def profile_uses_learned(profile: Profile) -> bool:
@@ -348,8 +480,7 @@ def uses_learned(settings: Settings) -> bool:
     return any(map(profile_uses_learned, settings.policy.profiles.values()))
 
 
-def learned_term_for(settings: Settings) -> Callable[
-        [PodDemand, NodeTable, IntArray], FloatArray | None]:
+def learned_term_for(settings: Settings) -> LearnedTerm:
     """The `learned` term of `settings.policy.learned_model`, checked against what an engine
     over the settings' catalog can provide; ModelError when the file cannot be used."""
     path = settings.policy.learned_model
@@ -357,4 +488,4 @@ def learned_term_for(settings: Settings) -> Callable[
         raise ModelError(f"{settings.source}: policy.learned_model: not set")
     metrics = [entry.name for entry in settings.catalog]
     provided = provided_features(metrics, all(m in metrics for m in ALLOCATION_METRICS))
-    return learned_term(load_model(path, provided), settings.cache.max_staleness_s)
+    return LearnedTerm(load_model(path, provided), settings.cache.max_staleness_s)

@@ -290,9 +290,32 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
         imputed &= ~np.isnan(typical)
     else:
         goodness = np.where(fresh, goodness, 0.0)  # NaN * 0 would still be NaN in the sums
+    numerator, denominator = _metric_sums(fresh, imputed, weights, goodness)
+    derived, derived_weights = derived_goodness(pod, table, rows, compiled, derived_terms)
+    scores = scores_with_derived(numerator, denominator, derived, derived_weights, missing_score)
+    return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,
+                      derived_weights, scores, pending, own, compiled.score_with_pod)
+
+
+def _metric_sums(fresh: BoolArray, imputed: BoolArray, weights: FloatArray,
+                 goodness: FloatArray) -> tuple[FloatArray, FloatArray]:
     counted = (fresh | imputed) * weights
-    numerator = (counted * goodness).sum(axis=1)
-    denominator = counted.sum(axis=1)
+    return (counted * goodness).sum(axis=1), counted.sum(axis=1)
+
+
+def metric_sums(ev: Evaluation) -> tuple[FloatArray, FloatArray]:
+    """Per candidate of `ev`, the weighted goodness sum and the weight sum of its metric terms:
+    its score before the derived terms, as `evaluate` adds them up (`scores_with_derived`
+    completes it)."""
+    return _metric_sums(ev.fresh, ev.imputed, ev.weights, ev.goodness)
+
+
+def derived_goodness(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile,
+                     derived_terms: Mapping[str, DerivedTerm] | None,
+                     ) -> tuple[dict[str, FloatArray], dict[str, float]]:
+    """The goodness of each derived term of `compiled` per candidate row (NaN for rows -1),
+    and its weight; terms without a function, or whose function gives None, are left out."""
+    known = rows >= 0
     derived: dict[str, FloatArray] = {}
     derived_weights: dict[str, float] = {}
     for term, weight in compiled.derived.items():
@@ -300,17 +323,29 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
         term_goodness = fn(pod, table, rows) if fn is not None else None
         if term_goodness is None:
             continue
-        term_goodness = np.where(known, term_goodness, np.nan)
-        derived[term], derived_weights[term] = term_goodness, weight
+        derived[term] = np.where(known, term_goodness, np.nan)
+        derived_weights[term] = weight
+    return derived, derived_weights
+
+
+def scores_with_derived(numerator: FloatArray, denominator: FloatArray,
+                        derived: Mapping[str, FloatArray], derived_weights: Mapping[str, float],
+                        missing_score: int) -> npt.NDArray[np.int64]:
+    """The 0..10 scores from the metric terms' sums (`metric_sums`) and the derived terms'
+    goodness (NaN: the node lacks the term, which then does not count)."""
+    largest = np.finfo(np.float64).max
+    for term, term_goodness in derived.items():
+        weight = derived_weights[term]
         ok = ~np.isnan(term_goodness)
-        numerator += np.where(ok, weight * np.nan_to_num(term_goodness), 0.0)
-        denominator += np.where(ok, weight, 0.0)
+        # np.nan_to_num's values where `ok` (infinities to the largest float), without its
+        # Python wrapper (~15 us a call on the request path).
+        bounded = np.minimum(np.maximum(term_goodness, -largest), largest)
+        numerator = numerator + np.where(ok, weight * bounded, 0.0)
+        denominator = denominator + np.where(ok, weight, 0.0)
     scored = denominator > 0
-    ratio = np.divide(numerator, denominator, out=np.zeros(len(rows)), where=scored)
+    ratio = np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=scored)
     scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
-    return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,
-                      derived_weights, scores.astype(np.int64), pending, own,
-                      compiled.score_with_pod)
+    return scores.astype(np.int64)
 
 
 def term_points(ev: Evaluation, metrics: Sequence[str]) -> tuple[tuple[str, ...], FloatArray]:

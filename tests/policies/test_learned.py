@@ -17,6 +17,7 @@ from extender.policies.engine import Engine
 from extender.policies.explain import Breakdown
 from extender.policies.learned import (
     FeatureSet,
+    LearnedTerm,
     ModelError,
     ModelFile,
     learned_term_for,
@@ -245,3 +246,151 @@ def test_check_config_fails_on_a_model_the_engine_cannot_use(
     assert main(["check-config", str(path)]) == 2
     assert "absent.json: cannot read the model file" in capsys.readouterr().err
     assert main(["check-config", str(CONFIG)]) == 0
+
+
+# --- the fast path: per-table columns, cached predictions, the engine's baseline ---------------
+
+
+def rich_table(s: Settings, n: int, seed: int, built_at: float = NOW) -> NodeTable:
+    """`n` nodes with every hot-spot column set, some values missing and some stale."""
+    rng = np.random.default_rng(seed)
+    metrics = tuple(e.name for e in s.catalog)
+    names = tuple(f"n{i}" for i in range(n))
+    values = np.full((n, len(metrics)), np.nan)
+    for name, column in (("cpu_utilisation", rng.random(n)),
+                         ("memory_available_ratio", rng.random(n)),
+                         ("cpu_cores", rng.choice([8.0, 32.0, 96.0], n)),
+                         ("memory_total_bytes", rng.choice([2.0**34, 2.0**37], n)),
+                         ("node_ready", np.ones(n)), ("node_pressure", np.zeros(n))):
+        values[:, metrics.index(name)] = column
+    values[rng.random(n) < 0.1, metrics.index("cpu_utilisation")] = np.nan
+    sampled = np.where(np.isnan(values), np.nan, built_at - 5.0)
+    sampled[rng.random(n) < 0.1] = built_at - 1000.0  # stale: NaN features
+    alloc = Allocation(cpu_free_milli=rng.integers(0, 32000, n).astype(float),
+                       memory_free_mib=np.full(n, 1e5), gpu_free_milli=np.full((n, 1), -1.0),
+                       gpu_model=("",) * n)
+    return NodeTable(names=names, metrics=metrics, values=values, sampled_at=sampled,
+                     built_at=built_at, allocation=alloc)
+
+
+RICH_FEATURES = (*FEATURES, "node.memory_available_ratio", "pod.memory_bytes", "pod.gpus",
+                 "pod.gpu_milli", "fit.memory_available_after", "fit.cpu_free_after_cores")
+
+
+def rich_model(tmp_path: Path) -> Path:
+    """A model on every pod feature, whose misses follow CPU and memory after placement."""
+    rng = np.random.default_rng(2)
+    n = 6000
+    util, available = rng.random(n), rng.random(n)
+    cores, memory = rng.integers(1, 24, n).astype(float), rng.choice([2.0**30, 2.0**36], n)
+    free = rng.random(n) * 32
+    after_cpu, after_memory = util + cores / 32, available - memory / 2**37
+    x = np.column_stack([util, cores, after_cpu, free, available, memory, np.zeros(n),
+                         np.zeros(n), after_memory, free - cores])
+    risk = np.clip(after_cpu - 0.5, 0, 1) + np.clip(0.3 - after_memory, 0, 1)
+    missed = rng.random(n) < 0.02 + 0.6 * risk
+    samples = Samples(RICH_FEATURES, x, missed, np.full(n, np.nan), np.arange(n) / n, "rich")
+    return write_model(tmp_path / "rich.json", train(samples, [], source="replay",
+                                                     description="rich", split="x",
+                                                     params=TrainParams(rounds=20)))
+
+
+def direct(s: Settings, pod: PodDemand, t: NodeTable, rows: np.ndarray) -> np.ndarray:
+    """What the term must give: the model's own predict on `FeatureSet.matrix`, unscaled."""
+    model = read_model(s.policy.learned_model or "")
+    x = FeatureSet(model.features, s.cache.max_staleness_s).matrix(pod, t, rows)
+    goodness = np.maximum(1.0 - model.booster.predict(x) / model.file.goodness_scale, 0.0)
+    return np.where(rows >= 0, goodness, np.nan)
+
+
+def test_cached_predictions_equal_a_direct_model_call(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    s = learned_settings(rich_model(tmp_path))
+    term = learned_term_for(s)
+    calls: list[int] = []
+    original = term.model.booster.predict
+
+    def counted(x: np.ndarray, **kwargs: object) -> np.ndarray:
+        calls.append(len(x))
+        return original(x, **kwargs)
+
+    monkeypatch.setattr(term.model.booster, "predict", counted)
+    t = rich_table(s, 300, seed=3)
+    rng = np.random.default_rng(4)
+    # Shapes that differ in one request only: each must get its own predictions.
+    small = PodDemand(namespace="ns", name="a", cpu_cores=2, memory_bytes=2**30)
+    large = PodDemand(namespace="ns", name="b", cpu_cores=2, memory_bytes=2**36)
+    subsets = [rng.permutation(300)[:120], np.arange(300), rng.integers(-1, 300, 200),
+               np.array([-1, -1]), np.array([5, 5, 7])]
+    for rows in subsets:
+        for pod in (small, large):
+            rows = rows.astype(np.intp)
+            got = term(pod, t, rows)
+            assert got is not None
+            np.testing.assert_array_equal(got, direct(s, pod, t, rows))
+    # Each pod shape asked the model about each known row at most once, in one call per request
+    # that brought new rows: 120, then the other 180 of the table, then nothing.
+    assert calls == [120, 120, 180, 180]
+    assert not np.array_equal(direct(s, small, t, subsets[1]), direct(s, large, t, subsets[1]))
+    # Another pod of the same shape (same requests, other name) is answered from the cache.
+    twin = PodDemand(namespace="other", name="c", cpu_cores=2, memory_bytes=2**30)
+    term(twin, t, np.arange(300, dtype=np.intp))
+    assert len(calls) == 4
+
+
+def test_a_new_table_invalidates_the_cached_predictions(tmp_path: Path) -> None:
+    s = learned_settings(model_file(tmp_path, "calm.json", prefers_busy=False))
+    term = learned_term_for(s)
+    rows = np.arange(200, dtype=np.intp)
+    first, second = rich_table(s, 200, seed=5), rich_table(s, 200, seed=6)
+    for t in (first, first, second, second, first):
+        got = term(POD, t, rows)
+        assert got is not None
+        np.testing.assert_array_equal(got, direct(s, POD, t, rows))
+    assert not np.array_equal(direct(s, POD, first, rows), direct(s, POD, second, rows))
+    # Same values, new table object (a refresh with nothing changed): recomputed, same answer.
+    again = rich_table(s, 200, seed=5)
+    np.testing.assert_array_equal(term(POD, again, rows), direct(s, POD, first, rows))
+
+
+def test_the_cache_keeps_a_bounded_number_of_pod_shapes(tmp_path: Path) -> None:
+    s = learned_settings(model_file(tmp_path, "calm.json", prefers_busy=False))
+    model = load_model(s.policy.learned_model or "",
+                       provided_features([e.name for e in s.catalog], True))
+    term = LearnedTerm(model, s.cache.max_staleness_s, shapes=3)
+    t = rich_table(s, 50, seed=7)
+    rows = np.arange(50, dtype=np.intp)
+    for i in range(10):
+        pod = PodDemand(namespace="ns", name=f"p{i}", cpu_cores=1 + i, memory_bytes=2**30)
+        np.testing.assert_array_equal(term(pod, t, rows), direct(s, pod, t, rows))
+    assert term._cache is not None and len(term._cache.shapes) == 3
+
+
+def test_decide_adds_the_learned_term_to_the_baseline_as_evaluate_does(tmp_path: Path) -> None:
+    path = model_file(tmp_path, "calm.json", prefers_busy=False)
+    s = load_settings(CONFIG, environ={}, overrides={"policy": {
+        "default": "model", "learned_model": str(path), "profiles": {"model": {
+            "filters": [{"metric": "cpu_utilisation", "above": 0.9, "label": "cpu"}],
+            "weights": {"learned": 3, "cpu_utilisation": 1, "memory_available_ratio": 1},
+            "hotspot": {"enabled": True}}}}})
+    engine, reference = Engine(s), Engine(s)
+    t = rich_table(s, 400, seed=8)
+    names = [f"n{i}" for i in range(0, 400, 2)] + ["not-in-the-table"]
+    pods = [PodDemand(namespace="ns", name=f"p{i}", uid=f"u{i}", cpu_cores=1 + i % 3,
+                      memory_bytes=2**31) for i in range(12)]
+    for i, pod in enumerate(pods):
+        fast = engine.decide(pod, t, names, NOW + i)
+        full = reference.evaluate(pod, t, names, NOW + i)
+        assert fast.evaluation is None  # the baseline path, not a full evaluation
+        assert fast.scores == full.scores
+        assert fast.rejected == full.rejected
+        assert full.evaluation is not None and fast.derived is not None
+        np.testing.assert_array_equal(fast.derived["learned"], full.evaluation.derived["learned"])
+        # The explanation shows the learned term's goodness, as from a full evaluation.
+        top = fast.ranking(3)
+        assert Breakdown.of(fast, top).explain() == Breakdown.of(full, top).explain()
+        # Recent placements: later pods see them as pending load on these nodes.
+        best = fast.best()
+        assert best is not None and best == full.best()
+        for e in (engine, reference):
+            e.record_placement(best, pod, NOW + i)
