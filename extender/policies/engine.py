@@ -11,7 +11,10 @@ Two paths give the same answers:
   recent placements are read from the same baseline's cache of loaded rows, and evaluated again
   only when their pending load changed since (in a burst: the previous pod's node). Pending loads
   come from the ledger's running totals. A request then costs a handful of array operations
-  whether it names 10 nodes or 5000, however many placements are pending.
+  whether it names 10 nodes or 5000, however many placements are pending. A profile scoring
+  with the pod's own load (`score_with_pod`) keeps the baseline's verdicts; its scores come from
+  per-node sums kept with the baseline, completed per request with the CPU and memory terms
+  (`scoring.WithPodScores`), not from a new evaluation.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from extender.policies.scoring import (
     DerivedTerm,
     Evaluation,
     Rejection,
+    WithPodScores,
     compile_profile,
     evaluate,
     rejections,
@@ -156,10 +160,12 @@ class _Baseline:
 
     def __init__(self, table: NodeTable, compiled: CompiledProfile, template: PodDemand,
                  computed_at: float, valid_until: float, scores: npt.NDArray[np.int64],
-                 verdicts: list[Rejection | None]) -> None:
+                 verdicts: list[Rejection | None], with_pod: WithPodScores | None) -> None:
         self.table, self.compiled, self.template = table, compiled, template
         self.computed_at, self.valid_until = computed_at, valid_until
         self.scores = scores
+        self.with_pod = with_pod
+        """Scores with each pod's own load (`score_with_pod`), None when not or not exact."""
         self.verdicts = verdicts
         self.rejected_mask = np.array([v is not None for v in verdicts], bool)
         # Rows with pending load: the load they were evaluated with (NaN: not yet), and the result.
@@ -330,8 +336,11 @@ class Engine:
                     functools.partial(self._verdicts, base.template, table, compiled, now))
         if compiled.per_pod_scores_only:
             # Verdicts as the baseline has them (rules see the node without the pod); scores
-            # with the pod's own requests, one vectorised evaluation without any reason text.
-            scores = self._evaluate_rows(pod, table, rows, compiled, now, load).scores
+            # with the pod's own requests: the baseline's per-node sums completed with the CPU
+            # and memory terms, else one vectorised evaluation without any reason text.
+            with_pod = None if base.with_pod is None else base.with_pod.scores(pod, rows, load)
+            scores = (self._evaluate_rows(pod, table, rows, compiled, now, load).scores
+                      if with_pod is None else with_pod)
         verdicts = base.verdicts
         rejected = {names[i]: found.get(row) or verdicts[row]
                     for i, row in zip(np.flatnonzero(mask).tolist(), rows[mask].tolist(),
@@ -358,7 +367,9 @@ class Engine:
         expiry = table.sampled_at + self.settings.cache.max_staleness_s
         upcoming = expiry[ev.fresh[:-1]]
         valid_until = float(upcoming.min()) if upcoming.size else float("inf")
-        base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts)
+        with_pod = WithPodScores.of(table, ev, compiled, self.settings.cache.missing_score)
+        base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts,
+                         with_pod)
         if len(self._baselines) > 64:
             self._baselines.clear()
         self._baselines[key] = base
