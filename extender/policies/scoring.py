@@ -353,10 +353,9 @@ class WithPodScores:
 
     columns: FloatArray
     """(10, rows): the other columns' goodness sum, the weight sum, then pairs (CPU, memory)
-    of: value, capacity (cores, memory total; inf when unknown: a share of it is 0, as in
-    `_shares`), weight counted, contribution when not fresh."""
-    fresh: BoolArray
-    """(2, rows) whether the CPU and memory values are fresh."""
+    of: value (0 when not fresh), capacity (cores, memory total; inf when unknown: a share of
+    it is 0, as in `_shares`), weight counted (0 when not fresh), contribution when not fresh
+    (else 0)."""
     low: FloatArray
     """(2, 1) per column (CPU, memory), as in `CompiledProfile`."""
     span: FloatArray
@@ -381,17 +380,20 @@ class WithPodScores:
             raw[:, known] = table.values[ev.rows[known]][:, [cpu, mem, cores, total]].T
         if np.isinf(raw[:2]).any():
             return None
-        counted = ((ev.fresh | ev.imputed) * ev.weights)[:, [cpu, mem]].T
-        products = (counted.T * ev.goodness[:, [cpu, mem]]).T
-        fresh = np.ascontiguousarray(ev.fresh[:, [cpu, mem]].T)
         every = (ev.fresh | ev.imputed) * ev.weights
+        products = every * ev.goodness
+        fresh = ev.fresh[:, [cpu, mem]].T
+        # Where a value is not fresh its term is what `evaluate` imputed, whatever the load: the
+        # weight is 0 there and the value a finite stand-in (0 x goodness adds exactly nothing),
+        # so a request adds `counted x goodness + stale` with no mask.
         columns = np.vstack([
-            row_sums(every * ev.goodness, compiled.summed[:-2]),
+            row_sums(products, compiled.summed[:-2]),
             row_sums(every, compiled.summed),
-            raw[:2], np.where(raw[2:] > 0, raw[2:], np.inf), counted,
-            np.where(fresh, 0.0, products)])
+            np.where(fresh, raw[:2], 0.0), np.where(raw[2:] > 0, raw[2:], np.inf),
+            np.where(fresh, every[:, [cpu, mem]].T, 0.0),
+            np.where(fresh, 0.0, products[:, [cpu, mem]].T)])
         pair = np.array([[cpu], [mem]])
-        return cls(columns, fresh, compiled.low[pair], compiled.span[pair],
+        return cls(columns, compiled.low[pair], compiled.span[pair],
                    compiled.lower_is_better[pair], missing_score)
 
     def scores(self, pod: PodDemand, rows: IntArray,
@@ -408,16 +410,18 @@ class WithPodScores:
         load_cpu, load_mem = pod.load_cpu_cores, pod.load_memory_bytes
         if not (math.isfinite(load_cpu) and math.isfinite(load_mem)):
             return None
-        at = np.take(self.columns, rows, axis=1)  # C order (`columns[:, rows]` is not)
-        values, capacity = at[2:4], at[4:6]
-        # The additions of `evaluate`, in its order: pending load, then the pod's. Memory
-        # available goes down by the share: x + -(a / b) is x - a / b, and -(a / b) is -a / b.
+        at = np.take(self.columns, rows, axis=1)  # a copy, in C order (`columns[:, rows]` is not)
+        cpu, mem, cores, total = at[2], at[3], at[4], at[5]
+        # The additions of `evaluate`, in its order: pending load, then the pod's (memory
+        # available goes down: x - a / b is `evaluate`'s x + -(a / b)).
         if pending is not None:
-            values = values + np.vstack([pending.cpu_cores, -pending.memory_bytes]) / capacity
-        values = values + np.array([[load_cpu], [-load_mem]]) / capacity
+            cpu += pending.cpu_cores / cores
+            mem -= pending.memory_bytes / total
+        cpu += load_cpu / cores
+        mem -= load_mem / total
         goodness = np.abs(self.lower_is_better - np.minimum(np.maximum(
-            (values - self.low) / self.span, 0.0), 1.0))
-        terms = np.where(np.take(self.fresh, rows, axis=1), at[6:8] * goodness, at[8:10])
+            (at[2:4] - self.low) / self.span, 0.0), 1.0))
+        terms = at[6:8] * goodness + at[8:10]
         return at[0] + terms[0] + terms[1], at[1]
 
 
