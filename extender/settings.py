@@ -322,7 +322,9 @@ class HotspotSettings(Struct, frozen=True):
     score_with_pod: bool = False
     """Score the CPU and memory terms on the node's usage plus this pod's requests (what the
     node will look like with it, as Trimaran's TargetLoadPacking predicts), not on its usage
-    alone. Filter rules keep their own `with_pod` choice."""
+    alone. Filter rules keep their own `with_pod` choice. Off unless a profile says so: the
+    shipped `metrics-aware` does (config/extender.yaml); other profiles keep their measured
+    behaviour."""
 
 
 class Profile(Struct, frozen=True):

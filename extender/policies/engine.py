@@ -13,7 +13,10 @@ Two paths give the same answers:
   come from the ledger's running totals. A request then costs a handful of array operations
   whether it names 10 nodes or 5000, however many placements are pending. A profile whose
   only pod-specific part is derived terms (the `learned` profile) keeps the metric terms' sums
-  in the baseline and adds the derived terms of the pod to them (`_derived_only`).
+  in the baseline and adds the derived terms of the pod to them (`_derived_only`). A profile
+  scoring with the pod's own load (`score_with_pod`) keeps the baseline's verdicts; its scores
+  come from per-node sums kept with the baseline, completed per request with the CPU and memory
+  terms (`scoring.WithPodScores`), not from a new evaluation.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from extender.policies.scoring import (
     DerivedTerm,
     Evaluation,
     Rejection,
+    WithPodScores,
     compile_profile,
     derived_goodness,
     evaluate,
@@ -173,10 +177,13 @@ class _Baseline:
 
     def __init__(self, table: NodeTable, compiled: CompiledProfile, template: PodDemand,
                  computed_at: float, valid_until: float, scores: npt.NDArray[np.int64],
-                 verdicts: list[Rejection | None], sums: FloatArray | None = None) -> None:
+                 verdicts: list[Rejection | None], with_pod: WithPodScores | None = None,
+                 sums: FloatArray | None = None) -> None:
         self.table, self.compiled, self.template = table, compiled, template
         self.computed_at, self.valid_until = computed_at, valid_until
         self.scores = scores
+        self.with_pod = with_pod
+        """Scores with each pod's own load (`score_with_pod`), None when not or not exact."""
         self.verdicts = verdicts
         self.sums = sums
         """(2, rows + 1) the metric terms' sums (`metric_sums`) of a profile whose derived
@@ -211,7 +218,7 @@ class _Baseline:
                 self._load_mem[again] = part.memory_bytes
                 self._loaded_scores[again] = ev.scores
                 if self._loaded_sums is not None:
-                    self._loaded_sums[:, again] = metric_sums(ev)
+                    self._loaded_sums[:, again] = metric_sums(ev, self.compiled)
                 for row, verdict in zip(again.tolist(), verdicts, strict=True):
                     self._loaded_mask[row] = verdict is not None
                     if verdict is None:
@@ -364,8 +371,11 @@ class Engine:
                     sums[:, loaded] = loaded_sums
         if compiled.per_pod_scores_only:
             # Verdicts as the baseline has them (rules see the node without the pod); scores
-            # with the pod's own requests, one vectorised evaluation without any reason text.
-            scores = self._evaluate_rows(pod, table, rows, compiled, now, load).scores
+            # with the pod's own requests: the baseline's per-node sums completed with the CPU
+            # and memory terms, else one vectorised evaluation without any reason text.
+            with_pod = None if base.with_pod is None else base.with_pod.scores(pod, rows, load)
+            scores = (self._evaluate_rows(pod, table, rows, compiled, now, load).scores
+                      if with_pod is None else with_pod)
         derived = None
         if sums is not None:
             # The metric terms as the baseline has them, the derived ones for this pod.
@@ -400,8 +410,9 @@ class Engine:
         expiry = table.sampled_at + self.settings.cache.max_staleness_s
         upcoming = expiry[ev.fresh[:-1]]
         valid_until = float(upcoming.min()) if upcoming.size else float("inf")
+        with_pod = WithPodScores.of(table, ev, compiled, self.settings.cache.missing_score)
         base = _Baseline(table, compiled, template, now, valid_until, ev.scores, verdicts,
-                         np.vstack(metric_sums(ev)) if derived_only else None)
+                         with_pod, np.vstack(metric_sums(ev, compiled)) if derived_only else None)
         if len(self._baselines) > 64:
             self._baselines.clear()
         self._baselines[key] = base

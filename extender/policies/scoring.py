@@ -22,6 +22,7 @@ Derived terms (`gpu_fragmentation`) are computed from the table's allocation sta
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,10 @@ class CompiledProfile:
     aggregate and its parameters, a learned model), for explanations."""
     score_with_pod: bool = False
     """Score the CPU and memory terms with the pod's own requests added (`hotspot_cols` set)."""
+    summed: tuple[int, ...] = ()
+    """The weighted columns in the order the score adds them up: the hot-spot CPU and memory
+    columns last (when set), so that a per-node sum of the others can be completed per pod
+    (`WithPodScores`) with the same bits as the whole sum."""
 
     @property
     def per_pod(self) -> bool:
@@ -166,11 +171,13 @@ def compile_profile(settings: Settings, name: str, profile: Profile, metrics: Se
         for metric in (hot.cpu_metric, hot.memory_metric):
             note = "with this pod's requests added (score_with_pod)"
             notes[metric] = f"{notes[metric]}; {note}" if metric in notes else note
+    last = () if hot_cols is None else (hot_cols[0], hot_cols[1])
+    summed = (*(j for j in np.flatnonzero(w > 0).tolist() if j not in last), *last)
     return CompiledProfile(name, tuple(metrics), w, np.where(gpu_only, 0.0, w), gpu_only,
                            lower.astype(float),
                            low, span, derived, RuleChecks.of(profile.filters, column, settings),
                            derived_rules, hot_cols, hot.window_s, hot.settle_s, neutral,
-                           reject & (w > 0), notes, score_with_pod=score_with_pod)
+                           reject & (w > 0), notes, score_with_pod=score_with_pod, summed=summed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,24 +297,24 @@ def evaluate(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: Compile
         imputed &= ~np.isnan(typical)
     else:
         goodness = np.where(fresh, goodness, 0.0)  # NaN * 0 would still be NaN in the sums
-    numerator, denominator = _metric_sums(fresh, imputed, weights, goodness)
+    numerator, denominator = _metric_sums(fresh, imputed, weights, goodness, compiled.summed)
     derived, derived_weights = derived_goodness(pod, table, rows, compiled, derived_terms)
     scores = scores_with_derived(numerator, denominator, derived, derived_weights, missing_score)
     return Evaluation(rows, values, age, fresh, imputed, goodness, weights, derived,
                       derived_weights, scores, pending, own, compiled.score_with_pod)
 
 
-def _metric_sums(fresh: BoolArray, imputed: BoolArray, weights: FloatArray,
-                 goodness: FloatArray) -> tuple[FloatArray, FloatArray]:
+def _metric_sums(fresh: BoolArray, imputed: BoolArray, weights: FloatArray, goodness: FloatArray,
+                 summed: Sequence[int]) -> tuple[FloatArray, FloatArray]:
     counted = (fresh | imputed) * weights
-    return (counted * goodness).sum(axis=1), counted.sum(axis=1)
+    return row_sums(counted * goodness, summed), row_sums(counted, summed)
 
 
-def metric_sums(ev: Evaluation) -> tuple[FloatArray, FloatArray]:
-    """Per candidate of `ev`, the weighted goodness sum and the weight sum of its metric terms:
-    its score before the derived terms, as `evaluate` adds them up (`scores_with_derived`
-    completes it)."""
-    return _metric_sums(ev.fresh, ev.imputed, ev.weights, ev.goodness)
+def metric_sums(ev: Evaluation, compiled: CompiledProfile) -> tuple[FloatArray, FloatArray]:
+    """Per candidate of `ev` (evaluated with `compiled`), the weighted goodness sum and the
+    weight sum of its metric terms: its score before the derived terms, as `evaluate` adds them
+    up (`scores_with_derived` completes it)."""
+    return _metric_sums(ev.fresh, ev.imputed, ev.weights, ev.goodness, compiled.summed)
 
 
 def derived_goodness(pod: PodDemand, table: NodeTable, rows: IntArray, compiled: CompiledProfile,
@@ -342,10 +349,115 @@ def scores_with_derived(numerator: FloatArray, denominator: FloatArray,
         bounded = np.minimum(np.maximum(term_goodness, -largest), largest)
         numerator = numerator + np.where(ok, weight * bounded, 0.0)
         denominator = denominator + np.where(ok, weight, 0.0)
+    return _scores(numerator, denominator, missing_score)
+
+
+def row_sums(a: FloatArray, columns: Sequence[int]) -> FloatArray:
+    """The sum of `a`'s `columns` in each row, added left to right.
+
+    Not `a.sum(axis=1)`: numpy pairs the terms as it likes, so a partial sum completed later
+    could differ in the last bit; here the sum of the first columns plus the rest is the same
+    float whichever rows `a` holds (what `WithPodScores` relies on)."""
+    out = np.zeros(len(a))
+    for j in columns:
+        out += a[:, j]
+    return out
+
+
+def _scores(numerator: FloatArray, denominator: FloatArray,
+            missing_score: int) -> npt.NDArray[np.int64]:
+    """The 0..10 score of each row from its weighted goodness and weight sums."""
     scored = denominator > 0
     ratio = np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=scored)
-    scores = np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score)
-    return scores.astype(np.int64)
+    return np.where(scored, np.floor(MAX_SCORE * ratio + 0.5), missing_score).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class WithPodScores:
+    """`evaluate`'s scores with the pod's own load added (`score_with_pod`), for any pod and
+    pending load, from what does not depend on them, computed once for the rows of a table.
+
+    Only the CPU and memory columns change when a pod (or a pending placement) is added, and
+    only their values: freshness, imputation and the weights counted stay (shares of a known
+    capacity are finite, so no value turns NaN). Per row this keeps the weighted goodness sum of
+    the other columns (`CompiledProfile.summed` adds the two last, so the completed sum has the
+    same bits as `evaluate`'s), the weight sum, and for the two columns the value, capacity,
+    freshness, weight counted and the contribution when not fresh (imputed or none). A request
+    then costs a gather and a few array operations over its candidates, none per term.
+    """
+
+    columns: FloatArray
+    """(10, rows): the other columns' goodness sum, the weight sum, then pairs (CPU, memory)
+    of: value (0 when not fresh), capacity (cores, memory total; inf when unknown: a share of
+    it is 0, as in `_shares`), weight counted (0 when not fresh), contribution when not fresh
+    (else 0)."""
+    low: FloatArray
+    """(2, 1) per column (CPU, memory), as in `CompiledProfile`."""
+    span: FloatArray
+    lower_is_better: FloatArray
+    missing_score: int
+
+    @classmethod
+    def of(cls, table: NodeTable, ev: Evaluation, compiled: CompiledProfile,
+           missing_score: int) -> WithPodScores | None:
+        """From `ev`, `evaluate`'s answer for every row of `table` then -1 (not in it) with no
+        pending load, for any pod of the same GPU flag; None when the profile does not score
+        with the pod alone, or when a CPU or memory value is infinite (adding to it could give
+        NaN)."""
+        if not compiled.per_pod_scores_only or compiled.hotspot_cols is None:
+            return None
+        cpu, mem, cores, total = compiled.hotspot_cols
+        if len({cpu, mem, cores, total}) < 4 or compiled.summed[-2:] != (cpu, mem):
+            return None
+        known = ev.rows >= 0
+        raw = np.full((4, len(ev.rows)), np.nan)
+        if len(table.names):
+            raw[:, known] = table.values[ev.rows[known]][:, [cpu, mem, cores, total]].T
+        if np.isinf(raw[:2]).any():
+            return None
+        every = (ev.fresh | ev.imputed) * ev.weights
+        products = every * ev.goodness
+        fresh = ev.fresh[:, [cpu, mem]].T
+        # Where a value is not fresh its term is what `evaluate` imputed, whatever the load: the
+        # weight is 0 there and the value a finite stand-in (0 x goodness adds exactly nothing),
+        # so a request adds `counted x goodness + stale` with no mask.
+        columns = np.vstack([
+            row_sums(products, compiled.summed[:-2]),
+            row_sums(every, compiled.summed),
+            np.where(fresh, raw[:2], 0.0), np.where(raw[2:] > 0, raw[2:], np.inf),
+            np.where(fresh, every[:, [cpu, mem]].T, 0.0),
+            np.where(fresh, 0.0, products[:, [cpu, mem]].T)])
+        pair = np.array([[cpu], [mem]])
+        return cls(columns, compiled.low[pair], compiled.span[pair],
+                   compiled.lower_is_better[pair], missing_score)
+
+    def scores(self, pod: PodDemand, rows: IntArray,
+               pending: Pending | None) -> npt.NDArray[np.int64] | None:
+        """The scores `evaluate` gives `pod` at table `rows` (-1: not in the table) under
+        `pending`; None when the pod's load is not finite (`evaluate` decides)."""
+        sums = self.sums(pod, rows, pending)
+        return None if sums is None else _scores(*sums, self.missing_score)
+
+    def sums(self, pod: PodDemand, rows: IntArray,
+             pending: Pending | None) -> tuple[FloatArray, FloatArray] | None:
+        """The weighted goodness and weight sums behind `scores`, the same floats as
+        `evaluate`'s."""
+        load_cpu, load_mem = pod.load_cpu_cores, pod.load_memory_bytes
+        if not (math.isfinite(load_cpu) and math.isfinite(load_mem)):
+            return None
+        at = np.take(self.columns, rows, axis=1)  # a copy, in C order (`columns[:, rows]` is not)
+        cpu, mem, cores, total = at[2], at[3], at[4], at[5]
+        # The additions of `evaluate`, in its order: pending load, then the pod's (memory
+        # available goes down: x - a / b is `evaluate`'s x + -(a / b)).
+        if pending is not None:
+            cpu += pending.cpu_cores / cores
+            mem -= pending.memory_bytes / total
+        cpu += load_cpu / cores
+        mem -= load_mem / total
+        goodness = np.abs(self.lower_is_better - np.minimum(np.maximum(
+            (at[2:4] - self.low) / self.span, 0.0), 1.0))
+        terms = at[6:8] * goodness + at[8:10]
+        return at[0] + terms[0] + terms[1], at[1]
 
 
 def term_points(ev: Evaluation, metrics: Sequence[str]) -> tuple[tuple[str, ...], FloatArray]:

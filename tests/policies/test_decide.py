@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.policies.engine import Context, Engine, Outcome
+from extender.policies.hotspot import Pending
 from extender.policies.model import NodeTable, PodDemand
-from extender.policies.scoring import UNKNOWN_NODE, format_value
+from extender.policies.scoring import (
+    UNKNOWN_NODE,
+    WithPodScores,
+    evaluate,
+    format_value,
+    row_sums,
+)
 from tests.support import WITH_POD
 from tests.support import settings as load
 
@@ -18,6 +25,8 @@ NOW = 1_000_000.0
 NODES = [f"n{i}" for i in range(12)]
 SETTINGS = {mode: load(cache={"missing_data": mode}, server={"unknown_nodes": mode})
             for mode in ("neutral", "reject")}
+WITH_POD_SETTINGS = {mode: load(cache={"missing_data": mode}, server={"unknown_nodes": mode},
+                                **WITH_POD) for mode in ("neutral", "reject")}
 
 
 def random_table(seed: int, mode: str) -> NodeTable:
@@ -37,24 +46,27 @@ def random_table(seed: int, mode: str) -> NodeTable:
     return NodeTable(names=tuple(NODES), metrics=metrics, values=values, sampled_at=sampled)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(seed=st.integers(0, 10_000), mode=st.sampled_from(["neutral", "reject"]),
        gpu=st.booleans(), profile=st.sampled_from([None, "metrics-aware", "power"]),
        candidates=st.lists(st.sampled_from(NODES + ["ghost-1", "ghost-2"]), min_size=1,
                            max_size=14, unique=True),
        placements=st.lists(st.tuples(st.sampled_from(NODES), st.floats(0, 90)), max_size=6),
        later=st.sampled_from([0.0, 5.0, 15.0, 95.0]),
-       between=st.lists(st.sampled_from(NODES), max_size=3))
+       between=st.lists(st.sampled_from(NODES), max_size=3), with_pod=st.booleans(),
+       cpu=st.floats(0, 64), memory=st.floats(0, 2.0**37))
 def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str | None,
                                  candidates: list[str], placements: list[tuple[str, float]],
-                                 later: float, between: list[str]) -> None:
-    s = SETTINGS[mode]
+                                 later: float, between: list[str], with_pod: bool, cpu: float,
+                                 memory: float) -> None:
+    """With and without `score_with_pod` (then the scores come from `WithPodScores`)."""
+    s = (WITH_POD_SETTINGS if with_pod else SETTINGS)[mode]
     table = random_table(seed, mode)
     engine = Engine(s)
     for k, (node, ago) in enumerate(placements):
         engine.record_placement(node, PodDemand(namespace="ns", name=f"p{k}", cpu_cores=4,
                                                 memory_bytes=2**30), NOW - ago)
-    pod = PodDemand(namespace="ns", name="x", cpu_cores=1, memory_bytes=2**30, gpus=int(gpu),
+    pod = PodDemand(namespace="ns", name="x", cpu_cores=cpu, memory_bytes=memory, gpus=int(gpu),
                     gpu_milli=1000 * int(gpu), policy=profile)
     # Decide first at NOW (building the baseline), then later: the baseline must expire when a
     # sample goes stale in between, and nodes placed on in between must be evaluated again.
@@ -63,6 +75,8 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
             engine.record_placement(node, PodDemand(namespace="ns", name=f"q{k}", cpu_cores=2,
                                                     memory_bytes=2**29), now)
         fast = engine.decide(pod, table, candidates, now)
+        if with_pod and profile != "power":  # the per-pod scores came from the baseline's sums
+            assert engine._baselines[(s.policy.default, gpu)].with_pod is not None
         slow = engine.evaluate(pod, table, candidates, now)
         assert fast.scores == slow.scores
         assert {n: r.message for n, r in fast.rejected.items()} == \
@@ -71,6 +85,80 @@ def test_decide_matches_evaluate(seed: int, mode: str, gpu: bool, profile: str |
         assert top == slow.ranking(3)
         detail = fast.detail(top)
         assert detail.scores.tolist() == [slow.scores[i] for i in top]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(["neutral", "reject"]),
+       gpu=st.booleans(), pods=st.lists(st.tuples(st.floats(0, 128), st.floats(0, 2.0**38)),
+                                        min_size=1, max_size=4),
+       busy=st.floats(0, 1), count=st.integers(1, 60))
+def test_with_pod_scores_are_evaluates_scores(seed: int, mode: str, gpu: bool,
+                                              pods: list[tuple[float, float]], busy: float,
+                                              count: int) -> None:
+    """`WithPodScores` against `evaluate` on its own, over many rows: capacities zero, missing
+    or tiny, pending load on some rows, candidates in any order, repeated or not in the table."""
+    s = WITH_POD_SETTINGS[mode]
+    rng = np.random.default_rng(seed)
+    metrics = tuple(e.name for e in s.catalog)
+    column = {m: j for j, m in enumerate(metrics)}
+    n = 80
+    values = rng.uniform(-0.2, 1.2, (n, len(metrics)))
+    values[:, column["cpu_cores"]] = rng.choice([0, 1e-3, 4, 96, np.nan], n)
+    values[:, column["memory_total_bytes"]] = rng.choice([0, 2.0**30, 2.0**40, np.nan], n)
+    values[rng.uniform(0, 1, values.shape) < 0.1] = np.nan
+    sampled = NOW - rng.choice([0.0, 50.0, 200.0], values.shape)
+    table = NodeTable(names=tuple(f"m{i}" for i in range(n)), metrics=metrics, values=values,
+                      sampled_at=sampled)
+    compiled = Engine(s).compiled(s.policy.default, metrics, None)
+    assert compiled.per_pod_scores_only
+    cache = s.cache
+    every = np.append(np.arange(n, dtype=np.intp), -1)
+    template = PodDemand(name="<baseline>", gpus=int(gpu))
+    base = evaluate(template, table, every, compiled, now=NOW,
+                    max_staleness_s=cache.max_staleness_s, missing_score=cache.missing_score)
+    scores = WithPodScores.of(table, base, compiled, cache.missing_score)
+    assert scores is not None
+    rows = rng.choice(every, count)
+    loaded = rng.uniform(0, 1, count) < busy
+    pending = Pending(np.where(loaded, rng.uniform(0, 16, count), 0.0),
+                      np.where(loaded, rng.uniform(0, 2.0**35, count), 0.0))
+    for cpu, memory in pods:
+        pod = PodDemand(name="x", cpu_cores=cpu, memory_bytes=memory, gpus=int(gpu))
+        for extra in (None, pending):
+            reference = evaluate(pod, table, rows, compiled, now=NOW + 1,
+                                 max_staleness_s=cache.max_staleness_s,
+                                 missing_score=cache.missing_score, pending=extra)
+            fast = scores.scores(pod, rows, extra)
+            assert fast is not None
+            assert fast.tolist() == reference.scores.tolist()
+            # Bit for bit before rounding too (a score only shows a difference at x.5).
+            sums = scores.sums(pod, rows, extra)
+            assert sums is not None
+            counted = (reference.fresh | reference.imputed) * reference.weights
+            assert sums[0].tobytes() == row_sums(counted * reference.goodness,
+                                                 compiled.summed).tobytes()
+            assert sums[1].tobytes() == row_sums(counted, compiled.summed).tobytes()
+
+
+def test_with_pod_scores_leave_what_they_cannot_compute_exactly_to_evaluate() -> None:
+    """An infinite CPU value (adding a load to -inf can give NaN) and a pod of infinite load:
+    no fast scores, and `decide` still answers as `evaluate` does."""
+    s = WITH_POD_SETTINGS["neutral"]
+    table = random_table(3, "neutral")
+    table.values[2, table.column["cpu_utilisation"]] = -np.inf
+    engine = Engine(s)
+    pod = PodDemand(namespace="ns", name="c", cpu_cores=3, memory_bytes=2**33)
+    fast = engine.decide(pod, table, NODES, NOW)
+    assert engine._baselines[(s.policy.default, False)].with_pod is None
+    assert fast.scores == Engine(s).evaluate(pod, table, NODES, NOW).scores
+    table = random_table(3, "neutral")
+    compiled = engine.compiled(s.policy.default, table.metrics, None)
+    every = np.append(np.arange(len(NODES), dtype=np.intp), -1)
+    base = evaluate(PodDemand(name="<baseline>"), table, every, compiled, now=NOW,
+                    max_staleness_s=90, missing_score=0)
+    scores = WithPodScores.of(table, base, compiled, 0)
+    assert scores is not None
+    assert scores.scores(PodDemand(name="huge", cpu_cores=np.inf), every, None) is None
 
 
 def test_a_profile_with_pod_specific_terms_builds_no_baseline() -> None:
