@@ -10,7 +10,8 @@ is the real `create_app`, with a `FleetSource` instead of Prometheus; its cache 
 the worker serves (`fleet.prime`), then the background refresher runs at the configured interval
 as in production. (A cache refreshed only once goes stale after `max_staleness_s`, and a stale
 cache answers without doing the work: all nodes neutral.) Refreshes compete with requests for the
-GIL, as they do when deployed, so they show in the p99.
+GIL, as they do when deployed, so they show in the p99. With `informer.enabled` in the settings,
+the pod informer runs as in `extender serve` (its list is applied before the worker serves).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from extender import serving
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "extender.yaml"
 APPS = ("extender", "floor", "floor-lean")
+INFORMER_SYNC_S = 120.0
 
 
 def serve_args(bind: str, *, workers: int | None = None, threads: int | None = None) -> argparse.Namespace:
@@ -59,16 +61,25 @@ def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) ->
     from extender.server import create_app
 
     clock = OffsetClock()
+    bound_pods = None
+    if settings.informer.enabled:
+        from extender.informer import PodInformer, api_client_factory
+
+        bound_pods = PodInformer(settings.informer, api_client_factory(settings.informer),
+                                 clock=clock).start()
+        if not bound_pods.wait_synced(INFORMER_SYNC_S):
+            raise RuntimeError(f"pod informer not synced after {INFORMER_SYNC_S:g} s: "
+                               f"{bound_pods.status().last_error}")
     if settings.cache.refresh_in_child:  # as deployed: the fleet lives in the refresh process
         factory = functools.partial(FleetSource, settings, nodes,
                                     failing_after_first=STALE_METRICS)
         app = create_app(settings, load_for(settings), collector_for(settings, factory),
-                         clock=clock, start_refresher=False)
+                         clock=clock, start_refresher=False, bound_pods=bound_pods)
         prime(app.extensions["extender"].cache, None, clock)
     else:
         source = FleetSource(settings, nodes)
         app = create_app(settings, load_for(settings), Fetcher(settings, source), clock=clock,
-                         start_refresher=False)
+                         start_refresher=False, bound_pods=bound_pods)
         prime(app.extensions["extender"].cache, source, clock)
     cache = app.extensions["extender"].cache
     if refresher:

@@ -12,6 +12,7 @@ BENCHMARKS = (
     ("benchmarks.partition_bench", "Partition controller: planning and API calls"),
     ("benchmarks.compss_bench", "Partition controller: COMPSs files"),
     ("benchmarks.informer_bench", "Pod informer: CPU and memory at 5000 nodes / 50 000 pods"),
+    ("benchmarks.informer_path_bench", "Request path (500 names) with the pod informer on vs off"),
     ("benchmarks.scheduler_bench", "kube-scheduler throughput with the extender, informer on/off"),
     ("benchmarks.rebalance_bench", "Rebalancer in the replay: benefit vs cost"),
     ("benchmarks.learn_bench", "Learned policy: training, inference cost, replay comparison"),
