@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         ["refreshes measured", len(raw.refreshes), len(rec.refreshes), ""],
     ]
     table = markdown_table(["per refresh", "raw queries", "recorded series", "ratio"], rows)
-    entry_rows: list[list[object]] = [[n, f"{mean(raw.per_entry[n]) * 1000:.0f}", f"{mean(rec.per_entry[n]) * 1000:.0f}"]
-                  for n in heavy]
+    entry_rows: list[list[object]] = [
+        [n, f"{mean(raw.per_entry[n]) * 1000:.0f}", f"{mean(rec.per_entry[n]) * 1000:.0f}"]
+        for n in heavy]
     entries = markdown_table(["entry", "raw (ms)", "recorded (ms)"], entry_rows)
     rules_table = markdown_table(["rule evaluation (once per 15 s)", "seconds"], [
         ["Prometheus CPU (idle window with rules - without, per evaluation)", f"{rules_cpu:.3f}"],
