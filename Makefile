@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench lint deps venv clean
+.PHONY: test demo bench lint deps venv clean recording-rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: venv deps
 bench: venv deps
 	@bash hack/install-bench-deps.sh
 	$(BIN)/python -m benchmarks.run_all
+
+## The shipped recording rules, generated from config/ (a test checks they are up to date)
+recording-rules: venv
+	$(BIN)/extender recording-rules --config config/extender.yaml --out config/recording-rules.yaml
+	$(BIN)/extender recording-rules --config config/extender.yaml --format prometheusrule \
+		--out manifests/components/monitoring/recording-rules.yaml
 
 lint: venv
 	$(BIN)/ruff check extender tests benchmarks

@@ -16,6 +16,7 @@ BENCHMARKS = (
     ("benchmarks.scheduler_bench", "kube-scheduler throughput with the extender, informer on/off"),
     ("benchmarks.rebalance_bench", "Rebalancer in the replay: benefit vs cost"),
     ("benchmarks.learn_bench", "Learned policy: training, inference cost, replay comparison"),
+    ("benchmarks.rules_bench", "Recording rules: Prometheus CPU and refresh time, raw vs recorded"),
 )
 
 

@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("extender.commands.serve", "run the extender webhook under gunicorn"),
     "check-config": ("extender.commands.check_config", "validate a configuration file"),
     "nodes": ("extender.commands.nodes", "show the node snapshot from a live Prometheus"),
+    "recording-rules": ("extender.commands.recording_rules",
+                        "write the catalog's recording rules (rules file or PrometheusRule)"),
     "demo": ("extender.demo.cli", "run the self-contained demo (no cluster needed)"),
     "partition": ("extender.partition.cli", "run the partition controller"),
     "rebalance": ("extender.rebalance.cli", "run the rebalancer (evicts from nodes that stay hot)"),

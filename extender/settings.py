@@ -36,6 +36,8 @@ MissingData = Literal["neutral", "reject"]
 TermMissing = Literal["neutral", "worst", "reject"]
 """What a score term does with a node lacking a fresh value (see `CacheSettings.missing_data`)."""
 UnknownNodes = Literal["neutral", "reject"]
+RecordingRules = Literal["auto", "recorded", "raw"]
+"""Whether catalog entries are read from their recording rules' series (see CacheSettings)."""
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,6 +101,11 @@ class CatalogEntry(Struct, frozen=True):
     """Multiplier applied to raw values (e.g. 1e-6 for microwatts -> watts)."""
     gpu_only: bool = False
     """Scored only for pods that request `nvidia.com/gpu`."""
+    recorded: str | None = None
+    """The series a recording rule keeps of `query` (`level:metric:operations`, e.g.
+    `instance:extender_cpu_utilisation:ratio_rate$rate_window`; `$rate_window` is substituted as
+    in `query`): read instead of `query` as `cache.recording_rules` says. The rule itself is
+    generated from this entry (`extender recording-rules`), so it records exactly `query`."""
     on_missing: TermMissing | None = None
     """A node lacking a fresh value of this term (absent, stale, exporter down): `neutral` takes
     the median of the nodes that have it, `worst` the least favourable value, `reject` also fails
@@ -275,6 +282,15 @@ class CacheSettings(Struct, frozen=True):
     """Substituted for `$push_max_age` in catalog queries: Pushgateway groups whose last push
     (`push_time_seconds`) is older count as absent, so the value of a sidecar killed without
     deleting its group ages out. Several push intervals (sidecar default 10 s) plus a scrape."""
+    recording_rules: RecordingRules = "auto"
+    """Read the catalog entries that name a `recorded` series from that series (one cheap
+    selector per entry, the aggregation done once by Prometheus' rule evaluation) instead of
+    evaluating their `query` in every refresh of every replica and worker. `auto`: the recorded
+    series when Prometheus has it (younger than `max_staleness_s`), else the raw query, with the
+    missing rules named in the self-check and the log; checked again in every refresh, so rules
+    installed later are picked up. `recorded`: the recorded series only (never the heavy raw
+    queries; an entry whose series is missing has no values). `raw`: the raw queries only.
+    (Not on/off: YAML reads those unquoted as booleans.)"""
     refresh_in_child: bool = True
     """Run refreshes (HTTP, JSON, table building) in a child process per worker, so they never
     hold the GIL the request threads need (~80 MB more per worker; false: a thread)."""
@@ -592,11 +608,14 @@ def load_settings(path: Path | str | None = None, *, environ: Mapping[str, str] 
               "$push_max_age": f"{settings.cache.push_max_age_s:g}",
               "$estimate_window": settings.estimate.window}
     metrics, owners = _load_catalog(catalog_path)
-    catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
-                    for e in metrics)
+    catalog = tuple(msgspec.structs.replace(
+        e, query=_substitute(e.query, params),
+        recorded=None if e.recorded is None else _substitute(e.recorded, params))
+        for e in metrics)
     owner_catalog = tuple(msgspec.structs.replace(e, query=_substitute(e.query, params))
                           for e in owners)
     catalog = _with_risk_queries(catalog, catalog_path)
+    _check_recorded(catalog, catalog_path)
     settings = msgspec.structs.replace(settings, catalog=catalog, owner_catalog=owner_catalog,
                                        source=str(path))
     if settings.policy.learned_model is not None:
@@ -687,6 +706,28 @@ def _with_risk_queries(catalog: tuple[CatalogEntry, ...], path: Path) -> tuple[C
             raise ConfigError(f"{where}.query: required (or set risk.of)")
         out.append(msgspec.structs.replace(entry, query=risk.promql(expr)))
     return tuple(out)
+
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
+def _check_recorded(catalog: tuple[CatalogEntry, ...], path: Path) -> None:
+    """Each `recorded` is a metric name, unique, and not on a risk aggregate (whose subquery
+    evaluates the expression at every step: a recorded last value cannot stand in for it)."""
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(catalog):
+        name = entry.recorded
+        if name is None:
+            continue
+        where = f"{path}: metrics.{i}.recorded"
+        if not _METRIC_NAME.match(name):
+            raise ConfigError(f"{where}: expected a metric name such as "
+                              f"node:extender_cpu_requested_cores:sum, got {name!r}")
+        if entry.risk is not None:
+            raise ConfigError(f"{where}: not with `risk` (the aggregate is computed per refresh)")
+        if name in seen:
+            raise ConfigError(f"{where}: {name!r} is also the recorded series of {seen[name]}")
+        seen[name] = entry.name
 
 
 ALLOCATION_TERMS = frozenset({"gpu_fragmentation", "gpu_packing"})

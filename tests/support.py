@@ -63,12 +63,20 @@ class StaticSource:
     """A MetricsSource answering each catalog query from a {metric: {node: value}} table.
 
     Node-level series carry a `node` label; the alias query answers kube_node_info for `nodes`.
-    Set `down = True` to simulate an unreachable Prometheus.
+    Set `down = True` to simulate an unreachable Prometheus, `rules = False` a Prometheus
+    without the recording rules.
     """
 
     def __init__(self, s: Settings, values: Mapping[str, Mapping[str, float]],
                  nodes: list[str] | None = None) -> None:
+        from extender.metrics.rules import recorded_query
+
         self.by_query = {entry.query: entry.name for entry in (*s.catalog, *s.owner_catalog)}
+        # An entry's recorded series holds what its raw query returns, while `rules` is set
+        # (the recording rules are loaded); else it has no series.
+        self.recorded = {recorded_query(e.recorded, s.cache.max_staleness_s): e.name
+                         for e in s.catalog if e.recorded is not None}
+        self.rules = True
         self.alias_query = s.node_aliases.query
         self.values = {k: dict(v) for k, v in values.items()}
         self.nodes = nodes if nodes is not None else sorted({n for v in values.values() for n in v})
@@ -85,7 +93,9 @@ class StaticSource:
         if promql == self.alias_query:
             return [Sample({"node": n, "internal_ip": f"10.0.0.{i}"}, 1.0, t)
                     for i, n in enumerate(self.nodes)]
-        metric = self.by_query[promql]
+        if promql in self.recorded and not self.rules:
+            return []
+        metric = self.by_query.get(promql) or self.recorded[promql]
         return [Sample({"node": n}, v, t) for n, v in self.values.get(metric, {}).items()]
 
 

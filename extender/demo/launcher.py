@@ -45,8 +45,10 @@ class ScrapeTarget:
     """Additional scrape_config keys, e.g. `http_sd_configs` (then `targets` may be empty)."""
 
 
-def prometheus_config(targets: Iterable[ScrapeTarget], scrape_interval_s: float = 1.0) -> dict[str, Any]:
-    """A prometheus.yml scraping `targets` every `scrape_interval_s`."""
+def prometheus_config(targets: Iterable[ScrapeTarget], scrape_interval_s: float = 1.0,
+                      rule_files: Iterable[Path] = ()) -> dict[str, Any]:
+    """A prometheus.yml scraping `targets` every `scrape_interval_s` and loading `rule_files`
+    (evaluated every `scrape_interval_s` unless a group sets its own `interval`)."""
     jobs = []
     for target in targets:
         job: dict[str, Any] = {
@@ -60,22 +62,32 @@ def prometheus_config(targets: Iterable[ScrapeTarget], scrape_interval_s: float 
         jobs.append(job)
     # Prometheus durations take integers only: 0.5 s must be written 500ms.
     interval = f"{max(round(scrape_interval_s * 1000), 100)}ms"
-    return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": jobs}
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": jobs}
+    files = [str(path) for path in rule_files]
+    if files:
+        config["rule_files"] = files
+    return config
 
 
 def prometheus(targets: Iterable[ScrapeTarget], *, scrape_interval_s: float = 1.0,
                port: int | None = None, workdir: Path | None = None,
                web_config: Mapping[str, Any] | None = None,
-               ready_options: Mapping[str, Any] | None = None) -> LocalServer:
+               ready_options: Mapping[str, Any] | None = None,
+               rule_files: Iterable[Path] = ()) -> LocalServer:
     """A (not yet started) Prometheus scraping `targets`; call `.start()`.
+
+    `rule_files` are loaded as prometheus.yml's `rule_files:` (a malformed file keeps the server
+    from starting). The config is `<workdir>/prometheus.yml`; rewrite it and POST `/-/reload`
+    to change targets or rules of a running server.
 
     `web_config` is Prometheus' `--web.config.file` content (`tls_server_config`,
     `basic_auth_users`, ...): with `tls_server_config` it serves https. `ready_options` are the
     readiness probe's `requests.get` arguments that such a server needs (verify, cert, auth)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="prometheus-"))
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(targets, scrape_interval_s)))
+    config.write_text(yaml.safe_dump(prometheus_config(targets, scrape_interval_s, rule_files)))
     port = port or free_port()
     argv = [
         _binary(PROMETHEUS_BIN),

@@ -31,6 +31,7 @@ import numpy as np
 from extender.errors import MetricsError, PrometheusUnreachable
 from extender.metrics.identity import NodeResolver
 from extender.metrics.prometheus import MetricsSource, PrometheusSource, Sample
+from extender.metrics.rules import recorded_query
 from extender.policies.model import (
     ALLOCATION_METRICS,
     Allocation,
@@ -39,7 +40,7 @@ from extender.policies.model import (
     OwnerKey,
     OwnerUsage,
 )
-from extender.settings import Settings
+from extender.settings import CatalogEntry, Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ class RefreshStatus:
     """Catalog entry -> exporter identities that match no Kubernetes node."""
     kubernetes_nodes: int = 0
     """Nodes known from the alias query (kube_node_info); 0 when it returned nothing."""
+    recorded: tuple[str, ...] = ()
+    """Catalog entries read from their recording rule's series in this refresh."""
+    rules_missing: Mapping[str, str] = field(default_factory=dict)
+    """Catalog entry -> its recorded series, absent (or older than max_staleness_s) in this
+    refresh: with `cache.recording_rules: auto` while its raw query returned series (the entry
+    was read raw), with `recorded` whenever it returned nothing."""
 
 
 @dataclass(frozen=True)
@@ -215,12 +222,14 @@ class Fetcher:
         resolver = NodeResolver(frozenset(known), aliases)
         if resolver != self.resolver:
             self.resolver = resolver  # else keep the old one, and its memo
+        recorded: list[str] = []
+        missing: dict[str, str] = {}
         for entry in self.settings.catalog:
             if not reachable:
                 errors[entry.name] = "skipped: Prometheus unreachable"
                 continue
             try:
-                results[entry.name] = self.source.query(entry.query, at)
+                results[entry.name] = self._entry(entry, at, recorded, missing)
             except PrometheusUnreachable as exc:
                 reachable = False
                 errors[entry.name] = f"Prometheus unreachable: {exc}"
@@ -233,8 +242,31 @@ class Fetcher:
         status = RefreshStatus(
             started_at=at, prometheus_up=reachable, errors=errors,
             series={name: len(samples) for name, samples in results.items()},
-            unmatched=unmatched, kubernetes_nodes=len(known))
+            unmatched=unmatched, kubernetes_nodes=len(known), recorded=tuple(recorded),
+            rules_missing=missing)
         return self.table, status
+
+    def _entry(self, entry: CatalogEntry, at: float, recorded: list[str],
+               missing: dict[str, str]) -> list[Sample]:
+        """One entry's series, from its recorded series or its raw query (`recording_rules`).
+
+        In `auto` an absent recorded series costs one selector more (index lookups only), so
+        the check runs in every refresh: rules installed later are used from the next one."""
+        mode = self.settings.cache.recording_rules
+        if entry.recorded is None or mode == "raw":
+            return self.source.query(entry.query, at)
+        samples = self.source.query(
+            recorded_query(entry.recorded, self.settings.cache.max_staleness_s), at)
+        if samples:
+            recorded.append(entry.name)
+            return samples
+        if mode == "recorded":
+            missing[entry.name] = entry.recorded
+            return samples
+        raw = self.source.query(entry.query, at)
+        if raw:  # the raw query has data, the rule's series none: the rule is missing
+            missing[entry.name] = entry.recorded
+        return raw
 
 
     def _owners(self, at: float, reachable: bool, errors: dict[str, str],
@@ -338,6 +370,7 @@ class MetricsCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage_logged = False
+        self._rules_missing: frozenset[str] = frozenset()
 
     def current(self) -> Snapshot:
         """The latest snapshot (an atomic read; never blocks)."""
@@ -362,6 +395,7 @@ class MetricsCache:
                             previous.last_success, previous.refreshes + 1)
         self._snapshot = snapshot
         self._log_outage(status)
+        self._log_rules(status)
         if self.on_refresh is not None:
             self.on_refresh(snapshot)
         return snapshot
@@ -375,6 +409,24 @@ class MetricsCache:
         elif status.prometheus_up and self._outage_logged:
             log.warning("Prometheus reachable again")
             self._outage_logged = False
+
+    def _log_rules(self, status: RefreshStatus) -> None:
+        # Once per change of the set of missing recording rules, not once per refresh.
+        if not status.prometheus_up:
+            return
+        missing = frozenset(status.rules_missing.values())
+        if missing == self._rules_missing:
+            return
+        if missing - self._rules_missing:
+            fallback = ("reading their raw queries"
+                        if self.settings.cache.recording_rules == "auto" else "no values")
+            log.warning("recording rules missing in Prometheus: %s (%s; install "
+                        "config/recording-rules.yaml or the monitoring component's "
+                        "PrometheusRule, see README)", ", ".join(sorted(missing)), fallback)
+        if self._rules_missing - missing:
+            log.info("recording rules found: %s, reading their series",
+                        ", ".join(sorted(self._rules_missing - missing)))
+        self._rules_missing = missing
 
     def start(self) -> None:
         """Start the refresher thread (idempotent). The first refresh runs in the thread."""

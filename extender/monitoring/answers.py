@@ -117,4 +117,6 @@ def selfcheck(extender: Extender, snapshot: Snapshot) -> SelfCheck:
                      kubernetes_nodes=status.kubernetes_nodes, empty_entries=empty,
                      failed_entries=failed,
                      unmatched_identities={k: list(v) for k, v in status.unmatched.items()},
-                     nodes_without_data=without, informer=informer)
+                     nodes_without_data=without, informer=informer,
+                     recorded_entries=list(status.recorded),
+                     missing_recording_rules=dict(status.rules_missing))

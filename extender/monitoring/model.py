@@ -147,6 +147,12 @@ class SelfCheck(msgspec.Struct, frozen=True):
     """Per entry, Kubernetes nodes with no series (exporter missing on those nodes?)."""
     informer: InformerView | None = None
     """None when the informer is off (`informer.enabled: false`)."""
+    recorded_entries: list[str] = []
+    """Catalog entries read from their recording rule's series (`cache.recording_rules`)."""
+    missing_recording_rules: dict[str, str] = {}
+    """Per entry, its recorded series that Prometheus lacks (rules not installed, not selected
+    by the Prometheus, or failing): read with its raw query (`auto`) or without values
+    (`recorded`). A warning, not a failure, while the raw query answers."""
 
 
 class PlacementView(msgspec.Struct, frozen=True):

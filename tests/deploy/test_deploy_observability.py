@@ -201,3 +201,13 @@ def test_dashboard_panels_fit_the_grid_without_overlapping() -> None:
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = panel["title"]
+
+
+def test_the_monitoring_component_ships_the_catalogs_recording_rules() -> None:
+    # The same groups as the plain rules file (both generated from config/catalog.yaml).
+    rule = find(render("manifests/overlays/production"), "PrometheusRule",
+                "extract-extender-recording-rules")
+    plain = yaml.safe_load((REPO / "config/recording-rules.yaml").read_text())
+    assert rule["spec"] == plain
+    records = {r["record"] for g in plain["groups"] for r in g["rules"]}
+    assert "node:extender_cpu_requested_cores:sum" in records

@@ -66,8 +66,9 @@ def test_scale_is_applied_and_duplicate_series_keep_the_largest() -> None:
     assert table.value("a", "gpu_utilisation") == pytest.approx(0.6)
 
 
-def test_refresh_swaps_a_whole_snapshot_with_one_query_per_entry() -> None:
-    s = settings()
+@pytest.mark.parametrize("rules", ["raw", "recorded"])
+def test_refresh_swaps_a_whole_snapshot_with_one_query_per_entry(rules: str) -> None:
+    s = settings(cache={"recording_rules": rules})
     nodes = ["a", "b"]
     source = StaticSource(s, healthy(nodes, cpu_utilisation={"a": 0.2, "b": 0.8}))
     clock = Clock()
