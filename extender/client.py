@@ -12,13 +12,15 @@
 Names are the API's: metric names, levels, selector keys, and the answer types of
 `extender.monitoring.model`. Every call has a timeout (default 5 s); errors raise
 `MonitoringApiError` with the HTTP status and the server's message (`Unavailable` for 503, when
-Prometheus is down: node-level current values of cached metrics still answer then).
+Prometheus is down: node-level current values of cached metrics still answer then; also when the
+extender cannot check a bearer token). With `server.auth` on, pass `token_file`.
 It needs only requests and msgspec on the caller's side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -64,10 +66,15 @@ class MonitoringClient:
     """Typed access to /api/v1 of one extender."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 5.0,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None,
+                 token_file: str | Path | None = None) -> None:
+        """`token_file`: a bearer token for an extender with `server.auth` on (e.g. the pod's
+        /var/run/secrets/kubernetes.io/serviceaccount/token), read again for every request:
+        projected ServiceAccount tokens rotate."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = session or requests.Session()
+        self.token_file = Path(token_file) if token_file is not None else None
 
     def metrics(self) -> list[MetricInfo]:
         """The named-metric catalog."""
@@ -107,8 +114,16 @@ class MonitoringClient:
 
     def _get(self, path: str, type_: type[T], **params: Any) -> T:
         query = {key: str(value) for key, value in params.items() if value is not None}
+        headers = {}
+        if self.token_file is not None:
+            try:
+                headers["Authorization"] = f"Bearer {self.token_file.read_text().strip()}"
+            except OSError as exc:
+                raise MonitoringApiError(0, f"{self.token_file}: cannot read the token: "
+                                            f"{exc.strerror or exc}") from exc
         try:
-            response = self.session.get(self.base_url + path, params=query, timeout=self.timeout_s)
+            response = self.session.get(self.base_url + path, params=query, headers=headers,
+                                        timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise MonitoringApiError(0, f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:

@@ -4,12 +4,14 @@
     ├── ConfigError            a settings or catalog file is invalid (file, key, reason)
     ├── ProtocolError          a kube-scheduler request body cannot be decoded
     │   └── BodyTooLarge       the body exceeds server.max_body_bytes
+    ├── AccessReviewFailed     the API server gave no answer to a TokenReview or SubjectAccessReview
     └── MetricsError           Prometheus could not answer a query
         ├── PrometheusUnreachable   connection refused, DNS, timeout, TLS handshake
         │   └── PrometheusRefused   HTTP 401/403: our credentials are wrong (no query can work)
         └── QueryFailed             Prometheus answered with an error (bad PromQL, 4xx/5xx)
 
-`extender.server` is the one place that maps these to HTTP answers.
+`extender.server` maps these to HTTP answers (the Monitoring API's in `monitoring/routes.py`,
+refused tokens in `access.py`).
 """
 
 
@@ -27,6 +29,11 @@ class ProtocolError(ExtenderError):
 
 class BodyTooLarge(ProtocolError):
     """The request body is larger than the configured limit."""
+
+
+class AccessReviewFailed(ExtenderError):
+    """The API server could not review a caller's token (unreachable, an error, or it refused the
+    extender's own credentials): the request gets 503, never "allowed"."""
 
 
 class MetricsError(ExtenderError):

@@ -120,19 +120,23 @@ def run_elected(
     return 0
 
 
-def api_client_for(kubeconfig: str | None) -> ApiClient:
-    """An ApiClient from `kubeconfig`, or from the in-cluster service account when None."""
+def api_client_for(kubeconfig: str | None, *, retries: int | None = None) -> ApiClient:
+    """An ApiClient from `kubeconfig`, or from the in-cluster service account when None.
+
+    `retries`: urllib3's attempts after a failed connection (None: its default, 3). Callers
+    that must fail fast (a request waits on them) pass 0."""
     from kubernetes import config
     from kubernetes.client import ApiClient, Configuration
 
     from extender.errors import ConfigError
 
     try:
-        if kubeconfig:
-            client: ApiClient = config.new_client_from_config(config_file=kubeconfig)
-            return client
         configuration = Configuration()
-        config.load_incluster_config(client_configuration=configuration)
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+        configuration.retries = retries
         return ApiClient(configuration)
     except (config.ConfigException, OSError) as exc:
         where = kubeconfig or "in-cluster service account"

@@ -44,6 +44,8 @@ from extender.telemetry import Telemetry
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from extender.access import Reviewer
+
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
@@ -58,7 +60,8 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
                bound_pods: BoundPods | None = None,
                history: RangeSource | None = None, clock: Callable[[], float] = time.time,
                start_refresher: bool = True, blueprints: list[Blueprint] | None = None,
-               derived_terms: Mapping[str, DerivedTerm] | None = None) -> Flask:
+               derived_terms: Mapping[str, DerivedTerm] | None = None,
+               reviewer: Reviewer | None = None) -> Flask:
     """Build the WSGI app over metrics from `collector`; starts its refresher unless told not to.
 
     Everything is given, nothing is read here: `settings` and the Monitoring API's `catalog` are
@@ -68,7 +71,10 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
     Prometheus queries (default: the settings' Prometheus). `derived_terms` default to the
     engine's (`extender.policies.fragmentation.DERIVED_TERMS`). `binder` defaults to the in-cluster
     Kubernetes API when `server.bind_enabled` is set; `bound_pods` to the pod informer of the
-    settings when `informer.enabled` is set (started here, with the refresher).
+    settings when `informer.enabled` is set (started here, with the refresher). With
+    `server.auth.enabled`, every Flask route but health needs a bearer token, checked by
+    `reviewer` (default: TokenReview and SubjectAccessReview through `server.auth.kubeconfig`,
+    else the in-cluster service account; see `extender.access`).
     """
     disable_created_metrics()  # `_created` series double our /metrics for no dashboard's use
     app = Flask("extender")
@@ -104,6 +110,12 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
 
     cache.on_refresh = on_refresh
     app.extensions["telemetry"] = telemetry
+    if settings.server.auth.enabled:
+        from extender.access import AccessGate, ApiReviewer, protect
+
+        auth = settings.server.auth
+        protect(app, AccessGate(auth, reviewer or ApiReviewer.from_settings(auth),
+                                observer=telemetry))
     max_body = settings.server.max_body_bytes
 
     def verb(name: str, handler: Callable[[bytes], Any]) -> Callable[[WSGIEnvironment],

@@ -143,6 +143,64 @@ class NodeAliasSettings(Struct, frozen=True):
 # --- sections -----------------------------------------------------------------------------------
 
 
+class ResourceAttributes(Struct, frozen=True):
+    """One resource that every protected request is authorised against, instead of its path
+    (kube-rbac-proxy's `--resource-attributes`): e.g. `get` on `extenders/api` (group
+    `extract.io`: RBAC rules may name resources no API serves) named `extender` in `extract`.
+    One SubjectAccessReview then covers every path of a caller."""
+
+    resource: str
+    """Plural, lower case (`extenders`)."""
+    namespace: str = ""
+    """"" = cluster-scoped (or every namespace)."""
+    group: str = ""
+    """API group ("" = the core group)."""
+    version: str = ""
+    subresource: str = ""
+    name: str = ""
+
+
+class AuthSettings(Struct, frozen=True):
+    """Bearer tokens on the Monitoring API (/api/v1/...) and /metrics, as kube-rbac-proxy and
+    controller-runtime's metrics filter check them: a TokenReview authenticates the token, a
+    SubjectAccessReview authorises its user. /healthz and /readyz stay open (probes carry no
+    token); the scheduler's verbs are not covered (they are answered before this check)."""
+
+    enabled: bool = False
+    """Off by default so that local runs and the demo need no API server; the manifests turn it
+    on (and grant the extender `system:auth-delegator`)."""
+    protect_metrics: bool = True
+    """Also require a token for /metrics (Prometheus then scrapes with its ServiceAccount token)."""
+    kubeconfig: str | None = None
+    """The API server that reviews tokens: None = the in-cluster service account, else this
+    kubeconfig file (its user needs `create` on tokenreviews and subjectaccessreviews)."""
+    audiences: tuple[str, ...] = ()
+    """TokenReview audiences: a token must be meant for one of them. Empty = the API server's
+    own audiences (a plain ServiceAccount token)."""
+    path_prefix: str = "/extract-extender"
+    """Without `resource`, a request is authorised as the non-resource URL `path_prefix` + its
+    path (verb from the HTTP method, `get` for GET), as kube-rbac-proxy does with the bare path.
+    The prefix is what keeps that safe: every authenticated user may `get` the non-resource
+    URLs /api/* (the API server's system:discovery role), which would open /api/v1/... to all."""
+    resource: ResourceAttributes | None = None
+    """None: authorise the (prefixed) request path. Set: authorise this resource instead, the
+    same for every path."""
+    token_ttl_s: float = 120.0
+    """How long an authenticated token's user is reused without a new TokenReview (a revoked
+    token keeps working this long, as behind kube-rbac-proxy's 2 minutes)."""
+    allowed_ttl_s: float = 300.0
+    """How long an allowed SubjectAccessReview is reused (RBAC revocation takes this long)."""
+    denied_ttl_s: float = 30.0
+    """How long a refusal (a token not authenticated, or a user not allowed) is reused: short, so
+    a new RoleBinding takes effect soon; non-zero, so a caller retrying a bad token costs the API
+    server one review per interval."""
+    cache_size: int = 1024
+    """Entries per cache (tokens; users x paths), least recently used evicted first. Keys are
+    SHA-256 digests of the tokens, never the tokens."""
+    request_timeout_s: float = 3.0
+    """Per TokenReview or SubjectAccessReview (connect and read). A caller waits at most two."""
+
+
 class ServerSettings(Struct, frozen=True):
     url_prefix: str = ""
     """Path prefix of the verbs, the path part of kube-scheduler's `urlPrefix` (e.g. `/scheduler`)."""
@@ -162,6 +220,8 @@ class ServerSettings(Struct, frozen=True):
     tls_cert_file: str | None = None
     """Serve HTTPS with this certificate (kube-scheduler `enableHTTPS: true`)."""
     tls_key_file: str | None = None
+    auth: AuthSettings = AuthSettings()
+    """Who may call the Monitoring API and /metrics (bearer tokens; the verbs are not covered)."""
 
 
 class PrometheusSettings(Struct, frozen=True):
@@ -699,6 +759,7 @@ def validate(settings: Settings) -> None:
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError(f"{src}: server.url_prefix: expected '' or '/path' without a trailing '/'")
     validate_informer(src, settings.informer)
+    validate_auth(src, settings.server.auth)
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -751,6 +812,49 @@ def validate_informer(src: str, informer: InformerSettings) -> None:
             if not _LABEL_TERM.match(term):
                 raise ConfigError(f"{where}.label_selector: {term!r} is not a label selector term "
                                   f"(key, !key, key=value, key!=value, key in (a,b), key notin (a,b))")
+
+
+_GRANTED_URLS = frozenset({"api", "apis", "openapi", "version", "healthz", "livez", "readyz",
+                           ".well-known", "openid"})
+"""First segments of the non-resource URLs that the bootstrap ClusterRoles system:discovery and
+system:public-info-viewer (and system:service-account-issuer-discovery) grant to everyone."""
+_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def validate_auth(src: str, auth: AuthSettings) -> None:
+    """`server.auth`: positive timeout and cache size, TTLs >= 0, named audiences, a resource
+    attribute the API server can evaluate."""
+    where = f"{src}: server.auth"
+    require_positive(src, {"server.auth.request_timeout_s": auth.request_timeout_s,
+                           "server.auth.cache_size": auth.cache_size})
+    for key in ("token_ttl_s", "allowed_ttl_s", "denied_ttl_s"):
+        value = getattr(auth, key)
+        if not 0 <= value < float("inf"):
+            raise ConfigError(f"{where}.{key}: expected seconds >= 0 (0 = not cached), got {value}")
+    for i, audience in enumerate(auth.audiences):
+        if not audience.strip():
+            raise ConfigError(f"{where}.audiences.{i}: expected an audience, got {audience!r}")
+    prefix = auth.path_prefix
+    if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ConfigError(f"{where}.path_prefix: expected '/name' without a trailing '/', got "
+                          f"{prefix!r}")
+    if prefix.split("/")[1] in _GRANTED_URLS:
+        raise ConfigError(
+            f"{where}.path_prefix: {prefix!r}: the API server's default roles let every "
+            f"(authenticated) user get the non-resource URLs under /{prefix.split('/')[1]}; "
+            f"choose another prefix (default /extract-extender)")
+    if auth.kubeconfig is not None and not auth.kubeconfig.strip():
+        raise ConfigError(f"{where}.kubeconfig: expected a file path or null (in-cluster)")
+    resource = auth.resource
+    if resource is None:
+        return
+    for key in ("resource", "subresource", "group"):
+        value = getattr(resource, key)
+        if (value or key == "resource") and not _RESOURCE.match(value):
+            raise ConfigError(f"{where}.resource.{key}: {value!r} is not a lower-case API name")
+    if resource.namespace and not _DNS_LABEL.match(resource.namespace):
+        raise ConfigError(f"{where}.resource.namespace: {resource.namespace!r} is not a "
+                          f"namespace name")
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

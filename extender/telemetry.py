@@ -38,6 +38,13 @@ class Telemetry:
                                           "Duration of a metrics refresh", registry=r)
         self.refresh_errors = Counter("extender_refresh_errors", "Failed catalog queries",
                                       ["metric"], registry=r)
+        self.auth_decisions = Counter(
+            "extender_auth_decisions", "Requests to protected endpoints (server.auth) by outcome: "
+            "allowed, denied (403), unauthenticated (401), unavailable (503)", ["outcome"],
+            registry=r)
+        self.auth_reviews = Counter(
+            "extender_auth_reviews", "Reviews sent to the API server (cache misses), by review: "
+            "token (TokenReview), access (SubjectAccessReview)", ["review"], registry=r)
         self._node_scores: tuple[Sequence[str], Sequence[int]] = ((), ())
         self._node_terms: tuple[Sequence[str], Sequence[str], FloatArray | None] = ((), (), None)
         r.register(_NodeScores(self))
@@ -54,6 +61,12 @@ class Telemetry:
         if informer is None:
             return
         self.registry.register(_InformerMetrics(informer))
+
+    def access_decided(self, outcome: str) -> None:
+        self.auth_decisions.labels(outcome).inc()
+
+    def access_reviewed(self, review: str) -> None:
+        self.auth_reviews.labels(review).inc()
 
     def rejected(self, code: str, nodes: int) -> None:
         self.rejections.labels(code).inc(nodes)

@@ -26,6 +26,8 @@ TIMEOUT=${TIMEOUT:-300s}
 KPS_CHART_VERSION=${KPS_CHART_VERSION:-}
 PUSHGATEWAY_CHART_VERSION=${PUSHGATEWAY_CHART_VERSION:-}
 IMAGE=extract-extender:dev # the name manifests/overlays/dev expects
+# Prometheus' ServiceAccount, the subject manifests/components/monitoring/rbac.yaml binds.
+PROMETHEUS_SA=kube-prometheus-stack-prometheus
 DEMO_NS=extract-demo
 DRY_RUN=0
 KEEP=0
@@ -125,6 +127,7 @@ install_prometheus() {
     --namespace monitoring --create-namespace --wait --timeout 10m \
     --set grafana.enabled=false --set alertmanager.enabled=false \
     --set prometheus.prometheusSpec.scrapeInterval=15s \
+    --set prometheus.serviceAccount.name="$PROMETHEUS_SA" \
     --set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
     --set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false \
     --set prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues=false
@@ -155,16 +158,19 @@ check_scheduled_by_metrics_aware() {
 }
 
 # The filter calls answered with 200, summed over every extender replica's own /metrics
-# (read from inside the pod: the NetworkPolicy admits only the scheduler and Prometheus).
+# (read from inside the pod: the NetworkPolicy admits only the scheduler and Prometheus), with
+# Prometheus' token (server.auth: /metrics needs one; components/monitoring/rbac.yaml grants it).
 check_extender_filtered() {
-  local pods pod total=0 count
+  local pods pod total=0 count token
   pods=$(demo_pod_count)
   local replicas
   replicas=$(query kubectl -n extract get pods -l app.kubernetes.io/name=extender -o name)
+  token=$(query kubectl -n monitoring create token "$PROMETHEUS_SA" --duration 10m)
   [ "$DRY_RUN" -eq 0 ] || replicas=pod/EXTENDER_POD # show the per-replica command once
   for pod in $replicas; do
-    count=$(query kubectl -n extract exec "$pod" -c extender -- python -c \
-      'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8888/metrics", timeout=5).read().decode())' |
+    # The token goes in on standard input, not on a command line.
+    count=$(printf '%s' "$token" | query kubectl -n extract exec "$pod" -i -c extender -- python -c \
+      'import sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8888/metrics", headers={"Authorization": "Bearer " + sys.stdin.read().strip()}), timeout=5).read().decode())' |
       awk '/^extender_requests_total\{/ && /verb="filter"/ && /code="200"/ { s += $NF } END { printf "%d", s }')
     total=$((total + count))
   done

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extender settings (catalog, profiles) (default: %(default)s)")
     live = parser.add_argument_group("monitoring")
     live.add_argument("--url", help="the extender's base URL (Monitoring API)")
+    live.add_argument("--token-file", type=Path, default=None,
+                      help="bearer token for an extender with server.auth on (e.g. "
+                           "/var/run/secrets/kubernetes.io/serviceaccount/token)")
     live.add_argument("--start", default="-6h", help="Unix seconds or -<duration> from now")
     live.add_argument("--end", default="0", help="Unix seconds or -<duration> (0: now)")
     live.add_argument("--step", default="30s", help="time grid of the samples")
@@ -141,14 +144,16 @@ def learn_from_replay(nodes: Path, pods: Path, *, settings: Settings, behaviours
 
 def learn_from_monitoring(url: str, *, start: float, end: float, step_s: float,
                           horizon_s: float, metrics: Sequence[str], train_share: float,
-                          rounds: int = 30, min_samples_in_leaf: int = 50) -> ModelFile:
+                          rounds: int = 30, min_samples_in_leaf: int = 50,
+                          token_file: Path | None = None) -> ModelFile:
     """Train on the first `train_share` of the history window, test on the rest."""
     from extender.client import MonitoringClient
     from extender.learning.dataset import LIVE_METRICS, from_monitoring
     from extender.learning.train import TrainParams, train
 
-    samples = from_monitoring(MonitoringClient(url), start=start, end=end, step_s=step_s,
-                              horizon_s=horizon_s, metrics=tuple(metrics) or LIVE_METRICS)
+    samples = from_monitoring(MonitoringClient(url, token_file=token_file), start=start, end=end,
+                              step_s=step_s, horizon_s=horizon_s,
+                              metrics=tuple(metrics) or LIVE_METRICS)
     early, late = samples.split(train_share)
     return train(early, [("test: rest of the time", late)], source="monitoring",
                  description=samples.description,
@@ -190,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 args.url, start=_time(args.start, now), end=_time(args.end, now),
                 step_s=duration_s(args.step), horizon_s=duration_s(args.horizon),
                 metrics=_csv(args.metrics), train_share=args.train_share, rounds=args.rounds,
-                min_samples_in_leaf=args.min_leaf)
+                min_samples_in_leaf=args.min_leaf, token_file=args.token_file)
     except ValueError as exc:
         raise ExtenderError(str(exc)) from exc
     path = write_model(args.out, model)

@@ -30,8 +30,17 @@ ERRORS = {
     "404": "Unknown metric, node or worker, or discovery not configured",
     "422": "Too many series: narrow the selector",
     "502": "Prometheus answered the query with an error",
-    "503": "Prometheus (or the worker list) is unreachable; retry after Retry-After seconds",
+    "503": "Prometheus (or the worker list) is unreachable, or (server.auth) the API server "
+           "cannot check the bearer token; retry after Retry-After seconds",
+    "401": "server.auth: no bearer token, or one the API server does not accept",
+    "403": "server.auth: the token's user may not get this path (RBAC nonResourceURL "
+           "server.auth.path_prefix + path, or the configured resource)",
 }
+AUTH_ERRORS = ("401", "403")
+"""Any route, when the extender runs with server.auth.enabled."""
+BEARER = {"type": "http", "scheme": "bearer",
+          "description": "A Kubernetes token (a ServiceAccount's), checked with a TokenReview and "
+                         "a SubjectAccessReview, when the extender runs with server.auth.enabled"}
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -55,7 +64,7 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any],
 def _get(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
          errors: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"get": {"summary": summary, "parameters": params or [],
-                    "responses": {"200": ok, **_errors(*errors)}}}
+                    "responses": {"200": ok, **_errors(*errors, *AUTH_ERRORS)}}}
 
 
 def openapi_document(catalog: MonitoringCatalog) -> dict[str, Any]:
@@ -112,5 +121,7 @@ def openapi_document(catalog: MonitoringCatalog) -> dict[str, Any]:
                 errors=("404", "503")),
             "/api/v1/openapi.json": _get("This document", _ok("OpenAPI 3.1", {"type": "object"})),
         },
-        "components": {"schemas": schemas},
+        # No token needed (server.auth off), or a bearer token (on).
+        "security": [{}, {"bearer": []}],
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": BEARER}},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ Grant = tuple[str, str, str, tuple[str, ...]]
 
 
 def grants(role: dict[str, Any]) -> set[Grant]:
-    """(apiGroup, resource, verb, resourceNames) for every combination a role allows."""
+    """(apiGroup, resource, verb, resourceNames) for every combination a role allows; a
+    non-resource URL as ("nonResourceURL", url, verb, ())."""
     return {(group, resource, verb, tuple(rule.get("resourceNames", ())))
-            for rule in role["rules"] for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
+            for rule in role["rules"] for group in rule.get("apiGroups", ())
+            for resource in rule["resources"] for verb in rule["verbs"]} | {
+        ("nonResourceURL", url, verb, ())
+        for rule in role["rules"] for url in rule.get("nonResourceURLs", ()) for verb in rule["verbs"]}
 
 
 def test_no_role_uses_wildcards(overlay: tuple[dict[str, Any], ...]) -> None:
@@ -59,7 +63,7 @@ def test_partition_controller_gets_exactly_what_it_needs(
                                         "namespace": "extract"}]
 
 
-def test_extender_may_only_list_and_watch_pods_for_its_informer(
+def test_extender_may_only_list_and_watch_pods_and_review_tokens(
         overlay: tuple[dict[str, Any], ...], tmp_path: Path) -> None:
     account = find(overlay, "ServiceAccount", "extender")
     assert account["automountServiceAccountToken"] is False  # only the Deployment's pods get a token
@@ -67,12 +71,45 @@ def test_extender_may_only_list_and_watch_pods_for_its_informer(
     assert spec["automountServiceAccountToken"] is True
     bound = [o for o in overlay if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
              and any(s.get("name") == "extender" for s in o["subjects"])]
-    assert [(b["kind"], b["roleRef"]["name"]) for b in bound] == [("ClusterRoleBinding", "extract:extender")]
+    # The informer's pods, and (server.auth) TokenReview + SubjectAccessReview create, which the
+    # built-in system:auth-delegator grants and nothing more.
+    assert sorted((b["kind"], b["metadata"]["name"], b["roleRef"]["name"]) for b in bound) == [
+        ("ClusterRoleBinding", "extract:extender", "extract:extender"),
+        ("ClusterRoleBinding", "extract:extender-auth-delegator", "system:auth-delegator")]
     assert grants(find(overlay, "ClusterRole", "extract:extender")) == {
         ("", "pods", v, ()) for v in ("list", "watch")}
     env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
     settings = load_settings(write_config(overlay, tmp_path) / "extender.yaml", environ=env)
     assert settings.informer.enabled and not settings.informer.namespace  # every namespace: a ClusterRole
+    assert settings.server.auth.enabled and settings.server.auth.protect_metrics
+
+
+def test_monitoring_api_readers_and_prometheus_get_the_paths_the_extender_checks(
+        overlay: tuple[dict[str, Any], ...], tmp_path: Path) -> None:
+    spec = find(overlay, "Deployment", "extender")["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    auth = load_settings(write_config(overlay, tmp_path) / "extender.yaml", environ=env).server.auth
+    assert auth.resource is None  # the request path, under path_prefix, is what gets authorised
+    prefix = auth.path_prefix
+    assert grants(find(overlay, "ClusterRole", "extract:extender-api-reader")) == {
+        ("nonResourceURL", f"{prefix}/api/v1/*", "get", ()),
+        ("nonResourceURL", f"{prefix}/metrics", "get", ())}
+    assert grants(find(overlay, "ClusterRole", "extract:extender-metrics-reader")) == {
+        ("nonResourceURL", f"{prefix}/metrics", "get", ()),
+        ("nonResourceURL", f"{prefix}/api/v1/sd/targets", "get", ())}
+    binding = find(overlay, "ClusterRoleBinding", "extract:extender-metrics-reader")
+    assert binding["roleRef"]["name"] == "extract:extender-metrics-reader"
+    # The ServiceAccount hack/kind-e2e.sh gives kube-prometheus-stack's Prometheus.
+    script = (MANIFESTS.parent / "hack" / "kind-e2e.sh").read_text()
+    assert "--set prometheus.serviceAccount.name=\"$PROMETHEUS_SA\"" in script
+    account = re.search(r"^PROMETHEUS_SA=(\S+)", script, re.M)
+    assert account is not None
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account.group(1),
+                                    "namespace": "monitoring"}]
+    # The ServiceMonitor scrapes /metrics with Prometheus' own token.
+    endpoint = find(overlay, "ServiceMonitor", "extender")["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def ingress_sources(policy: dict[str, Any]) -> list[tuple[dict[str, Any], set[int]]]:

@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,11 @@ def assert_serves(base: str, process: subprocess.Popen[bytes], log: Path,
     wait_until(up_or_exited, timeout_s=60, what="the extender's /healthz")
     assert process.poll() is None, f"extender exited:\n{log.read_text()[-3000:]}"
     assert get(base + "/readyz", context)[0] == 200, "ready although Prometheus is unreachable"
-    assert "extender_requests_total" in get(base + "/metrics", context)[1]
+    # The manifests turn server.auth on: /metrics wants a token (no API server here to check one).
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        get(base + "/metrics", context)
+    refused.value.close()
+    assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_extender_starts_with_its_container_args(pod_filesystem: Path,

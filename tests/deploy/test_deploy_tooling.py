@@ -59,7 +59,8 @@ def test_dry_run_prints_every_step_and_runs_nothing(
         "kubectl apply -k",
         "kubectl -n extract-demo wait --for=condition=complete job/metrics-aware-batch",
         "kubectl -n extract-demo get events.events.k8s.io --field-selector reason=Scheduled",
-        "kubectl -n extract exec pod/EXTENDER_POD -c extender",
+        "kubectl -n monitoring create token kube-prometheus-stack-prometheus",
+        "kubectl -n extract exec pod/EXTENDER_POD -i -c extender",
         "kubectl -n extract get pods -l app.kubernetes.io/name=partition-worker",
         "kubectl -n monitoring exec pod/PROMETHEUS_POD -c prometheus -- wget",
         "kind delete cluster --name extract-e2e",
@@ -143,12 +144,17 @@ case "$*" in
   *"extract-demo get pods -o name"*) seq 1 "$DEMO_PODS" | sed 's|^|pod/demo-|' ;;
   *"get events.events.k8s.io"*) seq 1 "$DEMO_PODS" | sed "s|.*|$SCHEDULED_BY|" ;;
   *"-l app.kubernetes.io/name=extender -o name"*) printf 'pod/extender-a\npod/extender-b\n' ;;
+  *"create token kube-prometheus-stack-prometheus"*) printf 'token-of-prometheus\n' ;;
   *"exec pod/extender-a"*)
+    # /metrics needs Prometheus' token (server.auth), sent on standard input.
+    [ "$(cat)" = token-of-prometheus ] || exit 0
     printf '# TYPE extender_requests_total counter\n'
     printf 'extender_requests_total{verb="filter",code="200"} %s\n' "$FILTER_CALLS"
     printf 'extender_requests_total{verb="prioritize",code="200"} 99.0\n'
     printf 'extender_requests_total{verb="filter",code="500"} 99.0\n' ;;
-  *"exec pod/extender-b"*) printf 'extender_requests_total{verb="filter",code="200"} 0.0\n' ;;
+  *"exec pod/extender-b"*)
+    [ "$(cat)" = token-of-prometheus ] || exit 0
+    printf 'extender_requests_total{verb="filter",code="200"} 0.0\n' ;;
   *"get nodes"*) printf 'node/worker-1\nnode/worker-2\n' ;;
   *"partition-worker"*) printf '%s' "$WORKER_NODES" | tr ',' '\n' ;;
   *"get deployment extender"*) printf '2' ;;
