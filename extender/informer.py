@@ -12,7 +12,7 @@ Design decisions:
   "synced" nor "up"; and `stop()` can wait for the next event. `Watch(deserialize=False)` does
   not help: it then tracks no resourceVersion and fails on ERROR events with a KeyError.
 - So: raw JSON (`_preload_content=False`) decoded by msgspec into Structs holding only the fields
-  we read; paginated lists (`limit`/`continue`); watches that resume from the last
+  we read (`kubeapi.WatchedPod`); paginated lists (`limit`/`continue`); watches that resume from the last
   resourceVersion (bookmarks on) when the server ends them; 410 Gone relists at once; any other
   error waits a bounded exponential backoff with jitter, then resumes (a stale resourceVersion
   then gets 410 and a relist). `watch_events` decodes a raw watch stream for the partition
@@ -46,8 +46,8 @@ from kubernetes.config import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
+from extender.kubeapi import Bookmark, Status, WatchedMeta, WatchedPod, WatchedPodList, WatchEvent
 from extender.policies.model import GPU_RESOURCE, pod_requests
-from extender.protocol import PodSpec
 from extender.settings import InformerSettings
 
 log = logging.getLogger(__name__)
@@ -102,73 +102,6 @@ class InformerStatus:
     """Seconds since the last list or watch event (None before the first)."""
 
 
-# --- wire types: only the fields we read ------------------------------------------------------------
-
-
-class _OwnerReference(msgspec.Struct):
-    kind: str = ""
-    name: str = ""
-    controller: bool | None = None
-
-
-class _WatchedMeta(msgspec.Struct):
-    uid: str = ""
-    name: str = ""
-    namespace: str = ""
-    resourceVersion: str = ""  # noqa: N815 - Kubernetes field names
-    creationTimestamp: str | None = None  # noqa: N815
-    deletionTimestamp: str | None = None  # noqa: N815
-    ownerReferences: list[_OwnerReference] | None = None  # noqa: N815
-
-
-class _WatchedCondition(msgspec.Struct):
-    type: str = ""
-    status: str = ""
-    lastTransitionTime: str | None = None  # noqa: N815
-
-
-class _Status(msgspec.Struct):
-    phase: str | None = None
-    conditions: list[_WatchedCondition] | None = None
-
-
-class _WatchedPod(msgspec.Struct):
-    metadata: _WatchedMeta = msgspec.field(default_factory=_WatchedMeta)
-    spec: PodSpec = msgspec.field(default_factory=PodSpec)
-    status: _Status = msgspec.field(default_factory=_Status)
-
-
-class _WatchedListMeta(msgspec.Struct):
-    resourceVersion: str = ""  # noqa: N815
-    continue_: str | None = msgspec.field(default=None, name="continue")
-
-
-class _WatchedPodList(msgspec.Struct):
-    metadata: _WatchedListMeta = msgspec.field(default_factory=_WatchedListMeta)
-    items: list[_WatchedPod] | None = None
-
-
-class WatchEvent(msgspec.Struct):
-    """One line of a watch stream; `object` stays raw JSON until its type is known."""
-
-    type: str
-    object: msgspec.Raw
-
-
-class _BookmarkMeta(msgspec.Struct):
-    resourceVersion: str = ""  # noqa: N815
-
-
-class _Bookmark(msgspec.Struct):
-    metadata: _BookmarkMeta = msgspec.field(default_factory=_BookmarkMeta)
-
-
-class _ApiStatus(msgspec.Struct):
-    code: int = 0
-    reason: str = ""
-    message: str = ""
-
-
 # --- pure parts -------------------------------------------------------------------------------------
 
 
@@ -181,17 +114,17 @@ def _timestamp(value: str | None) -> float | None:
         return None
 
 
-def _owner(meta: _WatchedMeta) -> tuple[str | None, str | None]:
+def _owner(meta: WatchedMeta) -> tuple[str | None, str | None]:
     owners = meta.ownerReferences or []
     chosen = next((o for o in owners if o.controller), owners[0] if owners else None)
     return (chosen.kind, chosen.name) if chosen else (None, None)
 
 
-def _is_bound(pod: _WatchedPod) -> bool:
+def _is_bound(pod: WatchedPod) -> bool:
     return bool(pod.spec.nodeName) and pod.status.phase not in FINISHED and not pod.metadata.deletionTimestamp
 
 
-def bound_pod(pod: _WatchedPod, first_seen: float) -> BoundPod:
+def bound_pod(pod: WatchedPod, first_seen: float) -> BoundPod:
     """The BoundPod of a bound pod; `first_seen` is its bound time when the pod says none."""
     try:
         requests = pod_requests(pod.spec)
@@ -234,7 +167,7 @@ def watch_events(resp: Any, stop: threading.Event) -> Iterator[WatchEvent]:
             continue
         event = msgspec.json.decode(line, type=WatchEvent)
         if event.type == "ERROR":
-            status = msgspec.json.decode(event.object, type=_ApiStatus)
+            status = msgspec.json.decode(event.object, type=Status)
             raise ApiException(status=status.code, reason=f"{status.reason}: {status.message}")
         yield event
 
@@ -382,7 +315,7 @@ class PodInformer:
                               key=lambda change: change[0].bound_at)
             self._notify(changes)
 
-    def _apply(self, event_type: str, pod: _WatchedPod) -> None:
+    def _apply(self, event_type: str, pod: WatchedPod) -> None:
         now = self._clock()
         uid = pod.metadata.uid
         with self._lock:
@@ -441,7 +374,7 @@ class PodInformer:
             if token:
                 page_kwargs["_continue"] = token
             resp = self._call(fn, page_kwargs, self.settings.request_timeout_s)
-            page = msgspec.json.decode(resp.data, type=_WatchedPodList)
+            page = msgspec.json.decode(resp.data, type=WatchedPodList)
             for pod in page.items or ():
                 if _is_bound(pod):
                     known = old.get(pod.metadata.uid)
@@ -475,9 +408,9 @@ class PodInformer:
                     with self._lock:
                         self._events += 1
                         self._last_event = self._clock()
-                    yield msgspec.json.decode(event.object, type=_Bookmark).metadata.resourceVersion
+                    yield msgspec.json.decode(event.object, type=Bookmark).metadata.resourceVersion
                     continue
-                pod = msgspec.json.decode(event.object, type=_WatchedPod)
+                pod = msgspec.json.decode(event.object, type=WatchedPod)
                 self._apply(event.type, pod)
                 yield pod.metadata.resourceVersion
         finally:

@@ -2,8 +2,9 @@
 
 The Go types have no JSON tags, so the field names on the wire are the Go names (`Pod`, `Nodes`,
 `NodeNames`, `FailedNodes`, `Host`, `Score`, ...). Decoding is partial on purpose: of the Pod we
-read only what a policy needs (metadata and container resources) and msgspec skips the rest without
-building it, which keeps the hot path to "parse names, read a snapshot, write a small answer".
+read only what a policy needs (metadata and container resources: `kubeapi.Pod`) and msgspec skips
+the rest without building it, which keeps the hot path to "parse names, read a snapshot, write a small
+answer".
 
 Full `Nodes.items` (nodeCacheCapable: false) are kept as raw JSON and echoed back verbatim in the
 filter answer, so the answer keeps the mode of the request and loses no field.
@@ -16,69 +17,10 @@ from typing import TypeVar
 import msgspec
 
 from extender.errors import BodyTooLarge, ProtocolError
+from extender.kubeapi import NodeHeader, RawList, Wire
+from extender.kubeapi import Pod as Pod
 
-
-class Wire(msgspec.Struct, frozen=True):
-    """Base of the wire types (unknown fields are ignored, as Go's decoder does)."""
-
-
-# --- Pod (partial) ------------------------------------------------------------------------------
-
-
-class OwnerReference(Wire, frozen=True):
-    kind: str = ""
-    name: str = ""
-    controller: bool | None = None
-
-
-class ObjectMeta(Wire, frozen=True):
-    name: str = ""
-    namespace: str = ""
-    uid: str = ""
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
-    ownerReferences: list[OwnerReference] | None = None  # noqa: N815 - Kubernetes field name
-
-
-class ResourceRequirements(Wire, frozen=True):
-    requests: dict[str, str | int | float] | None = None
-    limits: dict[str, str | int | float] | None = None
-
-
-class Container(Wire, frozen=True):
-    name: str = ""
-    resources: ResourceRequirements | None = None
-
-
-class PodSpec(Wire, frozen=True):
-    containers: list[Container] = []
-    initContainers: list[Container] | None = None  # noqa: N815 - Kubernetes field name
-    overhead: dict[str, str | int | float] | None = None
-    nodeName: str | None = None  # noqa: N815
-    priority: int | None = None
-    schedulerName: str | None = None  # noqa: N815
-
-
-class Pod(Wire, frozen=True):
-    metadata: ObjectMeta = ObjectMeta()
-    spec: PodSpec = PodSpec()
-
-
-# --- Nodes --------------------------------------------------------------------------------------
-
-
-class NodeMeta(Wire, frozen=True):
-    name: str = ""
-
-
-class NodeHeader(Wire, frozen=True):
-    """What we read of a full Node object: its name. The rest stays raw."""
-
-    metadata: NodeMeta = NodeMeta()
-
-
-class NodeList(Wire, frozen=True):
-    items: list[msgspec.Raw] = []
+# The embedded v1.Pod and v1.NodeList are Kubernetes objects: their types live in `kubeapi`.
 
 
 # --- filter / prioritize ------------------------------------------------------------------------
@@ -88,14 +30,15 @@ class ExtenderArgs(Wire, frozen=True):
     """Body of filter and prioritize calls."""
 
     Pod: Pod | None = None
-    Nodes: NodeList | None = None
-    """Set when nodeCacheCapable is false."""
+    Nodes: RawList | None = None
+    """Set when nodeCacheCapable is false (a v1.NodeList whose items stay raw JSON, echoed back in
+    the answer)."""
     NodeNames: list[str] | None = None
     """Set when nodeCacheCapable is true."""
 
 
 class ExtenderFilterResult(Wire, frozen=True):
-    Nodes: NodeList | None = None
+    Nodes: RawList | None = None
     NodeNames: list[str] | None = None
     FailedNodes: dict[str, str] = {}
     FailedAndUnresolvableNodes: dict[str, str] = {}
@@ -211,7 +154,7 @@ def filter_result(args: ExtenderArgs, names: list[str], passed: list[str],
     if args.Nodes is not None and args.NodeNames is None:
         keep = set(passed)
         items = [raw for name, raw in zip(names, args.Nodes.items, strict=True) if name in keep]
-        return ExtenderFilterResult(Nodes=NodeList(items=items), FailedNodes=failed,
+        return ExtenderFilterResult(Nodes=RawList(items=items), FailedNodes=failed,
                                     FailedAndUnresolvableNodes=unresolvable)
     return ExtenderFilterResult(NodeNames=passed, FailedNodes=failed,
                                 FailedAndUnresolvableNodes=unresolvable)

@@ -14,7 +14,7 @@ import pytest
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from tests.controlplane import REQUIRE_ENV, ControlPlane, find_binaries
+from tests.controlplane import REQUIRE_ENV, ControlPlane, ExtraApiServer, find_binaries
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -85,6 +85,15 @@ def controller_manager(control_plane: ControlPlane) -> ControlPlane:
     """The session's control plane with kube-controller-manager running (Jobs, ReplicaSets, GC, ...)."""
     control_plane.start_controller_manager()
     return control_plane
+
+
+@pytest.fixture(scope="session")
+def etcd_apiserver(control_plane: ControlPlane) -> Iterator[ExtraApiServer]:
+    """A second kube-apiserver on the session's etcd, without watch cache: its watches read etcd,
+    so a watch from a resourceVersion before `control_plane.compact_etcd()` gets 410 Gone."""
+    server = control_plane.start_apiserver("no-watch-cache", ["--watch-cache=false"])
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ Design decisions:
 - Nothing is planned before both the node list and the worker list have been read once: planning
   on an empty node list would delete every worker, on an empty pod list would re-create them all.
 - Objects are decoded from raw JSON (`_preload_content=False`) into msgspec Structs holding only
-  the fields we read. The client's model deserializer costs about a millisecond per Node, which
-  makes a 5000-node relist take seconds; here it is a few milliseconds.
+  the fields we read (`kubeapi.Node`, `kubeapi.WorkerPod`). The client's model deserializer costs
+  about a millisecond per Node, which makes a 5000-node relist take seconds; here it is a few
+  milliseconds.
 - A watch event wakes the loop only when the node's or worker's *view* changed: node heartbeats
   (a status update every 10 s or so per node) cost a decode and a compare, not a re-plan.
 - Every API call goes through `_call(verb, ...)`, which counts it in
@@ -42,6 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from urllib3.exceptions import HTTPError
 
 from extender.informer import watch_events
+from extender.kubeapi import Condition, ConfigMap, Node, NodeList, Service, WorkerPod, WorkerPodList
 from extender.partition.compss import (
     CompssDocumentError,
     CompssFiles,
@@ -82,90 +84,6 @@ CONFIGMAP_MAX_BYTES = 1024 * 1024
 7500 workers with short node names)."""
 
 
-# --- wire types: only the fields we read ----------------------------------------------------------
-
-
-class _Meta(msgspec.Struct):
-    name: str = ""
-    resourceVersion: str | None = None
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
-    deletionTimestamp: str | None = None
-
-
-class _Condition(msgspec.Struct):
-    type: str
-    status: str
-    lastTransitionTime: str | None = None
-
-
-class _Taint(msgspec.Struct):
-    key: str
-    effect: str = ""
-
-
-class _NodeSpec(msgspec.Struct):
-    unschedulable: bool | None = None
-    taints: list[_Taint] | None = None
-
-
-class _NodeStatus(msgspec.Struct):
-    allocatable: dict[str, str] | None = None
-    conditions: list[_Condition] | None = None
-
-
-class _Node(msgspec.Struct):
-    metadata: _Meta
-    spec: _NodeSpec = msgspec.field(default_factory=_NodeSpec)
-    status: _NodeStatus = msgspec.field(default_factory=_NodeStatus)
-
-
-class _PodStatus(msgspec.Struct):
-    phase: str | None = None
-    podIP: str | None = None
-    conditions: list[_Condition] | None = None
-
-
-class _Pod(msgspec.Struct):
-    metadata: _Meta
-    status: _PodStatus = msgspec.field(default_factory=_PodStatus)
-
-
-class _ListMeta(msgspec.Struct):
-    resourceVersion: str = ""
-
-
-class _NodeList(msgspec.Struct):
-    metadata: _ListMeta
-    items: list[_Node] | None = None
-
-
-class _PodList(msgspec.Struct):
-    metadata: _ListMeta
-    items: list[_Pod] | None = None
-
-
-class _ConfigMap(msgspec.Struct):
-    data: dict[str, str] | None = None
-
-
-class _ServicePort(msgspec.Struct):
-    port: int
-    name: str | None = None
-
-
-class _ServiceSpec(msgspec.Struct):
-    clusterIP: str | None = None
-    selector: dict[str, str] | None = None
-    publishNotReadyAddresses: bool | None = None
-    ports: list[_ServicePort] | None = None
-
-
-class _Service(msgspec.Struct):
-    metadata: _Meta = msgspec.field(default_factory=_Meta)
-    spec: _ServiceSpec = msgspec.field(default_factory=_ServiceSpec)
-
-
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
@@ -177,11 +95,11 @@ def _quantity(value: str) -> Decimal:
     return amount
 
 
-def _condition(conditions: list[_Condition] | None, kind: str) -> _Condition | None:
+def _condition(conditions: list[Condition] | None, kind: str) -> Condition | None:
     return next((c for c in conditions or () if c.type == kind), None)
 
 
-def observed_node(node: _Node) -> ObservedNode:
+def observed_node(node: Node) -> ObservedNode:
     """The plan's view of a decoded Node (quantities parsed, Ready condition summarised)."""
     alloc = node.status.allocatable or {}
     ready = _condition(node.status.conditions, "Ready")
@@ -200,7 +118,7 @@ def observed_node(node: _Node) -> ObservedNode:
     )
 
 
-def observed_worker(pod: _Pod) -> ObservedWorker:
+def observed_worker(pod: WorkerPod) -> ObservedWorker:
     """The plan's view of one of the controller's pods."""
     annotations = pod.metadata.annotations or {}
     ready = _condition(pod.status.conditions, "Ready")
@@ -350,13 +268,13 @@ class Reconciler:
         self._responses: set[Any] = set()
         self._responses_lock = threading.Lock()
         self._kinds: tuple[_Kind[Any], ...] = (
-            _Kind("nodes", self.nodes, self.api.list_node, _NodeList, _Node, observed_node, {}),
+            _Kind("nodes", self.nodes, self.api.list_node, NodeList, Node, observed_node, {}),
             _Kind(
                 "pods",
                 self.workers,
                 self.api.list_namespaced_pod,
-                _PodList,
-                _Pod,
+                WorkerPodList,
+                WorkerPod,
                 observed_worker,
                 {
                     "namespace": settings.namespace,
@@ -547,7 +465,7 @@ class Reconciler:
                 return
             self._deleted_by_us.discard(action.pod)
             # Seen before the watch reports it: the next pass must not create it again.
-            self.workers.put(action.pod, observed_worker(msgspec.json.decode(resp.data, type=_Pod)))
+            self.workers.put(action.pod, observed_worker(msgspec.json.decode(resp.data, type=WorkerPod)))
             log.info("created %s on %s", action.pod, action.node)
             self._event(action.pod, "Created", f"worker for node {action.node}", "Normal")
             return
@@ -713,7 +631,7 @@ class Reconciler:
         except (HTTPError, OSError) as exc:
             log.warning("previous COMPSs files unreadable (%s): announcing every worker", exc)
             return
-        data = msgspec.json.decode(resp.data, type=_ConfigMap).data or {}
+        data = msgspec.json.decode(resp.data, type=ConfigMap).data or {}
         self.membership.announced = workers_in(data.get("resources.xml", ""))
 
     def _tell_master(self) -> None:
@@ -758,7 +676,7 @@ class Reconciler:
                 self._call("create", self.api.create_namespaced_service, ns, body, _preload_content=False)
                 log.info("created headless Service %s/%s for the workers' names", ns, compss.service)
             else:
-                found = msgspec.json.decode(resp.data, type=_Service)
+                found = msgspec.json.decode(resp.data, type=Service)
                 current = found.spec
                 if current.clusterIP != "None":
                     # clusterIP is immutable: a human must delete the Service.

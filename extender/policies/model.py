@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
+from extender.kubeapi import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]

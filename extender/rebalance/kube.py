@@ -3,8 +3,8 @@
 Design decisions:
 - One list of pods and one of nodes per cycle, no watches: a cycle runs once a minute, and a
   fresh list is the simplest view that cannot drift. Lists are decoded from raw JSON into
-  msgspec Structs holding only the fields read here (the client's models cost about a
-  millisecond per object).
+  msgspec Structs holding only the fields read here (`kubeapi.PlacedPod`, `kubeapi.Node`; the
+  client's models cost about a millisecond per object).
 - A pod's demand is computed by the extender's own `pod_demand`, from the same wire type the
   webhook decodes, so the rebalancer and the extender agree on what a pod asks for.
 - Evictions go through the Eviction API, so PodDisruptionBudgets hold: 429 (a budget forbids
@@ -24,8 +24,8 @@ from kubernetes.client import CoreV1Api, V1DeleteOptions, V1Eviction, V1ObjectMe
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from extender.kubeapi import Node, PlacedPod, Pod, RawList
 from extender.policies.model import GPU_RESOURCE, parse_quantity, pod_demand
-from extender.protocol import Pod
 from extender.rebalance.choose import NodeRoom, PodView
 from extender.settings import PolicySettings
 
@@ -35,69 +35,6 @@ EVENT_SOURCE = "extender-rebalance"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 EvictOutcome = Literal["evicted", "pdb", "gone"]
-
-
-class _Owner(msgspec.Struct):
-    kind: str = ""
-    controller: bool | None = None
-
-
-class _ObjectMeta(msgspec.Struct):
-    name: str = ""
-    namespace: str = ""
-    uid: str = ""
-    creationTimestamp: str | None = None  # noqa: N815 - Kubernetes field name
-    deletionTimestamp: str | None = None  # noqa: N815
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
-    ownerReferences: list[_Owner] | None = None  # noqa: N815
-
-
-class _Volume(msgspec.Struct):
-    emptyDir: dict[str, object] | None = None  # noqa: N815
-    hostPath: dict[str, object] | None = None  # noqa: N815
-
-
-class _PodSpec(msgspec.Struct):
-    nodeName: str | None = None  # noqa: N815
-    priority: int | None = None
-    priorityClassName: str | None = None  # noqa: N815
-    volumes: list[_Volume] | None = None
-    nodeSelector: dict[str, str] | None = None  # noqa: N815
-
-
-class _PodStatusWire(msgspec.Struct):
-    phase: str | None = None
-
-
-class _PodObject(msgspec.Struct):
-    metadata: _ObjectMeta = msgspec.field(default_factory=_ObjectMeta)
-    spec: _PodSpec = msgspec.field(default_factory=_PodSpec)
-    status: _PodStatusWire = msgspec.field(default_factory=_PodStatusWire)
-
-
-class _TaintWire(msgspec.Struct):
-    key: str = ""
-    effect: str = ""
-
-
-class _NodeSpecWire(msgspec.Struct):
-    unschedulable: bool | None = None
-    taints: list[_TaintWire] | None = None
-
-
-class _NodeStatusWire(msgspec.Struct):
-    allocatable: dict[str, str] | None = None
-
-
-class _NodeObject(msgspec.Struct):
-    metadata: _ObjectMeta = msgspec.field(default_factory=_ObjectMeta)
-    spec: _NodeSpecWire = msgspec.field(default_factory=_NodeSpecWire)
-    status: _NodeStatusWire = msgspec.field(default_factory=_NodeStatusWire)
-
-
-class _List(msgspec.Struct):
-    items: list[msgspec.Raw] = []
 
 
 def _time(stamp: str | None) -> float:
@@ -123,8 +60,8 @@ def decode_cluster(pods_json: bytes, nodes_json: bytes, policy: PolicySettings) 
     views: list[PodView] = []
     bad: list[str] = []
     used: dict[str, list[float]] = {}
-    for raw in msgspec.json.decode(pods_json, type=_List).items:
-        extra = msgspec.json.decode(raw, type=_PodObject)
+    for raw in msgspec.json.decode(pods_json, type=RawList).items:
+        extra = msgspec.json.decode(raw, type=PlacedPod)
         meta, spec = extra.metadata, extra.spec
         if not spec.nodeName or (extra.status.phase or "") in TERMINAL_PHASES:
             continue
@@ -153,8 +90,8 @@ def decode_cluster(pods_json: bytes, nodes_json: bytes, policy: PolicySettings) 
             annotations=annotations, node_selector=spec.nodeSelector or {}))
     nodes: dict[str, NodeRoom] = {}
     uids: dict[str, str] = {}
-    for raw in msgspec.json.decode(nodes_json, type=_List).items:
-        node = msgspec.json.decode(raw, type=_NodeObject)
+    for raw in msgspec.json.decode(nodes_json, type=RawList).items:
+        node = msgspec.json.decode(raw, type=Node)
         name = node.metadata.name
         alloc = node.status.allocatable or {}
         cpu, mem, gpus = used.get(name, [0.0, 0.0, 0.0])

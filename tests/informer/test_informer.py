@@ -168,14 +168,6 @@ def test_a_label_selector_narrows_the_scope(
     assert [p.uid for p in informer.bound_since(0)] == [wanted]
 
 
-@pytest.fixture(scope="module")
-def etcd_apiserver(control_plane: ControlPlane) -> Iterator[ExtraApiServer]:
-    """A second kube-apiserver without watch cache: its watches read etcd, so compaction gives 410."""
-    server = control_plane.start_apiserver("no-watch-cache", ["--watch-cache=false"])
-    yield server
-    server.stop()
-
-
 def test_the_watch_survives_410_gone_by_relisting(
         control_plane: ControlPlane, etcd_apiserver: ExtraApiServer, k8s_namespace: str,
         start_informer: Callable[..., PodInformer]) -> None:

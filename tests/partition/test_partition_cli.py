@@ -1,4 +1,5 @@
-"""`extender partition`: options, --dry-run against the fake API through a kubeconfig."""
+"""`extender partition`: options, --dry-run and a SIGTERM against the real API server (through the
+fault proxy, which counts the calls) via a kubeconfig."""
 
 from __future__ import annotations
 
@@ -6,27 +7,43 @@ import argparse
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from kubernetes.client import CoordinationV1Api, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 
 from extender.errors import ConfigError
-from extender.localserver import free_port, wait_until
+from extender.localserver import free_port
 from extender.partition import cli
-from tests.partition.conftest import CONFIG, NS
-from tests.partition.fakeapi import FakeKubernetes, node
+from extender.partition.plan import NODE_ANNOTATION, PARTITION_LABEL, worker_name
+from tests.controlplane import ControlPlane, wait_for
+from tests.faultproxy import FaultProxy
+from tests.partition.conftest import CONFIG, TEST_LABEL, Kubelet
 
 
-def kubeconfig(tmp_path: Path, server: str) -> Path:
+def kubeconfig(tmp_path: Path, server: str, token: str) -> Path:
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester"}}],
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "tester"}}],
     }))
+    return path
+
+
+def config_file(tmp_path: Path, namespace: str, **keys: object) -> Path:
+    """The shipped config for this test: its namespace, only its nodes, COMPSs off, `keys` over it."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(namespace=namespace, **keys)
+    config["eligibility"]["node_selector"] = {TEST_LABEL: namespace}
+    config["compss"]["enabled"] = False
+    path = tmp_path / "partition.yaml"
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
@@ -37,21 +54,24 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_dry_run_prints_the_plan_per_node_and_changes_nothing(
-        api: FakeKubernetes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    api.put("nodes", node("new"))
-    api.put("nodes", node("cordoned", unschedulable=True))
-    api.create("pods", {"metadata": {"name": "partition-worker-cordoned",
-                                     "labels": {"extract.io/partition": "default"},
-                                     "annotations": {"extract.io/partition-node": "cordoned"}},
-                        "spec": {"containers": [{"name": "worker", "image": "x"}]}}, NS)
-    args = parse("--config", str(CONFIG), "--kubeconfig", str(kubeconfig(tmp_path, api.url)),
-                 "--namespace", NS, "--dry-run")
+        control_plane: ControlPlane, proxy: FaultProxy, core: CoreV1Api, k8s_namespace: str,
+        cluster: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ns = k8s_namespace
+    new, cordoned = cluster("new"), cluster("cordoned")
+    core.patch_node(cordoned, {"spec": {"unschedulable": True}})
+    pod = worker_name(cordoned, "partition-worker")
+    core.create_namespaced_pod(ns, {"metadata": {"name": pod, "labels": {PARTITION_LABEL: "default"},
+                                                 "annotations": {NODE_ANNOTATION: cordoned}},
+                                    "spec": {"containers": [{"name": "worker", "image": "x"}]}})
+    args = parse("--config", str(config_file(tmp_path, ns)),
+                 "--kubeconfig", str(kubeconfig(tmp_path, proxy.url, control_plane.admin_token)),
+                 "--namespace", ns, "--dry-run")
     assert cli.run(args) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert ["create", "new", "partition-worker-new", "no", "worker"] in lines
-    assert ["delete", "cordoned", "partition-worker-cordoned", "cordoned"] in lines
-    assert ["skip", "cordoned", "-", "cordoned"] in lines
-    assert {r.method for r in api.requests} == {"GET"}
+    assert ["create", new, worker_name(new, "partition-worker"), "no", "worker"] in lines
+    assert ["delete", cordoned, pod, "cordoned"] in lines
+    assert ["skip", cordoned, "-", "cordoned"] in lines
+    assert proxy.methods() == {"GET"}
 
 
 def test_unreadable_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
@@ -77,26 +97,41 @@ def test_bad_config_is_reported_before_touching_the_cluster(tmp_path: Path) -> N
 
 
 def test_sigterm_stops_the_controller_releases_the_lease_and_exits_zero(
-        api: FakeKubernetes, tmp_path: Path) -> None:
+        control_plane: ControlPlane, proxy: FaultProxy, core: CoreV1Api, k8s_namespace: str,
+        cluster: Callable[..., str], kubelet: Kubelet, tmp_path: Path) -> None:
+    ns = k8s_namespace
     port = free_port()
-    config = yaml.safe_load(CONFIG.read_text())
-    config.update(namespace=NS, metrics_port=port, resync_interval_s=5)
+    path = config_file(tmp_path, ns, metrics_port=port, resync_interval_s=5)
+    config = yaml.safe_load(path.read_text())
     config["leader"].update(identity="me", lease_duration_s=8, renew_deadline_s=5, retry_period_s=1)
-    path = tmp_path / "partition.yaml"
     path.write_text(yaml.safe_dump(config))
-    api.put("nodes", node("a"))
+    node = cluster("a")
+    leases = CoordinationV1Api(core.api_client)
     scraped: list[str] = []
 
-    def lease() -> dict[str, str]:
-        spec: dict[str, str] = (api.get("leases", "extender-partition", NS) or {}).get("spec", {})
-        return spec
+    def holder() -> str | None:
+        try:
+            spec = leases.read_namespaced_lease("extender-partition", ns).spec
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return spec.holder_identity if spec else None
+
+    def worker_exists() -> bool:
+        try:
+            core.read_namespaced_pod(worker_name(node, "partition-worker"), ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def operator() -> None:
-        wait_until(lambda: lease().get("holderIdentity") == "me"
-                   and api.get("pods", "partition-worker-a", NS), what="leading and acting")
+        wait_for(lambda: holder() == "me" and worker_exists(), timeout_s=20, what="leading and acting")
         metrics = f"http://127.0.0.1:{port}/metrics"
-        wait_until(lambda: "partition_workers_ready 1.0" in requests.get(metrics, timeout=2).text,
-                   what="metrics served")
+        wait_for(lambda: "partition_workers_ready 1.0" in requests.get(metrics, timeout=2).text,
+                 timeout_s=20, what="metrics served")
         scraped.append(requests.get(metrics, timeout=2).text)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -105,14 +140,14 @@ def test_sigterm_stops_the_controller_releases_the_lease_and_exits_zero(
     helper.start()
     try:
         code = cli.run(parse("--config", str(path), "--kubeconfig",
-                             str(kubeconfig(tmp_path, api.url))))
+                             str(kubeconfig(tmp_path, proxy.url, control_plane.admin_token))))
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     helper.join(5)
     assert code == 0
-    assert api.get("leases", "extender-partition", NS) is not None
-    assert not lease().get("holderIdentity"), "the lease is released for the next leader"
+    assert not holder(), "the lease is released for the next leader"
+    assert leases.read_namespaced_lease("extender-partition", ns) is not None
     for name in ("partition_workers_desired", "partition_reconcile_duration_seconds_count",
                  "partition_reconcile_errors_total", 'partition_api_calls_total{verb="create"}'):
         assert name in scraped[0]

@@ -1,9 +1,8 @@
 """The controller publishing for COMPSs, against a real kube-apiserver (etcd + apiserver, no kubelet).
 
-Nodes are cluster-wide and the API server serves the whole session: each test labels its nodes with
-its namespace and selects only those (`eligibility.node_selector`), and deletes them afterwards.
-Without a kubelet the worker pods never run: the tests mark them Running and Ready as a kubelet
-would (`set_pod_running`).
+Nodes come from the `cluster` fixture (tests/partition/conftest.py: named and labelled after the
+test's namespace, selected by the controller, deleted afterwards). Without a kubelet the worker
+pods never run: the tests mark them Running and Ready as a kubelet would (`set_pod_running`).
 """
 
 from __future__ import annotations
@@ -20,40 +19,12 @@ from extender.partition import reconcile
 from extender.partition.compss import CompssDocumentError, compss_files, files_digest, validate_files
 from extender.partition.membership import FILES_HASH_ANNOTATION
 from extender.partition.plan import NODE_ANNOTATION, PARTITION_LABEL, PartitionEntry
-from tests.controlplane import ControlPlane, create_node, set_pod_running, wait_for
+from tests.controlplane import set_pod_running, wait_for
 from tests.partition.agentserver import Agent
-from tests.partition.conftest import Running, make_settings
+from tests.partition.conftest import TEST_LABEL, Running, make_settings
 from tests.partition.test_partition_compss import schema_errors
 
 GIB = 2**30
-TEST_LABEL = "extract.io/test"
-
-
-@pytest.fixture
-def client(control_plane: ControlPlane) -> Iterator[ApiClient]:
-    with control_plane.api_client() as api_client:
-        yield api_client
-
-
-@pytest.fixture
-def cluster(client: ApiClient, k8s_namespace: str) -> Iterator[Callable[..., str]]:
-    """make(suffix, cpu=, memory=, gpus=) -> a node name of this test; all deleted afterwards."""
-    core = CoreV1Api(client)
-    made: list[str] = []
-
-    def make(suffix: str, **kw: Any) -> str:
-        name = f"{k8s_namespace}-{suffix}"
-        create_node(core, name, labels={TEST_LABEL: k8s_namespace}, **kw)
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        try:
-            core.delete_node(name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 @pytest.fixture

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from extender.kubeapi import (
+    Container,
+    ObjectMeta,
+    OwnerReference,
+    Pod,
+    PodSpec,
+    ResourceRequirements,
+)
 from extender.policies.engine import Engine
 from extender.policies.model import (
     EstimateDefaults,
@@ -11,14 +19,6 @@ from extender.policies.model import (
     PodDemand,
     estimate_load,
     pod_demand,
-)
-from extender.protocol import (
-    Container,
-    ObjectMeta,
-    OwnerReference,
-    Pod,
-    PodSpec,
-    ResourceRequirements,
 )
 from tests.support import settings
 

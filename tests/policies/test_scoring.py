@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from extender.kubeapi import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.policies.engine import Engine
 from extender.policies.model import (
     NodeTable,
@@ -14,7 +15,6 @@ from extender.policies.model import (
     pod_demand,
     request_pod,
 )
-from extender.protocol import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.settings import Settings
 from tests.support import WITH_POD, settings
 
