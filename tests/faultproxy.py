@@ -262,6 +262,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(data)
                     return
                 self.send_header("Transfer-Encoding", "chunked")
+                # The connection ends with the stream: say so, or the client's pool reuses a
+                # closed socket for its next request (a POST is then lost, not retried).
+                self.send_header("Connection", "close")
                 self.end_headers()
                 first = b""
                 while True:

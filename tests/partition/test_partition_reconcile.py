@@ -222,7 +222,9 @@ def test_not_ready_node_keeps_its_worker_for_the_grace_period_then_loses_it(
     clock.now += 0.2  # past the grace end, whatever the float rounding of the timestamps
     # The plan's wake-up time, not a new event, triggers the deletion.
     wait_for(lambda: workers(core, ns) == {}, timeout_s=20, what="worker deleted after the grace period")
-    assert "NotReady" in {e["message"][:8] for e in events(core, ns)}
+    # The event follows the delete call, which the worker's disappearance may beat.
+    wait_for(lambda: "NotReady" in {e["message"][:8] for e in events(core, ns)} or None,
+             timeout_s=10, what="the NotReady deletion's event")
 
 
 def test_failed_worker_is_recreated_after_a_backoff_that_doubles_until_it_gets_ready(
@@ -274,7 +276,8 @@ def test_allocatable_change_replaces_that_nodes_worker_only(
     assert after[a]["metadata"]["uid"] == before[a]
     cpu = next(c for c in after[b]["spec"]["containers"] if c["name"] == "worker")
     assert cpu["resources"]["requests"]["cpu"] == "12800m"
-    assert "Replacing" in {e["reason"] for e in events(core, ns)}
+    wait_for(lambda: "Replacing" in {e["reason"] for e in events(core, ns)} or None,
+             timeout_s=10, what="the replacement's event")
 
 
 def watched(core: CoreV1Api, ns: str, since_rv: str) -> Iterator[tuple[str, dict[str, Any]]]:
