@@ -177,7 +177,51 @@ def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> Figures
     return figures
 
 
-def report(figures: Figures, args: argparse.Namespace, load: tuple[float, float]) -> str:
+def in_process(args: argparse.Namespace, calls: int = 3000) -> list[list[object]]:
+    """`Engine.decide` at the candidates with the placements the informer feeds the ledger at
+    this churn (rate x the profile's window, the benchmark's pod size, spread over the window
+    and the candidates) vs an empty ledger, alternating call by call: the request path's own
+    cost of the informer, without the HTTP run's noise."""
+    import numpy as np
+
+    from extender.metrics.cache import Fetcher
+    from extender.policies.engine import Engine
+    from extender.policies.model import PodDemand
+    from extender.settings import load_settings
+
+    settings = load_settings(CONFIG)
+    now = time.time()
+    table, _ = Fetcher(settings, fleet.FleetSource(settings, args.nodes)).collect(now)
+    candidates = bodies.candidates(fleet.node_names(args.nodes), CANDIDATES)
+    engines = {"informer off": Engine(settings), "informer on": Engine(settings)}
+    informed = engines["informer on"]
+    window = settings.profile().hotspot.window_s
+    count = int(args.rate * window)
+    for i in range(count):
+        informed.record_placement(
+            candidates[i % len(candidates)],
+            PodDemand(namespace="bench", name=f"churn-{i}", uid=f"uid-{i}", cpu_cores=0.1,
+                      memory_bytes=128 * 2.0**20), now - window + (i + 1) * window / (count + 1),
+            confirmed=True)
+    timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for i in range(calls):
+        pod = PodDemand(namespace="bench", name=f"p{i}", cpu_cores=1.0, memory_bytes=2.0**30)
+        for arm in ARMS:
+            started = time.perf_counter()
+            engines[arm].decide(pod, table, candidates, now)
+            timings[arm].append((time.perf_counter() - started) * 1e3)
+    warm = calls // 10  # the first calls build the baselines and the ledger's totals
+    base = np.percentile(timings["informer off"][warm:], [50, 99])
+    rows: list[list[object]] = []
+    for arm in ARMS:
+        p50, p99 = np.percentile(timings[arm][warm:], [50, 99])
+        rows.append([arm, count if arm == "informer on" else 0, calls - warm, f"{p50:.3f}",
+                     f"{p99:.3f}", f"{p50 - base[0]:+.3f} / {p99 - base[1]:+.3f}"])
+    return rows
+
+
+def report(figures: Figures, args: argparse.Namespace, load: tuple[float, float],
+           engine_rows: list[list[object]]) -> str:
     rows: list[list[object]] = []
     verdicts: list[list[object]] = []
     for verb in VERBS:
@@ -205,6 +249,13 @@ def report(figures: Figures, args: argparse.Namespace, load: tuple[float, float]
                         "p99 ms (median)", "req/s N conn (median)"], rows),
         "",
         markdown_table(["target", "measured", "verdict"], verdicts),
+        "",
+        "The request path's own share, in process (`Engine.decide` at the same 500 candidates of "
+        "the same fleet, the placements the informer feeds the ledger at this churn vs none, "
+        "the two alternating call by call; no HTTP, no control plane):",
+        "",
+        markdown_table(["ledger", "pending placements", "calls", "p50 ms", "p99 ms",
+                        "added p50 / p99 ms"], engine_rows),
     ])
 
 
@@ -232,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             figures = run(args, plane, Path(tmp))
         finally:
             plane.stop()
-    body = report(figures, args, (load_start, os.getloadavg()[0]))
+    load_end = os.getloadavg()[0]
+    body = report(figures, args, (load_start, load_end), in_process(args))
     print(body)
     write_section("informer-path", "Request path with the pod informer on vs off (500 names)",
                   " ".join(["python -m benchmarks.informer_path_bench", *(argv or sys.argv[1:])]),

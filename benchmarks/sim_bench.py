@@ -260,6 +260,7 @@ def sweep(settings: Settings, policies: Sequence[str], loads: Sequence[float], s
             headers, table = comparison(rows, "kube-default", kinds)
             # Written after every policy: a sweep cut short still leaves what it measured.
             current = [f"### Pod list `{name}`", markdown_table(headers, table),
+                       verdict(rows, settings.policy.default),
                        "Wall time of the whole sweep per policy (all loads and seeds, s): "
                        + ", ".join(f"{p} {t}" for p, t in timing) + ".",
                        f"Plots (one per metric against load) and per-seed CSV: `{out}/`."]
@@ -337,7 +338,8 @@ def _write_sweep(lists: Sequence[str], parts: list[str]) -> None:
 
 
 SWEEP_NOTES = """Why the default profile used to equal kube-default (issue 17, item 2). Measured on
-the default list, load 10, seed 42, with `score_with_pod` off (the profile as it was):
+the default list, load 10, seed 42, with `score_with_pod` off and no power term (the profile
+as it was):
 - Not the extender's weight: its scores count 5 x 10 x (0..10) = 0..500 against in-tree
   LeastAllocated + BalancedAllocation's 0..200, and its scores do vary (levels 5..10 occur). Nor
   the integer levels, the metric lag or the pending-load compensation: the extender's top nodes
@@ -362,17 +364,36 @@ the default list, load 10, seed 42, with `score_with_pod` off (the profile as it
   3 seeds only for lack of time): metrics-aware 94.06 ± 0.11% with the switch, 93.96 ± 0.26%
   without (paired +0.10 pp, sd 0.33), kube-default 93.76 ± 0.26% (paired +0.30 pp): no GPU
   allocation lost.
-- What it does not fix: the misses (unschedulable 120-core pods) need the large nodes kept free
-  for the pods that only fit there (an FGD-like term against the target workload); adding
-  `gpu_fragmentation: 1` halved them at load 10 (2 vs 4, seed 42) but raised hot spots at load 40
-  (236 vs 163), `gpu_packing: 2` changed neither (development runs, 1 seed); `host_power_watts: 1` (what makes
-  the `power` profile meet the target: it keeps the large nodes free) gave mixed results on seeds
-  42-43 (load 10: 60 and 456 hot-spot node-min vs kube-default's 353 and 2138, 3 and 2 misses vs 4
-  and 4; load 5: 0 and 603 vs 0 and 298). `node_cpu_power_watts: 12` (seed 42, loads 10 and 40:
-  63 and 63 hot-spot node-min vs kube-default's 353 and 163, 0 and 0 misses vs 4 and 5, all
-  misses unscheduled) makes the profile behave like `power`; not shipped: saturation and the
-  other seeds are not measured. None shipped: issue 17's target for the default profile is met
-  only at load 40 (hot spots), see the target check above."""
+- What `score_with_pod` did not fix: the misses (unschedulable 120-core pods) and the hot spots
+  of the 88-core pods once every 128-core node held small pods. Both need the large nodes kept
+  free for the pods that only fit there. Tried (development runs, 1-2 seeds): `gpu_fragmentation:
+  1` halved the misses at load 10 but raised hot spots at load 40 (236 vs 163); `gpu_packing: 2`
+  changed neither; `host_power_watts: 1` gave mixed results; CPU and memory rules "with this pod"
+  removed every hot spot but doubled the misses (0.098% vs 0.049%, load 10, seed 42: the rules
+  turn big pods away instead of finding them room); `node_cpu_power_watts: 4` changed nothing.
+- Fix, shipped: `node_cpu_power_watts: 8` in `metrics-aware`. A node's draw is its idle power,
+  which grows with its idle GPUs (V100-class: 35 W each, 280 W for eight) and its size, plus what
+  its busy cores and GPUs add. Preferring the lower draw keeps CPU-only pods off the 8-GPU nodes,
+  and on this trace the 128-core nodes are all 8-GPU nodes (39 `G3`): they stay free for the big
+  8-GPU pods that only fit there. Measured (load 10, seed 42, pods placed by node size): pods of
+  <= 16 cores on 128-core nodes: kube-default 1281, the profile before 1329, now 2; pods of
+  >= 64 cores on 96-core nodes: 5, 5, now 0 (all 44 on 128-core nodes); hot-spot node-min 353,
+  353, now 63; deadline misses 4, 5, now 0. Weights 8 and 12 gave the same hot spots and misses
+  at every load of this list (3 seeds); 8 leaves more weight on the usage terms. What is left,
+  81 ± 35 node-min at every load, is what every policy has at load 1 (a task alone on a node
+  using more than 90% of it). Pinned by `tests/sim/test_sim_contention.py` (three CPU nodes and
+  an 8-GPU node: kube-default and the profile without the term leave all 10 big GPU pods
+  unscheduled, the profile none).
+- The trade-off: where an idle small node draws less than a busy large one, the term can send a
+  pod that nearly fills the small node there. In the two-node case above (16 and 40 cores, no
+  GPUs) the shipped profile is back at kube-default's 783 hot-spot node-min (157 without the
+  term). Not seen on the trace; a rule that keeps the node under 85% with the pod removed those
+  hot spots but left every pod larger than 85% of the biggest node unschedulable (misses 0.06%
+  at loads 5, 10, 40, seed 42), so it is not shipped.
+- Saturation (`--experiment saturation`, which now models power too, see the saturation
+  section): the profile allocates no fewer GPUs than kube-default.
+- Where no power exporter runs the term is absent on every node and dropped (the weights
+  renormalise): the profile is then the one before, with `score_with_pod`."""
 
 
 def _paired(rows: list[SummaryRow], ours: str, baseline: str) -> str:
@@ -408,7 +429,10 @@ NOTES = """How our figures differ from the paper's, and why:
   BalancedAllocation; the GPU inside a node is the device plugin's best fit. "in-tree scoring off"
   is the `gpu` profile as `manifests/overlays/gpu` deploys it (resource score plugins disabled:
   ties among the extender's choices are random). In the saturation experiment ours sees CPU usage
-  from the same usage model as the replay, without lag (there is no clock).
+  from the same usage model as the replay, without lag (there is no clock), and power from the
+  replay's power model (a GPU counted busy and loaded by its allocated share: no GPU usage draw
+  here). Before 2026-12-03 power was absent there, so the `power` profile's figure was that of
+  its usage terms alone.
 - The `gpu` profile keeps FGD's best integer level (a filter rule on `gpu_fragmentation`) among
   the nodes that pass the health rules and that the pod would not push above 90% CPU or below 10%
   free memory, and among those prefers the nodes whose GPUs are already taken (`gpu_packing`,

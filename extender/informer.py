@@ -56,9 +56,12 @@ FINISHED = frozenset({"Succeeded", "Failed"})
 STOP_JOIN_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class BoundPod:
-    """A pod bound to a node, with what it asked for."""
+class BoundPod(msgspec.Struct, frozen=True, gc=False):
+    """A pod bound to a node, with what it asked for.
+
+    Untracked by the cyclic collector (`gc=False`: its fields are strings and numbers): at
+    50 000 pods a full collection that walked them paused every request thread for ~17 ms.
+    """
 
     uid: str
     namespace: str

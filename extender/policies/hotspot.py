@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from extender.policies.model import FloatArray, IntArray, NodeTable, PodDemand
@@ -39,8 +40,13 @@ call up to this much behind the latest one sees the window as of that call (runn
 move forward); further behind, the totals are rebuilt."""
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(msgspec.Struct, frozen=True, gc=False):
+    """One pod's expected load on a node from `at` on (Unix seconds).
+
+    Untracked by the cyclic collector (only strings and numbers), as `informer.BoundPod` is:
+    the ledger holds one per recently placed pod in every worker.
+    """
+
     at: float
     cpu_cores: float
     memory_bytes: float

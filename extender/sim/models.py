@@ -29,6 +29,7 @@ per run, per task and in trace order, so a seed fixes them for every policy alik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,12 @@ def rate(cpu_demand_milli: float, cpu_capacity_milli: float, gpu_load: F64) -> f
 def gpu_power(model: str) -> tuple[float, float, float]:
     """(idle, active floor, board power) watts of one GPU of `model`."""
     return GPU_POWER.get(model, GPU_POWER_DEFAULT)
+
+
+def node_gpu_power(names: Sequence[str], model: npt.NDArray[np.int64]
+                   ) -> list[tuple[float, float, float]]:
+    """`gpu_power` of each node's GPU model (`model[i]` indexes `names`, -1: no GPU)."""
+    return [gpu_power(names[m]) if m >= 0 else (0.0, 0.0, 0.0) for m in model]
 
 
 def idle_power(cores: float, gpu_idle_w: float) -> float:

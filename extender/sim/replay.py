@@ -103,8 +103,7 @@ class _State:
         self.energy_j = np.zeros(n)
         self.progress = np.zeros(n)
         self.rate = np.ones(n)
-        self.params = [models.gpu_power(nodes.models[m]) if m >= 0 else (0.0, 0.0, 0.0)
-                       for m in nodes.model]
+        self.params = models.node_gpu_power(nodes.models, nodes.model)
         self.idle_w = np.array([models.idle_power(c, p[0] * k) for c, p, k in
                                 zip(self.cores, self.params, nodes.gpus, strict=True)])
         self.power = self.idle_w.copy()

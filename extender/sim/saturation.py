@@ -89,7 +89,8 @@ class SaturationResult:
 
 
 def _observation(at: float, cluster: Cluster, cpu_used: npt.NDArray[np.float64],
-                 memory_used: npt.NDArray[np.float64]) -> Observation:
+                 memory_used: npt.NDArray[np.float64],
+                 power: npt.NDArray[np.float64]) -> Observation:
     nodes = cluster.nodes
     gpus = np.maximum(nodes.gpus, 1) * 1000
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -97,7 +98,27 @@ def _observation(at: float, cluster: Cluster, cpu_used: npt.NDArray[np.float64],
                        1.0 - np.maximum(cluster.gpu_free, 0).sum(axis=1) / gpus, np.nan)
     cpu = np.clip(cpu_used / np.maximum(nodes.cpu_milli, 1), 0.0, 1.0)
     n = len(nodes)
-    return Observation(at, at, cpu, memory_used, gpu, np.full(n, np.nan), np.zeros(n))
+    return Observation(at, at, cpu, memory_used, gpu, power.copy(), np.zeros(n))
+
+
+class _Power:
+    """Each node's draw (the replay's power model) as placements arrive: CPU from the usage
+    draws, a GPU busy when any of it is allocated and loaded by its allocated share (there is
+    no GPU utilisation draw here). What a power term of a profile sees in this experiment."""
+
+    def __init__(self, nodes: Nodes) -> None:
+        self.nodes = nodes
+        self.params = models.node_gpu_power(nodes.models, nodes.model)
+        self.watts = np.array([models.idle_power(c / 1000.0, p[0] * k) for c, p, k in
+                               zip(nodes.cpu_milli, self.params, nodes.gpus, strict=True)])
+
+    def update(self, node: int, cluster: Cluster, cpu_used: float) -> None:
+        """Node `node` now runs something and uses `cpu_used` millicores."""
+        cap = float(self.nodes.cpu_milli[node])
+        k = int(self.nodes.gpus[node])
+        taken = 1.0 - np.maximum(cluster.gpu_free[node], 0) / 1000.0
+        self.watts[node] = models.node_power(cap / 1000.0, min(cpu_used, cap) / 1000.0, True,
+                                             taken > 0, taken, self.params[node], k)
 
 
 def run_saturation(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed: int,
@@ -118,16 +139,19 @@ def run_saturation(nodes: Nodes, pods: Pods, policy: Policy, *, name: str, seed:
     usage = models.draw_usage(arrivals.qos, seed)
     cpu_used = np.zeros(len(nodes))
     memory_used = np.zeros(len(nodes))
+    power = _Power(nodes)
     for i in range(len(arrivals)):
         task = task_of(arrivals, i, nodes.models)
         if isinstance(policy, Stateful):
-            policy.observe(_observation(i * STEP_S, cluster, cpu_used, memory_used))
+            policy.observe(_observation(i * STEP_S, cluster, cpu_used, memory_used,
+                                        power.watts))
         node, gpus, latencies[i] = decide(task, cluster, policy, rng)
         if node >= 0:
             cluster.place(node, task, gpus)
             placed += 1
             cpu_used[node] += task.cpu_milli * usage.cpu[i]
             memory_used[node] += task.memory_mib * usage.memory[i]
+            power.update(node, cluster, cpu_used[node])
             if isinstance(policy, Stateful):
                 policy.placed(node, task, arrivals.names[i])
         else:

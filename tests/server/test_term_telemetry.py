@@ -38,14 +38,17 @@ def test_terms_add_up_to_each_nodes_score_and_follow_the_cpu_value() -> None:
     # reference pod, which asks for none).
     assert set(terms["node-0"]) == {"cpu_utilisation", "memory_available_ratio",
                                     "network_receive_bytes", "network_transmit_bytes",
-                                    "disk_io_now", "disk_throughput", "deadline_miss_ratio"}
+                                    "disk_io_now", "disk_throughput", "deadline_miss_ratio",
+                                    "node_cpu_power_watts"}
     for node in NODES:
         score = sample(text, "extender_node_score", node=node)
         assert score is not None
         assert sum(terms[node].values()) == pytest.approx(score, abs=0.5)  # score is rounded
     cpu = {node: terms[node]["cpu_utilisation"] for node in NODES}
-    # cpu weight 3 of 9 (GPU weights do not count), scored with the reference pod's core added
-    # (score_with_pod): node-1 at 0.1 of 32 cores gives 3/9 * 10 * (1 - 0.1 - 1/32).
+    # cpu weight 3 of 9 (GPU weights do not count, nor the power term: no node reports power
+    # here), scored with the reference pod's core added (score_with_pod): node-1 at 0.1 of 32
+    # cores gives 3/9 * 10 * (1 - 0.1 - 1/32).
+    assert all(terms[node]["node_cpu_power_watts"] == 0 for node in NODES)
     assert cpu["node-1"] == pytest.approx(10 * 3 / 9 * (1 - 0.1 - 1 / 32), abs=1e-3)
     assert cpu["node-1"] > cpu["node-2"] > cpu["node-0"]
 

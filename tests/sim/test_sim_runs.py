@@ -11,8 +11,10 @@ from sim_support import make_nodes, make_pods
 
 from extender.cli import main
 from extender.policies import baselines as A
+from extender.policies.baselines import Bools, Choice, ClusterView, Task
 from extender.policies.fragmentation import TargetWorkload, fgd_policy
-from extender.sim.replay import compress, run_replay
+from extender.sim import models
+from extender.sim.replay import Observation, compress, run_replay
 from extender.sim.report import SUMMARY_COLUMNS
 from extender.sim.saturation import run_saturation, saturation_workload
 
@@ -49,6 +51,41 @@ def test_saturation_is_deterministic_per_seed_and_varies_across_seeds() -> None:
     assert runs[0].curve.unallocated == runs[1].curve.unallocated
     assert runs[0].gpu_alloc_ratio == runs[1].gpu_alloc_ratio
     assert runs[0].curve.unallocated != runs[2].curve.unallocated
+
+
+class _Watching:
+    """best-fit, told the metrics before each decision (as the extender's engine is)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Observation] = []
+        self.used: list[int] = []
+
+    def __call__(self, task: Task, view: ClusterView, ok: Bools, rng: np.random.Generator
+                 ) -> Choice:
+        return A.best_fit(task, view, ok, rng)
+
+    def observe(self, observation: Observation) -> None:
+        self.seen.append(observation)
+
+    def placed(self, node: int, task: Task, name: str) -> None:
+        self.used.append(node)
+
+
+def test_saturation_shows_power_rising_on_the_nodes_that_run_tasks() -> None:
+    # A profile weighting a power term must see power in this experiment too, or the GPU
+    # allocation it is checked on would be that of the profile without the term.
+    nodes, pods = small_cluster(), small_trace()
+    wl = TargetWorkload.from_tasks(pods.cpu_milli, pods.num_gpu, pods.gpu_milli)
+    watching = _Watching()
+    run_saturation(nodes, pods, watching, name="best-fit", seed=3, workload=wl)
+    first, last = watching.seen[0].power_watts, watching.seen[-1].power_watts
+    idle = np.array([models.idle_power(c / 1000, models.gpu_power(nodes.models[m])[0] * k
+                                       if m >= 0 else 0.0)
+                     for c, m, k in zip(nodes.cpu_milli, nodes.model, nodes.gpus, strict=True)])
+    assert np.array_equal(first, idle)
+    used = sorted(set(watching.used[:-1]))
+    assert used and np.all(last[used] > idle[used])
+    assert np.array_equal(np.delete(last, used), np.delete(idle, used))
 
 
 @pytest.mark.parametrize("policy", ["best-fit", "fgd", "random"])
