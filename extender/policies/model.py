@@ -372,9 +372,7 @@ class NodeTable:
         medians = np.full(len(self.metrics), np.nan)
         have = fresh.any(axis=0)
         if have.any():
-            cols = np.flatnonzero(have)
-            medians[cols] = np.nanmedian(np.where(fresh[:, cols], self.values[:, cols], np.nan),
-                                         axis=0)
+            medians[have] = column_medians(self.values[:, have], fresh[:, have])
         expiry = self.sampled_at[fresh] + max_staleness_s
         until = float(expiry.min()) if expiry.size else float("inf")
         self.__dict__["_fresh_medians"] = (now, until, max_staleness_s, medians)
@@ -386,6 +384,18 @@ class NodeTable:
         if i is None or j is None:
             return float("nan")
         return float(self.values[i, j])
+
+
+def column_medians(values: FloatArray, keep: npt.NDArray[np.bool_]) -> FloatArray:
+    """Per column, the median of the `values` (not NaN) where `keep` (at least one per column),
+    as `np.nanmedian` gives it: one sort of the whole matrix instead of its per-column loop
+    (`apply_along_axis`), which took about a quarter of the simulator's time."""
+    ordered = np.sort(np.where(keep, values, np.nan), axis=0)  # kept values first, NaN last
+    count = keep.sum(axis=0)
+    low = np.take_along_axis(ordered, ((count - 1) // 2)[None, :], axis=0)[0]
+    high = np.take_along_axis(ordered, (count // 2)[None, :], axis=0)[0]
+    medians: FloatArray = np.where(count % 2 == 1, low, (low + high) / 2)
+    return medians
 
 
 def name_ranks(names: Sequence[str]) -> IntArray:

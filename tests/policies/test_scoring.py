@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from extender.kubeapi import Container, ObjectMeta, Pod, PodSpec, ResourceRequirements
 from extender.policies.engine import Engine
 from extender.policies.model import (
     NodeTable,
     PodDemand,
+    column_medians,
     parse_quantity,
     parse_weights,
     pod_demand,
@@ -345,3 +350,17 @@ def test_scoring_with_the_pod_leaves_with_pod_rules_and_plain_rules_their_meanin
         # fits: 50% + 14/32 cores = 94% with the pod, but the CPU rule is on usage before it.
         assert sorted(out.rejected) == ["busy", "tight"], (score_with_pod, out.rejected)
         assert out.rejected["tight"].message.startswith("memory 2% with this pod")
+
+
+@examples(max_examples=300, deadline=None)
+@given(data=st.data(), shape=st.tuples(st.integers(1, 40), st.integers(1, 6)))
+def test_column_medians_are_nanmedian_bit_for_bit(data: st.DataObject,
+                                                 shape: tuple[int, int]) -> None:
+    """What `on_missing: neutral` imputes: the vectorised median equals numpy's."""
+    values = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(
+        -1e300, 1e300, allow_nan=False, allow_infinity=False)
+        | st.sampled_from([0.0, -0.0, 1.0, 0.5])))
+    keep = data.draw(hnp.arrays(np.bool_, shape))
+    keep[data.draw(st.integers(0, shape[0] - 1)), :] = True  # at least one value per column
+    expected = np.nanmedian(np.where(keep, values, np.nan), axis=0)
+    assert np.array_equal(column_medians(values, keep), expected)
