@@ -124,6 +124,12 @@ def node_gpu_power(names: Sequence[str], model: npt.NDArray[np.int64]
     return [gpu_power(names[m]) if m >= 0 else (0.0, 0.0, 0.0) for m in model]
 
 
+def idle_powers(cores: F64, params: Sequence[tuple[float, float, float]],
+                gpus: npt.NDArray[np.int64]) -> F64:
+    """`idle_power` of every node: `cores` each, `gpus` GPUs of the `params` (`node_gpu_power`)."""
+    return np.array([idle_power(c, p[0] * k) for c, p, k in zip(cores, params, gpus, strict=True)])
+
+
 def idle_power(cores: float, gpu_idle_w: float) -> float:
     """Watts of a node running nothing: the floor energy is measured against."""
     return NODE_IDLE_W + NODE_W_PER_CORE * cores + gpu_idle_w

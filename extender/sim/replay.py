@@ -104,8 +104,7 @@ class _State:
         self.progress = np.zeros(n)
         self.rate = np.ones(n)
         self.params = models.node_gpu_power(nodes.models, nodes.model)
-        self.idle_w = np.array([models.idle_power(c, p[0] * k) for c, p, k in
-                                zip(self.cores, self.params, nodes.gpus, strict=True)])
+        self.idle_w = models.idle_powers(self.cores, self.params, nodes.gpus)
         self.power = self.idle_w.copy()
         self.hot = np.zeros(n, bool)
         self.history: deque[tuple[float, int, float, float, F64]] = deque()

@@ -109,8 +109,7 @@ class _Power:
     def __init__(self, nodes: Nodes) -> None:
         self.nodes = nodes
         self.params = models.node_gpu_power(nodes.models, nodes.model)
-        self.watts = np.array([models.idle_power(c / 1000.0, p[0] * k) for c, p, k in
-                               zip(nodes.cpu_milli, self.params, nodes.gpus, strict=True)])
+        self.watts = models.idle_powers(nodes.cpu_milli / 1000.0, self.params, nodes.gpus)
 
     def update(self, node: int, cluster: Cluster, cpu_used: float) -> None:
         """Node `node` now runs something and uses `cpu_used` millicores."""
