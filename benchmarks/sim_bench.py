@@ -387,9 +387,9 @@ as it was):
   >= 64 cores on 96-core nodes: 5, 5, now 0 (all 44 on 128-core nodes); hot-spot node-min 353,
   353, now 63; deadline misses 4, 5, now 0. Weights 8 and 12 gave the same hot spots and misses
   at every load of this list (3 seeds); 8 leaves more weight on the usage terms. What is left,
-  81 ± 35 node-min at every load, is what every policy has at load 1, where nothing contends. Pinned by `tests/sim/test_sim_contention.py` (three CPU nodes and
-  an 8-GPU node: kube-default and the profile without the term leave all 10 big GPU pods
-  unscheduled, the profile none).
+  81 ± 35 node-min at every load, is what every policy has at load 1, where nothing contends.
+  Pinned by `tests/sim/test_sim_contention.py` (three CPU nodes and an 8-GPU node: kube-default
+  and the profile without the term leave all 10 big GPU pods unscheduled, the profile none).
 - The trade-off: where an idle small node draws less than a busy large one, the term can send a
   pod that nearly fills the small node there. In the two-node case above (16 and 40 cores, no
   GPUs) the shipped profile is back at kube-default's 783 hot-spot node-min (157 without the
