@@ -63,10 +63,9 @@ def build_app(kind: str, config: Path, nodes: int, *, refresher: bool = True) ->
     clock = OffsetClock()
     bound_pods = None
     if settings.informer.enabled:
-        from extender.informer import PodInformer, api_client_factory
+        from extender.informer import PodInformer
 
-        bound_pods = PodInformer(settings.informer, api_client_factory(settings.informer),
-                                 clock=clock).start()
+        bound_pods = PodInformer.for_settings(settings.informer, clock=clock).start()
         if not bound_pods.wait_synced(INFORMER_SYNC_S):
             raise RuntimeError(f"pod informer not synced after {INFORMER_SYNC_S:g} s: "
                                f"{bound_pods.status().last_error}")

@@ -227,6 +227,13 @@ class PodInformer:
         self._rng = random.Random()
         self._listeners: list[PodListener] = []
 
+    @classmethod
+    def for_settings(cls, settings: InformerSettings,
+                     clock: Callable[[], float] = time.time) -> PodInformer:
+        """An informer (not started) on the API server `settings.kubeconfig` names
+        (`api_client_factory`): what `extender serve` runs."""
+        return cls(settings, api_client_factory(settings), clock=clock)
+
     # --- public API ------------------------------------------------------------------------------
 
     def start(self) -> PodInformer:

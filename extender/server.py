@@ -90,10 +90,9 @@ def create_app(settings: Settings, catalog: MonitoringCatalog, collector: TableC
 
         events = ApiEventSink()
     if settings.informer.enabled and bound_pods is None and start_refresher:
-        from extender.informer import PodInformer, api_client_factory
+        from extender.informer import PodInformer
 
-        bound_pods = PodInformer(settings.informer, api_client_factory(settings.informer),
-                                 clock=clock).start()
+        bound_pods = PodInformer.for_settings(settings.informer, clock=clock).start()
     extender = Extender(settings, cache, Engine(settings, derived_terms=derived_terms),
                         binder=binder if settings.server.bind_enabled else None,
                         events=events, observer=telemetry, bound_pods=bound_pods, clock=clock)
